@@ -1,0 +1,166 @@
+"""Attention blocks of the grounding heads.
+
+`LocalityPerceptiveAttention` is EPNG's LPA (eqs. 3-7): multi-head self-attention over the pixels of a
+feature map whose scaled scores are multiplied by a per-head learnable multiple of the clamped grid
+distance. Two implementations compute the same thing:
+
+- "flex": `torch.nn.attention.flex_attention` (compiled) with a score modifier that applies the prior on
+  the fly, so the (N x N) score and prior matrices are never materialised. Forward only on CPU (torch has
+  no CPU backward for flex attention); forward and backward on CUDA.
+- "direct": the equation as written, materialising B x Hd x N x N scores. Used for training on CPU.
+
+`"auto"` picks flex whenever it can run (no gradient needed, or CUDA) and direct otherwise.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import cache
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+try:  # flex_attention appeared in torch 2.5; older torch keeps the direct path.
+    from torch.nn.attention.flex_attention import flex_attention as _flex_attention
+except ImportError:  # pragma: no cover - exercised only on old torch
+    _flex_attention = None
+
+
+def grid_distance(
+    height: int, width: int, *, clamp: float, form: str, device: torch.device | None = None
+) -> torch.Tensor:
+    """Clamped distance between every pair of cells of a height x width grid (EPNG eq. 3).
+
+    Returns N x N float32 with N = height * width, cells in row-major order. `form` is "squared"
+    (dy^2 + dx^2, EPNG's released code) or "euclidean" (sqrt of it, the paper).
+    """
+    ys, xs = torch.meshgrid(
+        torch.arange(height, device=device), torch.arange(width, device=device), indexing="ij"
+    )
+    ys, xs = ys.flatten().float(), xs.flatten().float()  # N
+    squared = (ys[:, None] - ys[None, :]) ** 2 + (xs[:, None] - xs[None, :]) ** 2  # N x N
+    distance = squared if form == "squared" else squared.sqrt()
+    return distance.clamp(max=clamp)
+
+
+@cache
+def _compiled_flex_attention():
+    # One compiled kernel per process; dynamo re-specialises per shape as needed.
+    return torch.compile(_flex_attention, dynamic=False)
+
+
+def flex_attention_available() -> bool:
+    return _flex_attention is not None
+
+
+class LocalityPerceptiveAttention(nn.Module):
+    """EPNG's Locality-Perceptive Attention over a B x N x D pixel sequence laid out on an H x W grid."""
+
+    def __init__(
+        self,
+        *,
+        d_model: int,
+        num_heads: int,
+        distance_clamp: float,
+        distance_form: str,
+        implementation: str = "auto",
+    ) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_dim = d_model // num_heads
+        self.distance_clamp = distance_clamp
+        self.distance_form = distance_form
+        self.implementation = implementation
+        # No dropout on the attention weights (flex attention has none): the communicator applies dropout
+        # to this module's output instead, so both paths compute the same function in training too.
+        self.qkv = nn.Linear(d_model, 3 * d_model)
+        self.out_proj = nn.Linear(d_model, d_model)  # W_O of eq. 7
+        # W_j of eq. 4, one learnable scalar per head, initialised to 1 (by the model's _init_weights).
+        self.prior_scale = nn.Parameter(torch.ones(num_heads))
+
+    def resolve_implementation(self, query: torch.Tensor) -> str:
+        """The path `forward` takes for this input: "flex" or "direct"."""
+        if self.implementation != "auto":
+            if self.implementation == "flex" and not flex_attention_available():
+                raise RuntimeError(
+                    "lpa_implementation='flex' needs torch >= 2.5 (torch.nn.attention.flex_attention)"
+                )
+            return self.implementation
+        needs_backward = torch.is_grad_enabled() and (
+            query.requires_grad or any(p.requires_grad for p in self.parameters())
+        )
+        if not flex_attention_available():
+            return "direct"
+        if needs_backward and query.device.type == "cpu":
+            return "direct"  # "FlexAttention does not support backward on CPU" (torch 2.15)
+        return "flex"
+
+    def forward(self, hidden_states: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        """hidden_states: B x N x D with N = height * width (row-major). Returns B x N x D."""
+        batch, num_pixels, d_model = hidden_states.shape
+        qkv = self.qkv(hidden_states).view(batch, num_pixels, 3, self.num_heads, self.head_dim)
+        query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each B x Hd x N x Dh
+        if self.resolve_implementation(hidden_states) == "flex":
+            attended = self._flex(query, key, value, width)
+        else:
+            attended = self._direct(query, key, value, height, width)
+        attended = attended.transpose(1, 2).reshape(batch, num_pixels, d_model)  # B x N x D
+        return self.out_proj(attended)
+
+    def _direct(self, query, key, value, height: int, width: int) -> torch.Tensor:
+        distance = grid_distance(
+            height, width, clamp=self.distance_clamp, form=self.distance_form, device=query.device
+        ).to(query.dtype)  # N x N
+        prior = self.prior_scale.view(-1, 1, 1) * distance  # Hd x N x N, R^j of eq. 4
+        scores = (query @ key.transpose(-1, -2)) / math.sqrt(self.head_dim) * prior  # B x Hd x N x N, eq. 5
+        return scores.softmax(dim=-1) @ value  # B x Hd x N x Dh, eq. 6
+
+    def _flex(self, query, key, value, width: int) -> torch.Tensor:
+        prior_scale = self.prior_scale.to(query.dtype)
+        clamp, squared_form = self.distance_clamp, self.distance_form == "squared"
+
+        def multiply_by_locality_prior(score, batch, head, q_idx, kv_idx):
+            dy = q_idx // width - kv_idx // width
+            dx = q_idx % width - kv_idx % width
+            squared = (dy * dy + dx * dx).to(score.dtype)
+            distance = squared if squared_form else squared.sqrt()
+            return score * (prior_scale[head] * distance.clamp(max=clamp))
+
+        return _compiled_flex_attention()(query, key, value, score_mod=multiply_by_locality_prior)
+
+
+class CrossAttention(nn.Module):
+    """Multi-head attention of B x N x D queries over B x P x D keys with a B x P key padding mask.
+
+    Padded keys get no weight; a query row whose keys are all padding (a narrative without a real
+    phrase) returns zeros instead of the NaN a plain softmax over -inf would give.
+    """
+
+    def __init__(self, *, d_model: int, num_heads: int, key_dim: int | None = None) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_dim = d_model // num_heads
+        self.q_proj = nn.Linear(d_model, d_model)
+        self.k_proj = nn.Linear(key_dim or d_model, d_model)
+        self.v_proj = nn.Linear(key_dim or d_model, d_model)
+        self.out_proj = nn.Linear(d_model, d_model)
+
+    def forward(self, queries: torch.Tensor, keys: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
+        """queries: B x N x D, keys: B x P x Dk, key_mask: B x P bool (True = real). Returns B x N x D."""
+        batch, num_queries, d_model = queries.shape
+        num_keys = keys.shape[1]
+        q = self.q_proj(queries).view(batch, num_queries, self.num_heads, self.head_dim).transpose(1, 2)
+        k = self.k_proj(keys).view(batch, num_keys, self.num_heads, self.head_dim).transpose(1, 2)
+        v = self.v_proj(keys).view(batch, num_keys, self.num_heads, self.head_dim).transpose(1, 2)
+        # q, k, v: B x Hd x {N, P} x Dh
+        has_keys = key_mask.any(dim=1)  # B
+        # Rows without any real key attend to everything (finite softmax) and are zeroed below.
+        attend = (key_mask | ~has_keys[:, None])[:, None, None, :]  # B x 1 x 1 x P
+        attended = F.scaled_dot_product_attention(q, k, v, attn_mask=attend)  # B x Hd x N x Dh
+        attended = attended * has_keys.view(batch, 1, 1, 1).to(attended.dtype)
+        attended = attended.transpose(1, 2).reshape(batch, num_queries, d_model)  # B x N x D
+        return self.out_proj(attended)
+
+
+__all__ = ["CrossAttention", "LocalityPerceptiveAttention", "flex_attention_available", "grid_distance"]

@@ -1,0 +1,177 @@
+"""PngConfig: the one configuration of a Panoptic Narrative Grounding model.
+
+A model is a visual encoder (a timm ResNet through transformers' `TimmBackboneConfig`, plus an FPN
+neck), a text encoder (BERT, `BertConfig`) and a grounding head (`"epng"` or `"drmn"`) with its
+hyper-parameters. Named variants live as JSON files in `hub_configs/`.
+
+This file is copied into Hub repositories for `trust_remote_code`: it imports only third-party
+packages and sibling modules of this folder.
+"""
+
+from __future__ import annotations
+
+from huggingface_hub.dataclasses import strict
+from transformers import BertConfig, PreTrainedConfig, TimmBackboneConfig
+from transformers.configuration_utils import SubConfigSpec
+
+GROUNDING_HEADS = ("epng", "drmn")
+LPA_DISTANCE_FORMS = ("squared", "euclidean")
+LPA_IMPLEMENTATIONS = ("auto", "flex", "direct")
+
+# ResNet-101 stages 1-4 (strides 4, 8, 16, 32): the FPN neck reads all four.
+DEFAULT_BACKBONE = {"backbone": "resnet101", "out_indices": [1, 2, 3, 4], "freeze_batch_norm_2d": True}
+# bert-base-uncased sizes.
+DEFAULT_TEXT = {
+    "vocab_size": 30522,
+    "hidden_size": 768,
+    "num_hidden_layers": 12,
+    "num_attention_heads": 12,
+    "intermediate_size": 3072,
+    "max_position_embeddings": 512,
+}
+
+
+@strict
+class PngConfig(PreTrainedConfig):
+    r"""
+    Configuration of [`PngForPanopticNarrativeGrounding`]. Defaults reproduce EPNG (AAAI 2023) with a
+    ResNet-101 + FPN visual encoder and a BERT-base text encoder.
+
+    backbone_config (`TimmBackboneConfig` or `dict`, *optional*):
+        The timm backbone. Defaults to ResNet-101 returning stages 1-4 (strides 4/8/16/32). Extra
+        keyword arguments for `timm.create_model` (e.g. a narrower ResNet for tiny models) go in its
+        `timm_model_args` attribute.
+    text_config (`BertConfig` or `dict`, *optional*):
+        The BERT text encoder. Defaults to bert-base-uncased sizes.
+    fpn_channels (`int`, defaults to 256):
+        Channels of every FPN level (EPNG: 256, so strides 8/16/32 at 640x640 are 80x80/40x40/20x20 x 256).
+    grounding_head (`str`, defaults to `"epng"`):
+        `"epng"` (Locality-Perceptive Attention + SAL) or `"drmn"` (deformable encoder + multi-round
+        top-k matching).
+    text_layers_to_average (`int`, defaults to 1):
+        Token features are the mean of BERT's last `text_layers_to_average` hidden states (EPNG's released
+        code precomputes the mean of the last 4).
+    freeze_text_encoder (`bool`, defaults to `True`):
+        Keep BERT frozen (and in eval mode) as in the papers.
+    backbone_trainable_stages (`int`, defaults to 2):
+        How many of the last ResNet stages train (EPNG: the last two). 0 freezes the whole backbone; 4 or
+        more trains every stage and the stem.
+    d_model (`int`, defaults to 768):
+        EPNG communicator width. Equal to 3 * fpn_channels, the concatenation of EPNG eq. 2; otherwise a
+        1x1 projection maps the concatenation to d_model.
+    num_communicator_layers (`int`, defaults to 3): EPNG's S.
+    num_attention_heads (`int`, defaults to 8): heads of LPA and of the cross-attention.
+    ffn_dim (`int`, defaults to 2048): hidden size of the communicator FFN.
+    dropout (`float`, defaults to 0.1): dropout in the communicator.
+    lpa_distance_clamp (`float`, defaults to 2.0): upper bound of the LPA grid distance (EPNG eq. 3).
+    lpa_distance (`str`, defaults to `"squared"`):
+        `"squared"` (the released code, which produced the published numbers) or `"euclidean"` (the paper's
+        eq. 3). Default is the released code's form so that published checkpoints behave as published.
+    lpa_implementation (`str`, defaults to `"auto"`):
+        `"flex"` (fused `flex_attention`, compiled; no backward on CPU), `"direct"` (materialises the attention
+        matrix) or `"auto"` (flex when no gradient is needed or on CUDA, direct otherwise).
+    use_stride4_skip (`bool`, defaults to `False`):
+        Add the projected stride-4 FPN level to the upsampled communicator output before dense prediction.
+        Not in EPNG (which upsamples the stride-16 map alone); sharpens small masks. Used by the tiny configs.
+    bce_loss_weight, dice_loss_weight, sal_loss_weight (`float`, defaults 2.0, 2.0, 1.0): EPNG eq. 15.
+    sal_temperature (`float`, defaults to 0.1): tau of EPNG eqs. 13-14 (the released code scales by 10).
+    drmn_* : the DRMN head's hyper-parameters (see `heads_drmn.py`).
+    """
+
+    model_type = "panoptic_narrative_grounding"
+    sub_configs_defaults = {
+        "backbone_config": SubConfigSpec(
+            config_class=TimmBackboneConfig, model_type="timm_backbone", init_kwargs=DEFAULT_BACKBONE
+        ),
+        "text_config": SubConfigSpec(config_class=BertConfig, init_kwargs=DEFAULT_TEXT),
+    }
+
+    backbone_config: dict | PreTrainedConfig | None = None
+    text_config: dict | PreTrainedConfig | None = None
+
+    # Visual encoder
+    fpn_channels: int = 256
+    backbone_trainable_stages: int = 2
+
+    # Text encoder
+    text_layers_to_average: int = 1
+    freeze_text_encoder: bool = True
+
+    # Head choice
+    grounding_head: str = "epng"
+
+    # EPNG head
+    d_model: int = 768
+    num_communicator_layers: int = 3
+    num_attention_heads: int = 8
+    ffn_dim: int = 2048
+    dropout: float = 0.1
+    lpa_distance_clamp: float = 2.0
+    lpa_distance: str = "squared"
+    lpa_implementation: str = "auto"
+    use_stride4_skip: bool = False
+
+    # DRMN head
+    drmn_hidden_dim: int = 256
+    drmn_encoder_layers: int = 2
+    drmn_num_heads: int = 8
+    drmn_num_levels: int = 4
+    drmn_num_points: int = 4
+    drmn_ffn_dim: int = 1024
+    drmn_refinement_rounds: int = 3
+    drmn_top_k: int = 100
+
+    # Losses (EPNG eq. 15; DRMN uses BCE + Dice on every round)
+    bce_loss_weight: float = 2.0
+    dice_loss_weight: float = 2.0
+    sal_loss_weight: float = 1.0
+    sal_temperature: float = 0.1
+
+    initializer_range: float = 0.02
+    layer_norm_eps: float = 1e-5
+
+    def __post_init__(self, **kwargs):
+        # A plain dict names a timm model: complete it so that `{"backbone": "resnet50"}` is enough.
+        if isinstance(self.backbone_config, dict):
+            self.backbone_config = {
+                "model_type": "timm_backbone",
+                "out_indices": [1, 2, 3, 4],
+                **self.backbone_config,
+            }
+        super().__post_init__(**kwargs)
+
+    def validate_architecture(self) -> None:
+        """Called by `@strict` after init: reject inconsistent settings with a message naming the field."""
+        if self.grounding_head not in GROUNDING_HEADS:
+            raise ValueError(f"grounding_head must be one of {GROUNDING_HEADS}, got {self.grounding_head!r}")
+        if self.lpa_distance not in LPA_DISTANCE_FORMS:
+            raise ValueError(f"lpa_distance must be one of {LPA_DISTANCE_FORMS}, got {self.lpa_distance!r}")
+        if self.lpa_implementation not in LPA_IMPLEMENTATIONS:
+            raise ValueError(
+                f"lpa_implementation must be one of {LPA_IMPLEMENTATIONS}, got {self.lpa_implementation!r}"
+            )
+        if self.d_model % self.num_attention_heads:
+            raise ValueError(
+                f"d_model ({self.d_model}) must be divisible by num_attention_heads ({self.num_attention_heads})"
+            )
+        if self.drmn_hidden_dim % self.drmn_num_heads:
+            raise ValueError(
+                f"drmn_hidden_dim ({self.drmn_hidden_dim}) must be divisible by drmn_num_heads ({self.drmn_num_heads})"
+            )
+        if not 1 <= self.drmn_num_levels <= 4:
+            raise ValueError(
+                f"drmn_num_levels must be in 1..4 (FPN strides 4-32), got {self.drmn_num_levels}"
+            )
+        if self.text_layers_to_average < 1:
+            raise ValueError(f"text_layers_to_average must be >= 1, got {self.text_layers_to_average}")
+        if self.backbone_trainable_stages < 0:
+            raise ValueError(f"backbone_trainable_stages must be >= 0, got {self.backbone_trainable_stages}")
+        out_indices = list(getattr(self.backbone_config, "out_indices", None) or [])
+        if len(out_indices) != 4:
+            raise ValueError(
+                "backbone_config.out_indices must name the four ResNet stages at strides 4, 8, 16, 32 "
+                f"(e.g. [1, 2, 3, 4]), got {out_indices}"
+            )
+
+
+__all__ = ["PngConfig"]

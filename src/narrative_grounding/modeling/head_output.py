@@ -1,0 +1,22 @@
+"""What every grounding head returns to the model."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class GroundingHeadOutput:
+    """
+    pred_masks: B x P x H/4 x W/4 mask logits of the final prediction.
+    auxiliary_masks: earlier predictions (refinement rounds), each B x P x H/4 x W/4, supervised too.
+    phrase_embeddings: B x P x D phrase kernels of the final prediction (SAL reads them), if the head has them.
+    pixel_embeddings: B x D x H/4 x W/4 pixel features the kernels are applied to (SAL reads them).
+    """
+
+    pred_masks: torch.Tensor
+    auxiliary_masks: tuple[torch.Tensor, ...] = ()
+    phrase_embeddings: torch.Tensor | None = None
+    pixel_embeddings: torch.Tensor | None = None

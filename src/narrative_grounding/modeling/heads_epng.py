@@ -1,0 +1,106 @@
+"""EPNG's grounding head (Wang et al., AAAI 2023): multi-modal communicator + phrase-kernel masks.
+
+Data flow (shapes for a 640x640 input, paper sizes):
+  FPN strides 8/16/32 (80x80, 40x40, 20x20 x 256) -> eq. 2 fusion at stride 16 (40x40 x 768)
+  -> S communicator layers over the 1600 pixels: LPA (eqs. 3-8) -> cross-attention to phrases (eq. 9) -> FFN
+  -> upsample to stride 4 (160x160) -> mask logits = phrase feature . pixel feature (eq. 10).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .attention import CrossAttention, LocalityPerceptiveAttention
+from .head_output import GroundingHeadOutput
+
+
+class CommunicatorLayer(nn.Module):
+    """One layer of the multi-modal communicator: LPA, cross-attention to phrases, FFN; each residual + LN."""
+
+    def __init__(self, config) -> None:
+        super().__init__()
+        d_model = config.d_model
+        self.lpa = LocalityPerceptiveAttention(
+            d_model=d_model,
+            num_heads=config.num_attention_heads,
+            distance_clamp=config.lpa_distance_clamp,
+            distance_form=config.lpa_distance,
+            implementation=config.lpa_implementation,
+        )
+        self.lpa_norm = nn.LayerNorm(d_model, eps=config.layer_norm_eps)
+        self.cross_attention = CrossAttention(d_model=d_model, num_heads=config.num_attention_heads)
+        self.cross_norm = nn.LayerNorm(d_model, eps=config.layer_norm_eps)
+        self.ffn = nn.Sequential(
+            nn.Linear(d_model, config.ffn_dim),
+            nn.ReLU(),
+            nn.Dropout(config.dropout),
+            nn.Linear(config.ffn_dim, d_model),
+        )
+        self.ffn_norm = nn.LayerNorm(d_model, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(
+        self,
+        pixels: torch.Tensor,
+        height: int,
+        width: int,
+        phrases: torch.Tensor,
+        phrase_mask: torch.Tensor,
+    ) -> torch.Tensor:
+        """pixels: B x N x D (N = height * width); phrases: B x P x D; phrase_mask: B x P bool."""
+        pixels = self.lpa_norm(pixels + self.dropout(self.lpa(pixels, height, width)))  # eq. 8
+        pixels = self.cross_norm(
+            pixels + self.dropout(self.cross_attention(pixels, phrases, phrase_mask))
+        )  # eq. 9
+        return self.ffn_norm(pixels + self.dropout(self.ffn(pixels)))
+
+
+class EpngHead(nn.Module):
+    def __init__(self, config) -> None:
+        super().__init__()
+        d_model = config.d_model
+        fused_channels = 3 * config.fpn_channels
+        self.phrase_projection = nn.Linear(config.text_config.hidden_size, d_model)
+        # eq. 2 concatenates three FPN levels: 3 x 256 = 768 = d_model in the paper, so no projection there.
+        self.fuse_projection = (
+            nn.Identity() if fused_channels == d_model else nn.Conv2d(fused_channels, d_model, kernel_size=1)
+        )
+        self.layers = nn.ModuleList(CommunicatorLayer(config) for _ in range(config.num_communicator_layers))
+        self.stride4_skip = (
+            nn.Conv2d(config.fpn_channels, d_model, kernel_size=1) if config.use_stride4_skip else None
+        )
+        # Dot products of D-dim features grow like sqrt(D): scale them so initial logits are O(1).
+        self.logit_scale = d_model**-0.5
+
+    def forward(
+        self, features: dict[int, torch.Tensor], phrase_features: torch.Tensor, phrase_mask: torch.Tensor
+    ) -> GroundingHeadOutput:
+        """features: stride -> B x C x H/s x W/s; phrase_features: B x P x C_text; phrase_mask: B x P bool."""
+        stride16 = features[16]
+        fused = torch.cat(
+            [
+                F.avg_pool2d(features[8], kernel_size=2),  # Down(F_v1)
+                stride16,
+                F.interpolate(features[32], size=stride16.shape[-2:], mode="bilinear", align_corners=False),
+            ],
+            dim=1,
+        )  # B x 3C x H/16 x W/16, eq. 2
+        fused = self.fuse_projection(fused)  # B x D x h x w
+        batch, d_model, height, width = fused.shape
+        pixels = fused.flatten(2).transpose(1, 2)  # B x N x D
+        phrases = self.phrase_projection(phrase_features)  # B x P x D
+        for layer in self.layers:
+            pixels = layer(pixels, height, width, phrases, phrase_mask)
+        pixel_map = pixels.transpose(1, 2).reshape(batch, d_model, height, width)  # B x D x h x w
+        stride4_size = features[4].shape[-2:]
+        pixel_map = F.interpolate(
+            pixel_map, size=stride4_size, mode="bilinear", align_corners=False
+        )  # B x D x H/4 x W/4
+        if self.stride4_skip is not None:
+            pixel_map = pixel_map + self.stride4_skip(features[4])
+        mask_logits = torch.einsum("bpd,bdhw->bphw", phrases, pixel_map) * self.logit_scale  # eq. 10
+        return GroundingHeadOutput(
+            pred_masks=mask_logits, phrase_embeddings=phrases, pixel_embeddings=pixel_map
+        )

@@ -1,0 +1,316 @@
+"""PngForPanopticNarrativeGrounding: image + narrative phrases -> one mask per phrase.
+
+pixel_values -> VisualEncoder (timm ResNet + FPN) -> strides 4..32 ┐
+input_ids -> TextEncoder (BERT) -> phrase pooling -> phrase features ┴-> grounding head -> mask logits
+
+This file and its sibling modules are copied into Hub repositories for `trust_remote_code`: they import
+only third-party packages and each other (relative imports within this one flat folder).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from transformers import BertModel, PreTrainedModel
+from transformers import initialization as init
+from transformers.utils import ModelOutput
+
+from .attention import LocalityPerceptiveAttention
+from .configuration_png import PngConfig
+from .heads_epng import EpngHead
+from .losses import (
+    PHRASES,
+    SAL_PHRASES,
+    SAL_PIXELS,
+    mask_loss_sums,
+    semantic_alignment_loss_sums,
+)
+from .losses import loss_counts as count_loss_items
+from .text_encoder import TextEncoder, pool_phrases
+from .visual_encoder import VisualEncoder, build_timm_backbone
+
+# One entry per grounding head: adding a head is adding a module and a line here.
+GROUNDING_HEADS = {"epng": EpngHead}
+
+INPUT_STRIDE_MULTIPLE = 32  # the coarsest FPN level is stride 32
+
+
+@dataclass
+class PngOutput(ModelOutput):
+    r"""
+    loss (`torch.Tensor` of shape `()`, *optional*, returned when `labels` is given):
+        Weighted total: bce_loss_weight * BCE + dice_loss_weight * Dice + sal_loss_weight * SAL (EPNG eq. 15).
+    loss_dict (`dict[str, torch.Tensor]`, *optional*, returned when `labels` is given):
+        The unweighted terms: `bce`, `dice` (summed over every supervised prediction for multi-round heads),
+        `sal_phrase_to_pixel`, `sal_pixel_to_phrase` (EPNG heads with SAL).
+    pred_masks (`torch.Tensor` of shape `(batch_size, num_phrases, height / 4, width / 4)`):
+        Mask logits per phrase at stride 4 of `pixel_values`. Padded phrases are present (ignore them with
+        `phrase_mask`).
+    auxiliary_masks (`tuple[torch.Tensor]`, *optional*):
+        Earlier predictions of multi-round heads (DRMN's initial matching and refinement rounds before the
+        last), each like `pred_masks`. Empty for EPNG.
+    phrase_embeddings (`torch.Tensor` of shape `(batch_size, num_phrases, hidden)`, *optional*):
+        The phrase kernels of the final prediction.
+    pixel_embeddings (`torch.Tensor` of shape `(batch_size, hidden, height / 4, width / 4)`, *optional*):
+        The pixel features the kernels are applied to.
+    """
+
+    loss: torch.Tensor | None = None
+    loss_dict: dict[str, torch.Tensor] | None = None
+    pred_masks: torch.Tensor | None = None
+    auxiliary_masks: tuple[torch.Tensor, ...] | None = None
+    phrase_embeddings: torch.Tensor | None = None
+    pixel_embeddings: torch.Tensor | None = None
+
+
+class PngPreTrainedModel(PreTrainedModel):
+    config_class = PngConfig
+    config: PngConfig
+    base_model_prefix = "png"
+    main_input_name = "pixel_values"
+    input_modalities = ("image", "text")
+    supports_gradient_checkpointing = False
+
+    @torch.no_grad()
+    def _init_weights(self, module) -> None:
+        # The timm backbone and BERT are nested PreTrainedModels: transformers dispatches their own
+        # _init_weights, and only for weights that were not loaded from a checkpoint.
+        if isinstance(module, LocalityPerceptiveAttention):
+            init.ones_(module.prior_scale)  # EPNG: W_j initialised to 1
+        elif isinstance(module, torch.nn.Conv2d):
+            init.kaiming_uniform_(module.weight, a=1)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        else:
+            super()._init_weights(module)
+
+
+class PngForPanopticNarrativeGrounding(PngPreTrainedModel):
+    def __init__(self, config: PngConfig) -> None:
+        super().__init__(config)
+        if config.grounding_head not in GROUNDING_HEADS:
+            raise ValueError(
+                f"grounding_head {config.grounding_head!r} is not available; available: {sorted(GROUNDING_HEADS)}"
+            )
+        self.visual_encoder = VisualEncoder(config)
+        self.text_encoder = TextEncoder(config)
+        self.head = GROUNDING_HEADS[config.grounding_head](config)
+        self.post_init()
+        self.apply_freezing()
+
+    # ------------------------------------------------------------------ set-up
+    def apply_freezing(self) -> None:
+        """Freeze BERT (`freeze_text_encoder`) and the first ResNet stages (`backbone_trainable_stages`)."""
+        self.text_encoder.requires_grad_(not self.config.freeze_text_encoder)
+        self.visual_encoder.set_trainable_stages(self.config.backbone_trainable_stages)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.config.freeze_text_encoder:
+            self.text_encoder.eval()  # a frozen BERT is a fixed feature extractor: no dropout
+        return self
+
+    @classmethod
+    def from_pretrained_encoders(
+        cls,
+        config: PngConfig,
+        *,
+        text_model_name_or_path: str | None = None,
+        backbone_pretrained: bool | str = False,
+        **hub_kwargs,
+    ) -> PngForPanopticNarrativeGrounding:
+        """A new model whose encoders start from pretrained weights; the head starts from scratch.
+
+        text_model_name_or_path: a BERT checkpoint (Hub id such as "bert-base-uncased" or a local directory);
+            `config.text_config` is replaced by that checkpoint's config.
+        backbone_pretrained: True for timm's ImageNet weights of `config.backbone_config.backbone` (from the
+            Hub), or a path to a local timm weights file (.safetensors / .pth) of that architecture.
+        hub_kwargs: forwarded to `BertModel.from_pretrained` (revision, cache_dir, token, ...).
+        """
+        bert = None
+        if text_model_name_or_path is not None:
+            bert = BertModel.from_pretrained(text_model_name_or_path, add_pooling_layer=False, **hub_kwargs)
+            config.text_config = bert.config
+        model = cls(config)
+        if bert is not None:
+            model.text_encoder.bert.load_state_dict(bert.state_dict())
+        if backbone_pretrained:
+            overlay = (
+                {}
+                if backbone_pretrained is True
+                else {"pretrained_cfg_overlay": {"file": str(backbone_pretrained)}}
+            )
+            pretrained = build_timm_backbone(config.backbone_config, pretrained=True, **overlay)
+            model.visual_encoder.backbone.load_state_dict(pretrained.state_dict())
+        model.apply_freezing()
+        return model
+
+    # ------------------------------------------------------------------ forward
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        input_ids: torch.Tensor,
+        phrase_token_mask: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        phrase_mask: torch.Tensor | None = None,
+        pixel_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        loss_counts: dict[str, torch.Tensor] | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> PngOutput | tuple:
+        r"""
+        pixel_values (`torch.FloatTensor` of shape `(batch_size, 3, height, width)`):
+            Normalised images; height and width multiples of 32.
+        input_ids (`torch.LongTensor` of shape `(batch_size, seq_len)` or `(batch_size, num_windows, seq_len)`):
+            WordPiece ids of the narratives (several overlapping windows per narrative in the second form).
+        phrase_token_mask (`torch.Tensor` of shape `(batch_size, num_phrases, num_tokens)`):
+            1 where token t belongs to phrase p; num_tokens = seq_len (or num_windows * seq_len, window-major).
+            A phrase's feature is the mean of its tokens' features.
+        attention_mask, token_type_ids: as `input_ids`, passed to BERT.
+        phrase_mask (`torch.Tensor` of shape `(batch_size, num_phrases)`, *optional*):
+            1 for real phrases, 0 for padding. Defaults to every phrase that has tokens.
+        pixel_mask (`torch.Tensor` of shape `(batch_size, height, width)`, *optional*):
+            1 for real pixels, 0 for padding; padded pixels are left out of the loss.
+        labels (`torch.Tensor` of shape `(batch_size, num_phrases, height, width)`, *optional*):
+            Ground-truth 0/1 masks at the resolution of `pixel_values` (or already at stride 4).
+        loss_counts (`dict[str, torch.Tensor]`, *optional*):
+            The item counts the loss terms are normalised by (see `losses.loss_counts`), e.g. all-reduced over
+            processes and divided by the number of processes. Defaults to this batch's counts.
+        """
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        phrase_mask = self._check_inputs(pixel_values, input_ids, phrase_token_mask, phrase_mask, labels)
+
+        features = self.visual_encoder(pixel_values)
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.config.freeze_text_encoder):
+            token_features = self.text_encoder(input_ids, attention_mask, token_type_ids)
+        phrase_features = pool_phrases(token_features, phrase_token_mask).to(features[4].dtype)  # B x P x C
+        head_output = self.head(features, phrase_features, phrase_mask)
+
+        loss = loss_dict = None
+        if labels is not None:
+            loss, loss_dict = self._compute_loss(head_output, labels, phrase_mask, pixel_mask, loss_counts)
+
+        output = PngOutput(
+            loss=loss,
+            loss_dict=loss_dict,
+            pred_masks=head_output.pred_masks,
+            auxiliary_masks=head_output.auxiliary_masks,
+            phrase_embeddings=head_output.phrase_embeddings,
+            pixel_embeddings=head_output.pixel_embeddings,
+        )
+        return output if return_dict else output.to_tuple()
+
+    def _check_inputs(self, pixel_values, input_ids, phrase_token_mask, phrase_mask, labels) -> torch.Tensor:
+        """Clear errors for inputs that would otherwise fail deep inside torch; returns the bool phrase mask."""
+        if pixel_values.dim() != 4 or pixel_values.shape[1] != 3:
+            raise ValueError(
+                f"pixel_values must be (batch, 3, height, width) RGB images, got shape {tuple(pixel_values.shape)}"
+            )
+        height, width = pixel_values.shape[-2:]
+        if height % INPUT_STRIDE_MULTIPLE or width % INPUT_STRIDE_MULTIPLE:
+            raise ValueError(
+                f"pixel_values height and width must be multiples of {INPUT_STRIDE_MULTIPLE}, got {height}x{width}; "
+                "resize or pad the images (PngImageProcessor does this)"
+            )
+        batch = pixel_values.shape[0]
+        if input_ids.dim() not in (2, 3) or input_ids.shape[0] != batch:
+            raise ValueError(
+                f"input_ids must be (batch, seq_len) or (batch, windows, seq_len) with batch {batch}, "
+                f"got shape {tuple(input_ids.shape)}"
+            )
+        num_tokens = input_ids.shape[-1] * (input_ids.shape[1] if input_ids.dim() == 3 else 1)
+        if (
+            phrase_token_mask.dim() != 3
+            or phrase_token_mask.shape[0] != batch
+            or phrase_token_mask.shape[2] != num_tokens
+        ):
+            raise ValueError(
+                f"phrase_token_mask must be (batch={batch}, num_phrases, num_tokens={num_tokens}), "
+                f"got shape {tuple(phrase_token_mask.shape)}"
+            )
+        num_phrases = phrase_token_mask.shape[1]
+        has_tokens = phrase_token_mask.bool().any(dim=-1)  # B x P
+        if phrase_mask is None:
+            phrase_mask = has_tokens
+        else:
+            if tuple(phrase_mask.shape) != (batch, num_phrases):
+                raise ValueError(
+                    f"phrase_mask must be (batch={batch}, num_phrases={num_phrases}) like phrase_token_mask, "
+                    f"got shape {tuple(phrase_mask.shape)}"
+                )
+            phrase_mask = phrase_mask.bool()
+            empty = phrase_mask & ~has_tokens
+            if empty.any():
+                sample, phrase = (int(i) for i in empty.nonzero()[0])
+                raise ValueError(
+                    f"phrase {phrase} of sample {sample} is marked real in phrase_mask but has no token in "
+                    "phrase_token_mask"
+                )
+        if labels is not None:
+            stride4 = (height // 4, width // 4)
+            if labels.dim() != 4 or labels.shape[:2] != (batch, num_phrases):
+                raise ValueError(
+                    f"labels must be (batch={batch}, num_phrases={num_phrases}, height, width), "
+                    f"got shape {tuple(labels.shape)}: one mask per phrase of phrase_token_mask"
+                )
+            if tuple(labels.shape[-2:]) not in ((height, width), stride4):
+                raise ValueError(
+                    f"labels must have the size of pixel_values ({height}x{width}) or its stride-4 size "
+                    f"({stride4[0]}x{stride4[1]}), got {labels.shape[-2]}x{labels.shape[-1]}"
+                )
+        return phrase_mask
+
+    def _compute_loss(self, head_output, labels, phrase_mask, pixel_mask, counts_override):
+        logits = head_output.pred_masks
+        size = logits.shape[-2:]
+        targets = (
+            F.interpolate(labels.float(), size=size, mode="area")
+            if labels.shape[-2:] != size
+            else labels.float()
+        )
+        if pixel_mask is None:
+            pixel_valid = torch.ones(logits.shape[0], *size, dtype=torch.bool, device=logits.device)
+        else:
+            pixel_valid = F.interpolate(pixel_mask[:, None].float(), size=size, mode="area")[:, 0] >= 0.5
+        counts = count_loss_items(targets, phrase_mask, pixel_valid)
+        if counts_override is not None:
+            counts.update(
+                {
+                    name: torch.as_tensor(value, device=logits.device)
+                    for name, value in counts_override.items()
+                }
+            )
+
+        def normalised(total, name):
+            return total / counts[name].clamp(min=1.0)
+
+        config = self.config
+        bce = dice = logits.new_zeros((), dtype=torch.float32)
+        for prediction in (*head_output.auxiliary_masks, logits):  # deep supervision on every round
+            bce_sum, dice_sum = mask_loss_sums(prediction, targets, phrase_mask, pixel_valid)
+            bce = bce + normalised(bce_sum, PHRASES)
+            dice = dice + normalised(dice_sum, PHRASES)
+        loss_dict = {"bce": bce, "dice": dice}
+        loss = config.bce_loss_weight * bce + config.dice_loss_weight * dice
+        if config.sal_loss_weight > 0 and head_output.phrase_embeddings is not None:
+            to_pixel, to_phrase = semantic_alignment_loss_sums(
+                head_output.phrase_embeddings,
+                head_output.pixel_embeddings,
+                targets,
+                phrase_mask,
+                pixel_valid,
+                config.sal_temperature,
+            )
+            loss_dict["sal_phrase_to_pixel"] = normalised(to_pixel, SAL_PHRASES)
+            loss_dict["sal_pixel_to_phrase"] = normalised(to_phrase, SAL_PIXELS)
+            loss = loss + config.sal_loss_weight * (
+                loss_dict["sal_phrase_to_pixel"] + loss_dict["sal_pixel_to_phrase"]
+            )
+        return loss, loss_dict
+
+
+__all__ = ["PngForPanopticNarrativeGrounding", "PngOutput", "PngPreTrainedModel"]
