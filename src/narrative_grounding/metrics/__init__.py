@@ -1,0 +1,42 @@
+"""Metrics of narrative grounding: PNG Average Recall and the referring-segmentation metrics.
+
+Each metric is an `evaluate` module (a folder whose .py has the folder's name) that
+`evaluate.load(path)` accepts offline, and also a class to use directly:
+
+>>> import evaluate
+>>> from narrative_grounding.metrics import AVERAGE_RECALL_PATH
+>>> metric = evaluate.load(AVERAGE_RECALL_PATH)            # or evaluate.load(path, "stride4")
+
+The definitions live in `functional` and are shared by every path, so a training loop that has
+gathered per-phrase IoUs or counts can call `average_recall_from_ious` / `..._from_counts` and
+get exactly the numbers the module gives.
+"""
+
+from pathlib import Path
+
+from .functional import (
+    average_recall_from_counts,
+    average_recall_from_ious,
+    referring_segmentation_from_counts,
+)
+from .mask_counts import evaluation_size, mask_counts, resize_for_protocol
+from .average_recall.average_recall import AverageRecall
+from .referring_segmentation.referring_segmentation import ReferringSegmentation
+
+#: Folder to pass to `evaluate.load` for Average Recall.
+AVERAGE_RECALL_PATH = str(Path(__file__).parent / "average_recall")
+#: Folder to pass to `evaluate.load` for the referring-segmentation metrics.
+REFERRING_SEGMENTATION_PATH = str(Path(__file__).parent / "referring_segmentation")
+
+__all__ = [
+    "AVERAGE_RECALL_PATH",
+    "REFERRING_SEGMENTATION_PATH",
+    "AverageRecall",
+    "ReferringSegmentation",
+    "average_recall_from_counts",
+    "average_recall_from_ious",
+    "evaluation_size",
+    "mask_counts",
+    "referring_segmentation_from_counts",
+    "resize_for_protocol",
+]
