@@ -14,13 +14,13 @@ get exactly the numbers the module gives.
 
 from pathlib import Path
 
+from .average_recall.average_recall import AverageRecall
 from .functional import (
     average_recall_from_counts,
     average_recall_from_ious,
     referring_segmentation_from_counts,
 )
 from .mask_counts import evaluation_size, mask_counts, resize_for_protocol
-from .average_recall.average_recall import AverageRecall
 from .referring_segmentation.referring_segmentation import ReferringSegmentation
 
 #: Folder to pass to `evaluate.load` for Average Recall.

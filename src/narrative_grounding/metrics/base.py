@@ -89,7 +89,9 @@ class CountingMetric(evaluate.Metric, metaclass=abc.ABCMeta):
             if predictions is None or references is None:
                 raise ValueError("Masks need both `predictions` and `references`.")
             if reference_areas is not None:
-                raise ValueError("`reference_areas` is computed from `references`; do not pass it with masks.")
+                raise ValueError(
+                    "`reference_areas` is computed from `references`; do not pass it with masks."
+                )
             counts = mask_counts(
                 predictions,
                 references,
@@ -106,7 +108,9 @@ class CountingMetric(evaluate.Metric, metaclass=abc.ABCMeta):
                 "(`intersections` and `unions`)."
             )
         if require_reference_areas and reference_areas is None:
-            raise ValueError("Counts need `reference_areas` too (the ground-truth pixel count of each expression).")
+            raise ValueError(
+                "Counts need `reference_areas` too (the ground-truth pixel count of each expression)."
+            )
         columns = {"intersections": intersections, "unions": unions}
         if reference_areas is not None:
             columns["reference_areas"] = [-1 if area is None else area for area in _as_list(reference_areas)]
@@ -124,7 +128,9 @@ class CountingMetric(evaluate.Metric, metaclass=abc.ABCMeta):
         """Appends per-phrase columns (the module's features) to evaluate's Arrow cache."""
         lengths = {name: len(values) for name, values in columns.items()}
         if len(set(lengths.values())) > 1:
-            raise ValueError(f"Per-phrase inputs differ in length: {lengths}; give one entry per phrase in each.")
+            raise ValueError(
+                f"Per-phrase inputs differ in length: {lengths}; give one entry per phrase in each."
+            )
         evaluate.Metric.add_batch(self, **columns)
 
     def _check_something_added(self) -> None:
@@ -142,7 +148,9 @@ def _as_list(values: Any) -> list[Any]:
     if isinstance(values, np.ndarray):
         return values.tolist()
     if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
-        raise ValueError(f"Expected one value per phrase (a list, array or tensor), got {type(values).__name__}.")
+        raise ValueError(
+            f"Expected one value per phrase (a list, array or tensor), got {type(values).__name__}."
+        )
     return list(values)
 
 

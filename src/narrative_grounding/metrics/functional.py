@@ -154,7 +154,10 @@ def average_recall_from_ious(
     for name, selected in splits.items():
         results[f"num_{name}"] = int(selected.sum())
     results["num_skipped_empty_ground_truth"] = int(num_skipped_empty_ground_truth)
-    curve = {"iou_thresholds": CURVE_THRESHOLDS.tolist(), "overall": recall_at(ious, CURVE_THRESHOLDS).tolist()}
+    curve = {
+        "iou_thresholds": CURVE_THRESHOLDS.tolist(),
+        "overall": recall_at(ious, CURVE_THRESHOLDS).tolist(),
+    }
     for name, selected in splits.items():
         curve[name] = recall_at(ious[selected], CURVE_THRESHOLDS).tolist()
     results["recall_curve"] = curve
@@ -219,7 +222,9 @@ def average_recall_from_counts(
     if reference_areas is None:
         reference_areas = np.full(len(intersections), -1, dtype=np.int64)
     else:
-        reference_areas = _as_1d([-1 if a is None else a for a in reference_areas], "reference_areas", np.int64)
+        reference_areas = _as_1d(
+            [-1 if a is None else a for a in reference_areas], "reference_areas", np.int64
+        )
     _check_lengths(
         intersections=intersections,
         unions=unions,

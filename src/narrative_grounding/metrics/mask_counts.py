@@ -156,7 +156,9 @@ def resize_for_protocol(
         probabilities = _prediction_probabilities(prediction, prediction_type, "the prediction")
         if tuple(probabilities.shape[-2:]) != size:
             # EPNG: sigmoid first, then bilinear upsampling of the probabilities, then threshold
-            probabilities = F.interpolate(probabilities[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+            probabilities = F.interpolate(
+                probabilities[:, None], size=size, mode="bilinear", align_corners=False
+            )[:, 0]
         prediction = probabilities > threshold
     if not batched:
         prediction, reference = prediction[0], reference[0]
@@ -207,7 +209,9 @@ def mask_counts(
         "short_side": short_side,
         "max_size": max_size,
     }
-    stacked = all(isinstance(x, (torch.Tensor, np.ndarray)) and x.ndim == 3 for x in (predictions, references))
+    stacked = all(
+        isinstance(x, (torch.Tensor, np.ndarray)) and x.ndim == 3 for x in (predictions, references)
+    )
     if stacked and len(predictions):
         try:
             prediction, reference = resize_for_protocol(predictions, references, **options)

@@ -99,8 +99,7 @@ class AverageRecall(CountingMetric):
         unions: Any = None,
         reference_areas: Any = None,
     ) -> None:
-        """Adds a batch of phrases, reducing masks to pixel counts at once.
-        """
+        """Adds a batch of phrases, reducing masks to pixel counts at once."""
         if is_thing is None or num_segments is None:
             raise ValueError("Every phrase needs `is_thing` and `num_segments` (one entry per phrase).")
         columns = self._counts(
@@ -121,8 +120,7 @@ class AverageRecall(CountingMetric):
         union: Any = None,
         reference_area: Any = None,
     ) -> None:
-        """Adds one phrase (the singular form of `add_batch`).
-        """
+        """Adds one phrase (the singular form of `add_batch`)."""
 
         def one(value: Any) -> list[Any] | None:
             return None if value is None else [value]
@@ -188,4 +186,3 @@ class AverageRecall(CountingMetric):
             integration=integration,
             empty_ground_truth=empty_ground_truth,
         )
-

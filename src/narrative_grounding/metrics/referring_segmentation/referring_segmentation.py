@@ -89,8 +89,7 @@ class ReferringSegmentation(CountingMetric):
         unions: Any = None,
         reference_areas: Any = None,
     ) -> None:
-        """Adds a batch of expressions, reducing masks to pixel counts at once.
-        """
+        """Adds a batch of expressions, reducing masks to pixel counts at once."""
         columns = self._counts(
             predictions, references, intersections, unions, reference_areas, require_reference_areas=True
         )
@@ -105,8 +104,7 @@ class ReferringSegmentation(CountingMetric):
         union: Any = None,
         reference_area: Any = None,
     ) -> None:
-        """Adds one expression (the singular form of `add_batch`).
-        """
+        """Adds one expression (the singular form of `add_batch`)."""
 
         def one(value: Any) -> list[Any] | None:
             return None if value is None else [value]
