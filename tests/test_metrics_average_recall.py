@@ -367,7 +367,7 @@ def test_original_protocol_resizes_probabilities_bilinearly_then_thresholds() ->
 def test_stride4_protocol_sizes_and_ground_truth_downsampling() -> None:
     assert evaluation_size((480, 640), "original") == (480, 640)
     assert evaluation_size((480, 640), "stride4") == (200, 267)  # input 800 x 1067
-    assert evaluation_size((400, 1200), "stride4") == (112, 334)  # long side capped at 1333
+    assert evaluation_size((400, 1200), "stride4") == (111, 334)  # input 444 x 1333: long side capped
     truth = np.zeros((480, 640), dtype=bool)
     truth[100:300, 200:400] = True
     prediction = np.zeros((200, 267), dtype=np.float32)

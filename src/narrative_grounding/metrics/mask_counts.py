@@ -222,6 +222,9 @@ def mask_counts(
         counts = np.zeros((len(predictions), 3), dtype=np.int64)
         for index, (prediction, reference) in enumerate(zip(predictions, references, strict=True)):
             try:
+                shapes = (tuple(np.shape(prediction)), tuple(np.shape(reference)))
+                if any(len(shape) != 2 for shape in shapes):
+                    raise ValueError(f"expected one H x W mask each, got shapes {shapes[0]} and {shapes[1]}.")
                 prediction, reference = resize_for_protocol(prediction, reference, **options)
             except ValueError as error:
                 raise ValueError(f"Phrase {index} of this batch: {error}") from None
