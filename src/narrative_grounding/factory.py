@@ -52,14 +52,6 @@ def load_variant(name_or_path: str | Path) -> ModelVariant:
     if local_tokenizer.is_dir():
         tokenizer = str(local_tokenizer)
     config_kwargs = json.loads(json.dumps(record["config"]))  # deep copy: callers may mutate
-    text = config_kwargs.setdefault("text_config", {})
-    if "vocab_size" not in text:
-        vocab_file = Path(tokenizer) / "vocab.txt"
-        if not vocab_file.is_file():
-            raise ValueError(
-                f"variant {path.stem}: text_config.vocab_size is not set and {vocab_file} does not exist"
-            )
-        text["vocab_size"] = sum(1 for _ in vocab_file.open(encoding="utf-8"))
     return ModelVariant(
         name=path.stem,
         config_kwargs=config_kwargs,
@@ -69,9 +61,34 @@ def load_variant(name_or_path: str | Path) -> ModelVariant:
     )
 
 
+def _merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
 def load_config(name_or_path: str | Path, **overrides: Any) -> PngConfig:
-    """The `PngConfig` of a named variant, with keyword overrides (e.g. `grounding_head="drmn"`)."""
-    return PngConfig(**{**load_variant(name_or_path).config_kwargs, **overrides})
+    """The `PngConfig` of a named variant with keyword overrides (e.g. `grounding_head="drmn"`); a dict
+    override of a sub-config updates it (`text_config={"num_hidden_layers": 1}` keeps the other fields).
+
+    Without an explicit `text_config.vocab_size`, the vocabulary size is read from the variant's local
+    tokenizer folder, so the embedding table always matches the tokenizer that ships with it.
+    """
+    variant = load_variant(name_or_path)
+    kwargs = _merge(variant.config_kwargs, overrides)
+    text = kwargs.setdefault("text_config", {})
+    if isinstance(text, dict) and "vocab_size" not in text:
+        vocab_file = Path(variant.tokenizer) / "vocab.txt"
+        if not vocab_file.is_file():
+            raise ValueError(
+                f"variant {variant.name}: text_config.vocab_size is not set and {vocab_file} does not exist"
+            )
+        text["vocab_size"] = sum(1 for _ in vocab_file.open(encoding="utf-8"))
+    return PngConfig(**kwargs)
 
 
 def create_model(name_or_path: str | Path, **overrides: Any) -> PngForPanopticNarrativeGrounding:

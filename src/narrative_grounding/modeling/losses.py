@@ -73,7 +73,8 @@ def semantic_alignment_loss_sums(
     Features are L2-normalised so that 1 / temperature bounds the logits (InfoNCE as in MDETR, which the
     paper follows). eq. 13: for each phrase with positives, the mean over its positive pixels of
     -log softmax over all valid pixels. eq. 14: for each valid pixel covered by a phrase, the mean over its
-    positive phrases of -log softmax over the real phrases.
+    positive phrases of -log softmax over the real phrases. With several positives the minimum of a term is
+    log(#positives), not 0: the phrase -> pixel term of a large mask stays well above zero when trained.
     """
     phrases = F.normalize(phrase_embeddings.float(), dim=-1)  # B x P x D
     pixels = F.normalize(pixel_embeddings.float().flatten(2), dim=1)  # B x D x N

@@ -113,6 +113,28 @@ class PngForPanopticNarrativeGrounding(PngPreTrainedModel):
         return self
 
     @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, strict: bool = True, **kwargs):
+        """`PreTrainedModel.from_pretrained`, plus two guarantees.
+
+        strict: a checkpoint whose weights do not match the config (missing or unexpected keys) raises a
+            ValueError naming the keys instead of running a half-random model; `strict=False` loads anyway
+            (transformers then prints its load report naming them).
+        Freezing (`freeze_text_encoder`, `backbone_trainable_stages`) is re-applied to the loaded weights.
+        """
+        want_info = kwargs.pop("output_loading_info", False)
+        model, info = super().from_pretrained(
+            pretrained_model_name_or_path, *model_args, output_loading_info=True, **kwargs
+        )
+        if strict and (info["missing_keys"] or info["unexpected_keys"]):
+            raise ValueError(
+                f"checkpoint {pretrained_model_name_or_path} does not match its config: "
+                f"missing keys {sorted(info['missing_keys'])}, unexpected keys {sorted(info['unexpected_keys'])}. "
+                "Pass strict=False to load it anyway (the missing weights are then freshly initialised)."
+            )
+        model.apply_freezing()
+        return (model, info) if want_info else model
+
+    @classmethod
     def from_pretrained_encoders(
         cls,
         config: PngConfig,
