@@ -167,6 +167,19 @@ def resize_for_protocol(
 
 def _stack_counts(prediction: torch.Tensor, reference: torch.Tensor) -> np.ndarray:
     """`P x 3` int64 (intersection, union, reference area) of two `P x h x w` bool stacks."""
+    if prediction.device.type == "cpu":
+        # numpy's count_nonzero on a contiguous bool mask is ~90x faster than torch's sum on CPU
+        # (which widens every pixel to int64); per-mask calls beat count_nonzero(axis=...)
+        counts = np.empty((len(prediction), 3), dtype=np.int64)
+        for index, (pred, ref) in enumerate(zip(prediction.numpy(), reference.numpy(), strict=True)):
+            intersection = np.count_nonzero(pred & ref)
+            reference_area = np.count_nonzero(ref)
+            counts[index] = (
+                intersection,
+                np.count_nonzero(pred) + reference_area - intersection,
+                reference_area,
+            )
+        return counts
     intersection = (prediction & reference).flatten(1).sum(1)  # P
     prediction_area = prediction.flatten(1).sum(1)  # P
     reference_area = reference.flatten(1).sum(1)  # P
