@@ -392,6 +392,18 @@ def test_binary_mask_at_another_size_is_resized_under_original() -> None:
     assert results["average_recall"] == 1.0
 
 
+def test_accelerator_reduction_equals_the_cpu_one() -> None:
+    from narrative_grounding.metrics.mask_counts import _stack_counts, _stack_counts_torch
+
+    generator = torch.Generator().manual_seed(12)
+    prediction = torch.rand(5, 30, 40, generator=generator) < 0.4
+    reference = torch.rand(5, 30, 40, generator=generator) < 0.3
+    assert np.array_equal(_stack_counts(prediction, reference), _stack_counts_torch(prediction, reference))
+    if torch.cuda.is_available():
+        on_device = _stack_counts(prediction.cuda(), reference.cuda())
+        assert np.array_equal(on_device, _stack_counts(prediction, reference))
+
+
 # ---------------------------------------------------------------- bad input
 @pytest.mark.parametrize(
     ("kwargs", "message"),
