@@ -75,7 +75,13 @@ class PngConfig(PreTrainedConfig):
         Not in EPNG (which upsamples the stride-16 map alone); sharpens small masks. Used by the tiny configs.
     bce_loss_weight, dice_loss_weight, sal_loss_weight (`float`, defaults 2.0, 2.0, 1.0): EPNG eq. 15.
     sal_temperature (`float`, defaults to 0.1): tau of EPNG eqs. 13-14 (the released code scales by 10).
-    drmn_* : the DRMN head's hyper-parameters (see `heads_drmn.py`).
+    drmn_* : the DRMN head's hyper-parameters (see `heads_drmn.py`): width `drmn_hidden_dim` (256),
+        `drmn_encoder_layers` deformable encoder layers (2) with `drmn_num_heads` heads (8), `drmn_num_levels`
+        FPN levels (4; fewer keep stride 8 and drop stride 4 first: 1 -> {8}, 2 -> {8, 16}, 3 -> {8, 16, 32})
+        and `drmn_num_points` sampling points per head and level (4), FFN width `drmn_ffn_dim` (1024),
+        `drmn_refinement_rounds` top-k rounds (3, 0 keeps the initial matching) over the `drmn_top_k` (100)
+        best pixels of each phrase, `drmn_dropout` (0.1) and `drmn_text_conditioning` (True: the encoder's
+        sampling weights depend on the phrases; False: a purely visual deformable encoder, for ablation).
     """
 
     model_type = "panoptic_narrative_grounding"
@@ -120,6 +126,10 @@ class PngConfig(PreTrainedConfig):
     drmn_ffn_dim: int = 1024
     drmn_refinement_rounds: int = 3
     drmn_top_k: int = 100
+    # --- DRMN head: extra fields (issue 7) ---
+    drmn_dropout: float = 0.1
+    drmn_text_conditioning: bool = True
+    # --- end DRMN extra fields ---
 
     # Losses (EPNG eq. 15; DRMN uses BCE + Dice on every round)
     bce_loss_weight: float = 2.0
@@ -162,6 +172,16 @@ class PngConfig(PreTrainedConfig):
             raise ValueError(
                 f"drmn_num_levels must be in 1..4 (FPN strides 4-32), got {self.drmn_num_levels}"
             )
+        # --- DRMN head validation (issue 7) ---
+        for name in ("drmn_hidden_dim", "drmn_num_heads", "drmn_num_points", "drmn_ffn_dim", "drmn_top_k"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("drmn_encoder_layers", "drmn_refinement_rounds"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not 0.0 <= self.drmn_dropout < 1.0:
+            raise ValueError(f"drmn_dropout must be in [0, 1), got {self.drmn_dropout}")
+        # --- end DRMN head validation ---
         if self.text_layers_to_average < 1:
             raise ValueError(f"text_layers_to_average must be >= 1, got {self.text_layers_to_average}")
         if self.backbone_trainable_stages < 0:

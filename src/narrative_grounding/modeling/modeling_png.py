@@ -19,6 +19,7 @@ from transformers.utils import ModelOutput
 
 from .attention import LocalityPerceptiveAttention
 from .configuration_png import PngConfig
+from .heads_drmn import DrmnHead
 from .heads_epng import EpngHead
 from .losses import (
     PHRASES,
@@ -32,7 +33,7 @@ from .text_encoder import TextEncoder, pool_phrases
 from .visual_encoder import VisualEncoder, build_timm_backbone
 
 # One entry per grounding head: adding a head is adding a module and a line here.
-GROUNDING_HEADS = {"epng": EpngHead}
+GROUNDING_HEADS = {"epng": EpngHead, "drmn": DrmnHead}
 
 INPUT_STRIDE_MULTIPLE = 32  # the coarsest FPN level is stride 32
 

@@ -1,0 +1,317 @@
+"""DRMN's grounding head ("Context Does Matter", arXiv 2310.16616): a text-conditioned multi-scale
+deformable encoder, then phrase-kernel matching refined over several rounds of top-k context gathering.
+
+Data flow (shapes for a 640x640 input, paper sizes D = 256):
+  FPN levels (strides 8/16/32 + 4: 80x80, 40x40, 20x20, 160x160 x C) -> 1x1 projection to D
+  -> + level embedding + 2D sine position -> `drmn_encoder_layers` deformable encoder layers over the
+     34,000 pixels of all levels (each pixel samples Hd x L x K points around itself on every level; the
+     sampling weights are conditioned on the narrative's phrases)
+  -> initial matching: kernel_0 = Linear(phrase feature) ; logits_0 = kernel_0 . stride-8 pixels -> x2 to stride 4
+  -> round r = 1..R: per phrase, the K pixels with the highest logits_{r-1} at stride 8 are re-encoded by
+     deformable attention around their own location across all levels (query = phrase state + position);
+     the phrase attends to those K context features (MHA + residual + LN + FFN) -> kernel_r -> logits_r.
+Every round's masks are returned (the model supervises all of them: BCE + Dice, deep supervision).
+
+Choices the paper leaves open, and what this implementation does:
+- Levels: stride 8 is always encoded (the matching map lives there); fewer than 4 levels drop stride 4 first
+  (the costliest, with the least context): 1 -> {8}, 2 -> {8, 16}, 3 -> {8, 16, 32}, 4 -> {4, 8, 16, 32}.
+- Text conditioning ("weighted by cross-modal attention with the text embeddings"): in every encoder layer
+  each pixel query gathers a text context t_q by multi-head cross-attention over the narrative's real
+  phrases, and the deformable attention weights are predicted from (query + t_q); the sampling offsets come
+  from the visual query alone. So *where* a pixel looks is visual, *how much* each sampled multi-scale
+  context counts depends on what the narrative talks about. `drmn_text_conditioning=False` removes it.
+- Top-k runs on the stride-8 logits (the resolution of the kernel . pixel product; K is clamped to the
+  number of stride-8 pixels). Selection is per phrase: no phrase's choice depends on another phrase.
+- The re-encoded top-k features feed the phrase update only; the shared pixel map is the encoder output
+  in every round (per-phrase pixel maps would cost P x the memory).
+- Padded phrases: the encoder's cross-attention never reads them and a round only reads its own phrase, so
+  they cannot change a real phrase's output; their own logits are computed but meaningless (the loss and
+  the metric ignore them through `phrase_mask`). A narrative without real phrases gets no text context.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .attention import CrossAttention
+from .deformable_attention import MultiScaleDeformableAttention
+from .head_output import GroundingHeadOutput
+
+# Encoded levels by priority: the matching level first, then coarser context, the costly stride 4 last.
+LEVEL_PRIORITY = (8, 16, 32, 4)
+MATCHING_STRIDE = 8
+
+
+def drmn_level_strides(num_levels: int) -> tuple[int, ...]:
+    """FPN strides the DRMN encoder reads for `drmn_num_levels`, fine to coarse (e.g. 2 -> (8, 16))."""
+    return tuple(sorted(LEVEL_PRIORITY[:num_levels]))
+
+
+def sine_position_embedding(
+    height: int, width: int, dim: int, *, device: torch.device, dtype: torch.dtype
+) -> torch.Tensor:
+    """2D sine position embedding of an height x width map (DETR style, coordinates normalised to [0, 2 pi]
+    so every level of a pyramid gets the same code at the same image location). Returns (H * W) x dim:
+    the first dim / 2 channels encode y, the others x, each as interleaved sin / cos of 10000^(-2i/(dim/2))."""
+    half = dim // 2
+    ys = (torch.arange(height, device=device, dtype=torch.float32) + 0.5) / height * 2 * math.pi
+    xs = (torch.arange(width, device=device, dtype=torch.float32) + 0.5) / width * 2 * math.pi
+    frequencies = 10000.0 ** (-(torch.arange(half, device=device) // 2 * 2).float() / half)  # half
+
+    def encode(positions: torch.Tensor) -> torch.Tensor:  # n -> n x half
+        angles = positions[:, None] * frequencies[None, :]
+        return torch.where(torch.arange(half, device=device) % 2 == 0, angles.sin(), angles.cos())
+
+    y_code = encode(ys)[:, None, :].expand(height, width, half)  # H x W x half
+    x_code = encode(xs)[None, :, :].expand(height, width, half)  # H x W x half
+    embedding = torch.cat([y_code, x_code], dim=-1).flatten(0, 1)  # N x 2 half
+    if embedding.shape[-1] < dim:  # odd dim: one zero channel
+        embedding = F.pad(embedding, (0, dim - embedding.shape[-1]))
+    return embedding.to(dtype)
+
+
+def pixel_centres(height: int, width: int, *, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """(H * W) x 2 normalised (x, y) centres of the pixels of an height x width map, row-major."""
+    ys = (torch.arange(height, device=device, dtype=dtype) + 0.5) / height
+    xs = (torch.arange(width, device=device, dtype=dtype) + 0.5) / width
+    grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")
+    return torch.stack([grid_x.flatten(), grid_y.flatten()], dim=-1)  # N x 2
+
+
+def select_top_pixels(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices of the min(k, N) highest-scoring pixels of every phrase.
+
+    scores: B x P x N mask logits (pixels row-major). Returns B x P x K long indices, best first. Each
+    phrase's selection depends only on its own scores, so padded phrases never affect real ones.
+    """
+    return scores.topk(min(k, scores.shape[-1]), dim=-1, sorted=True).indices
+
+
+def _feed_forward(d_model: int, hidden: int, dropout: float) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Linear(d_model, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, d_model)
+    )
+
+
+class DeformableEncoderLayer(nn.Module):
+    """Text-conditioned deformable self-attention over all levels + FFN, each residual + LN."""
+
+    def __init__(self, config) -> None:
+        super().__init__()
+        d_model = config.drmn_hidden_dim
+        self.deformable_attention = MultiScaleDeformableAttention(
+            d_model=d_model,
+            num_heads=config.drmn_num_heads,
+            num_levels=config.drmn_num_levels,
+            num_points=config.drmn_num_points,
+        )
+        self.text_attention = (
+            CrossAttention(d_model=d_model, num_heads=config.drmn_num_heads)
+            if config.drmn_text_conditioning
+            else None
+        )
+        self.attention_norm = nn.LayerNorm(d_model, eps=config.layer_norm_eps)
+        self.ffn = _feed_forward(d_model, config.drmn_ffn_dim, config.drmn_dropout)
+        self.ffn_norm = nn.LayerNorm(d_model, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.drmn_dropout)
+
+    def forward(
+        self,
+        pixels: torch.Tensor,
+        positions: torch.Tensor,
+        reference_points: torch.Tensor,
+        level_shapes: list[tuple[int, int]],
+        phrases: torch.Tensor,
+        phrase_mask: torch.Tensor,
+    ) -> torch.Tensor:
+        """pixels: B x N x D (N = sum of H_l * W_l, levels concatenated fine to coarse); positions: N x D;
+        reference_points: N x 2; phrases: B x P x D; phrase_mask: B x P bool. Returns B x N x D."""
+        batch = pixels.shape[0]
+        queries = pixels + positions  # B x N x D
+        weight_queries = queries
+        if self.text_attention is not None and phrases.shape[1] > 0:
+            # Text context per pixel: the phrases it resembles decide how much each sample counts.
+            weight_queries = queries + self.text_attention(queries, phrases, phrase_mask)
+        sizes = [height * width for height, width in level_shapes]
+        value_levels = [
+            level.transpose(1, 2).reshape(batch, -1, height, width)  # B x D x H_l x W_l
+            for level, (height, width) in zip(pixels.split(sizes, dim=1), level_shapes, strict=True)
+        ]
+        attended = self.deformable_attention(
+            queries,
+            reference_points.expand(batch, -1, -1),
+            value_levels,
+            weight_queries=weight_queries,
+        )
+        pixels = self.attention_norm(pixels + self.dropout(attended))
+        return self.ffn_norm(pixels + self.dropout(self.ffn(pixels)))
+
+
+class RefinementRound(nn.Module):
+    """One round of multi-round matching: re-encode each phrase's top-k pixels with multi-scale deformable
+    attention around them, then update the phrase from those K context features."""
+
+    def __init__(self, config) -> None:
+        super().__init__()
+        d_model = config.drmn_hidden_dim
+        eps = config.layer_norm_eps
+        self.context_attention = MultiScaleDeformableAttention(
+            d_model=d_model,
+            num_heads=config.drmn_num_heads,
+            num_levels=config.drmn_num_levels,
+            num_points=config.drmn_num_points,
+        )
+        self.context_norm = nn.LayerNorm(d_model, eps=eps)
+        self.context_ffn = _feed_forward(d_model, config.drmn_ffn_dim, config.drmn_dropout)
+        self.context_ffn_norm = nn.LayerNorm(d_model, eps=eps)
+        self.phrase_attention = CrossAttention(d_model=d_model, num_heads=config.drmn_num_heads)
+        self.phrase_norm = nn.LayerNorm(d_model, eps=eps)
+        self.phrase_ffn = _feed_forward(d_model, config.drmn_ffn_dim, config.drmn_dropout)
+        self.phrase_ffn_norm = nn.LayerNorm(d_model, eps=eps)
+        self.dropout = nn.Dropout(config.drmn_dropout)
+
+    def forward(
+        self,
+        phrases: torch.Tensor,
+        scores: torch.Tensor,
+        matching_pixels: torch.Tensor,
+        matching_positions: torch.Tensor,
+        matching_centres: torch.Tensor,
+        value_levels: list[torch.Tensor],
+        top_k: int,
+    ) -> torch.Tensor:
+        """
+        phrases: B x P x D phrase states (the current kernels); scores: B x P x N current logits at stride 8.
+        matching_pixels: B x N x D encoded stride-8 pixels; matching_positions: N x D; matching_centres: N x 2.
+        value_levels: the encoded levels, each B x D x H_l x W_l. Returns the new phrase states, B x P x D.
+        """
+        batch, num_phrases, d_model = phrases.shape
+        indices = select_top_pixels(scores, top_k)  # B x P x K
+        k = indices.shape[-1]
+        flat = indices.flatten(1)  # B x (P * K)
+        pixels = matching_pixels.gather(1, flat[..., None].expand(-1, -1, d_model))  # B x (P * K) x D
+        positions = matching_positions[flat]  # B x (P * K) x D
+        centres = matching_centres[flat]  # B x (P * K) x 2
+        # The phrase asks each of its pixels for the multi-scale context relevant to it.
+        queries = phrases.repeat_interleave(k, dim=1) + positions  # B x (P * K) x D
+        context = self.context_attention(queries, centres, value_levels)
+        context = self.context_norm(pixels + self.dropout(context))
+        context = self.context_ffn_norm(context + self.dropout(self.context_ffn(context)))
+        # Each phrase attends to its own K context features only.
+        context = context.view(batch * num_phrases, k, d_model)  # (B * P) x K x D
+        states = phrases.reshape(batch * num_phrases, 1, d_model)  # (B * P) x 1 x D
+        every_key = torch.ones(batch * num_phrases, k, dtype=torch.bool, device=phrases.device)
+        states = self.phrase_norm(states + self.dropout(self.phrase_attention(states, context, every_key)))
+        states = self.phrase_ffn_norm(states + self.dropout(self.phrase_ffn(states)))
+        return states.view(batch, num_phrases, d_model)
+
+
+class DrmnHead(nn.Module):
+    """DRMN's head. forward(features, phrase_features, phrase_mask) -> GroundingHeadOutput with
+    pred_masks = the last round's logits and auxiliary_masks = (initial matching, rounds 1..R-1)."""
+
+    def __init__(self, config) -> None:
+        super().__init__()
+        d_model = config.drmn_hidden_dim
+        self.strides = drmn_level_strides(config.drmn_num_levels)
+        self.matching_level = self.strides.index(MATCHING_STRIDE)
+        self.top_k = config.drmn_top_k
+        self.input_projections = nn.ModuleList(
+            nn.Identity() if config.fpn_channels == d_model else nn.Conv2d(config.fpn_channels, d_model, 1)
+            for _ in self.strides
+        )
+        self.level_embedding = nn.Embedding(len(self.strides), d_model)
+        self.phrase_projection = nn.Linear(config.text_config.hidden_size, d_model)  # the phrase kernels
+        self.encoder_layers = nn.ModuleList(
+            DeformableEncoderLayer(config) for _ in range(config.drmn_encoder_layers)
+        )
+        self.rounds = nn.ModuleList(RefinementRound(config) for _ in range(config.drmn_refinement_rounds))
+        # Kernel . pixel products of D-dim LayerNormed features grow like sqrt(D): keep logits O(1).
+        self.logit_scale = d_model**-0.5
+
+    def forward(
+        self, features: dict[int, torch.Tensor], phrase_features: torch.Tensor, phrase_mask: torch.Tensor
+    ) -> GroundingHeadOutput:
+        """features: stride -> B x C x H/s x W/s (strides 4..32); phrase_features: B x P x C_text;
+        phrase_mask: B x P bool (True = real phrase)."""
+        missing = [stride for stride in (*self.strides, 4) if stride not in features]
+        if missing:
+            raise ValueError(f"the DRMN head needs FPN strides {self.strides} and 4; missing {missing}")
+        phrase_mask = phrase_mask.bool()
+        maps = [
+            projection(features[s])
+            for projection, s in zip(self.input_projections, self.strides, strict=True)
+        ]
+        batch, d_model = maps[0].shape[:2]
+        device, dtype = maps[0].device, maps[0].dtype
+        level_shapes = [tuple(level.shape[-2:]) for level in maps]
+        positions, centres = [], []
+        for level, (height, width) in enumerate(level_shapes):
+            positions.append(
+                sine_position_embedding(height, width, d_model, device=device, dtype=dtype)
+                + self.level_embedding.weight[level]
+            )  # N_l x D
+            centres.append(pixel_centres(height, width, device=device, dtype=dtype))  # N_l x 2
+        sizes = [height * width for height, width in level_shapes]
+        pixels = torch.cat([level.flatten(2).transpose(1, 2) for level in maps], dim=1)  # B x N x D
+        all_positions, all_centres = torch.cat(positions), torch.cat(centres)  # N x D, N x 2
+
+        phrases = self.phrase_projection(phrase_features)  # B x P x D, the initial kernels
+        for layer in self.encoder_layers:
+            pixels = layer(pixels, all_positions, all_centres, level_shapes, phrases, phrase_mask)
+
+        value_levels = [
+            level.transpose(1, 2).reshape(batch, d_model, height, width)  # B x D x H_l x W_l
+            for level, (height, width) in zip(pixels.split(sizes, dim=1), level_shapes, strict=True)
+        ]
+        matching_pixels = pixels.split(sizes, dim=1)[self.matching_level]  # B x N8 x D
+        matching_map = value_levels[self.matching_level]  # B x D x H/8 x W/8
+        stride4_size = features[4].shape[-2:]
+
+        def match(kernels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            """Stride-8 logits B x P x N8 (for top-k) and stride-4 logits B x P x H/4 x W/4."""
+            logits = torch.bmm(kernels, matching_pixels.transpose(1, 2)) * self.logit_scale  # B x P x N8
+            if logits.shape[1] == 0:  # no phrase in the whole batch: empty masks (interpolate rejects them)
+                return logits, logits.reshape(batch, 0, *stride4_size)
+            height, width = level_shapes[self.matching_level]
+            upsampled = F.interpolate(
+                logits.view(batch, logits.shape[1], height, width),
+                size=stride4_size,
+                mode="bilinear",
+                align_corners=False,
+            )  # B x P x H/4 x W/4
+            return logits, upsampled
+
+        scores, masks = match(phrases)
+        all_masks = [masks]
+        for refinement in self.rounds:
+            if phrases.shape[1] == 0:  # nothing to refine; every round still reports its (empty) masks
+                all_masks.append(masks)
+                continue
+            phrases = refinement(
+                phrases,
+                scores,
+                matching_pixels,
+                positions[self.matching_level],
+                centres[self.matching_level],
+                value_levels,
+                self.top_k,
+            )
+            scores, masks = match(phrases)
+            all_masks.append(masks)
+        pixel_embeddings = F.interpolate(
+            matching_map, size=stride4_size, mode="bilinear", align_corners=False
+        )  # B x D x H/4 x W/4: the kernels' logits are exactly phrases . these * logit_scale
+        return GroundingHeadOutput(
+            pred_masks=all_masks[-1],
+            auxiliary_masks=tuple(all_masks[:-1]),
+            phrase_embeddings=phrases,
+            pixel_embeddings=pixel_embeddings,
+        )
+
+
+__all__ = ["DrmnHead", "drmn_level_strides", "select_top_pixels", "sine_position_embedding"]
