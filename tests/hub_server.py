@@ -73,6 +73,7 @@ transfers, pagination (every listing fits in one page), Spaces runtime, collecti
 from __future__ import annotations
 
 import argparse
+import atexit
 import base64
 import contextlib
 import fnmatch
@@ -84,6 +85,7 @@ import os
 import re
 import secrets
 import shutil
+import signal
 import tempfile
 import threading
 import time
@@ -334,6 +336,8 @@ class LocalHub:
         self.orgs = tuple(orgs)
         self._own_storage = storage_dir is None
         self._storage_dir = storage_dir or tempfile.mkdtemp(prefix="local_hub_")
+        if self._own_storage:  # also cleaned when the process ends without stop()
+            atexit.register(shutil.rmtree, self._storage_dir, True)
         self.blobs = BlobStore(os.path.join(self._storage_dir, "blobs"))
         self.repos: dict[tuple[str, str], Repo] = {}
         self.lock = threading.RLock()
@@ -1132,6 +1136,10 @@ def _loads(body: bytes) -> dict:
     return payload
 
 
+def _raise_keyboard_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Run a local Hugging Face Hub for manual tests.")
     parser.add_argument("--port", type=int, default=8765)
@@ -1141,6 +1149,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
     hub = LocalHub(port=args.port, token=args.token, user=args.user).start()
+    # Stop cleanly (and remove the blob dir) on `kill` as on Ctrl-C.
+    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     print(f"Local Hub at {hub.endpoint} (user {hub.namespace}). In the client shell:")
     print(f"  export HF_ENDPOINT={hub.endpoint} HF_HUB_DISABLE_XET=1 HF_TOKEN={hub.token}")
     try:

@@ -130,6 +130,50 @@ def test_upload_folder_lfs_and_downloads_are_identical(api, local_hub, tmp_path)
     assert again.oid == commit.oid
 
 
+def test_preupload_decides_lfs_like_the_hub(api, local_hub):
+    """The upload mode comes from the repo's .gitattributes, the 10 MiB limit and binary samples."""
+    import base64
+
+    from huggingface_hub.utils import get_session
+
+    repo_id = _repo_id(local_hub, "preupload")
+    api.create_repo(repo_id)
+    api.upload_file(path_or_fileobj=b"old", path_in_repo="kept.txt", repo_id=repo_id)
+
+    def entry(path: str, size: int, sample: bytes) -> dict:
+        return {"path": path, "size": size, "sample": base64.b64encode(sample).decode()}
+
+    response = get_session().post(
+        f"{local_hub.endpoint}/api/models/{repo_id}/preupload/main",
+        json={
+            "files": [
+                entry("small.txt", 5, b"hello"),
+                entry("big.txt", 11 * 1024 * 1024, b"a" * 512),  # over 10 MiB: LFS whatever the name
+                entry("deep/dir/w.safetensors", 8, b"12345678"),  # *.safetensors in .gitattributes
+                entry("raw.dat", 4, b"\x00\x01\x02\x03"),  # binary sample
+                entry("logs/run.txt", 3, b"log"),
+                entry("kept.txt", 3, b"old"),
+            ],
+            "gitIgnore": "logs/\n",
+        },
+        headers={"authorization": f"Bearer {local_hub.token}"},
+    )
+    response.raise_for_status()
+    modes = {f["path"]: f for f in response.json()["files"]}
+    assert {p: f["uploadMode"] for p, f in modes.items()} == {
+        "small.txt": "regular",
+        "big.txt": "lfs",
+        "deep/dir/w.safetensors": "lfs",
+        "raw.dat": "lfs",
+        "logs/run.txt": "regular",
+        "kept.txt": "regular",
+    }
+    assert modes["logs/run.txt"]["shouldIgnore"] and not modes["small.txt"]["shouldIgnore"]
+    # The remote oid of an existing file lets clients skip unchanged files (git blob sha1 here).
+    assert modes["kept.txt"]["oid"] == api.get_paths_info(repo_id, ["kept.txt"])[0].blob_id
+    assert modes["small.txt"]["oid"] is None
+
+
 def test_revision_by_sha_branches_and_tags(api, local_hub, tmp_path):
     repo_id = _repo_id(local_hub, "revs")
     api.create_repo(repo_id)
@@ -386,6 +430,10 @@ def test_datasets_push_to_hub_and_load_dataset(local_hub):
     pushed.push_to_hub(repo_id)
     files = HfApi().list_repo_files(repo_id, repo_type="dataset")
     assert "README.md" in files and any(f.endswith(".parquet") for f in files)
+
+    # datasets may probe the parquet-conversion ref; the local Hub has none, like a fresh Hub repo.
+    with pytest.raises(RevisionNotFoundError):
+        HfApi().dataset_info(repo_id, revision="refs/convert/parquet")
 
     loaded = datasets.load_dataset(repo_id)
     assert set(loaded) == {"train", "validation"}
