@@ -1,18 +1,20 @@
 """Build the project's tiny WordPiece tokenizer (src/narrative_grounding/hub_configs/tokenizer-tiny/).
 
 The paper configs use bert-base-uncased's tokenizer from the Hub; the tiny configs (tests, the synthetic
-dataset, the demo) need one that ships with the project and loads offline. This script trains a lowercase,
-BERT-style WordPiece vocabulary with the `tokenizers` library on a corpus made only of word lists:
+dataset, the demo) need one that ships with the project and loads offline. This script builds a lowercase,
+BERT-style WordPiece tokenizer with the `tokenizers` library (BertNormalizer, BertPreTokenizer, WordPiece,
+[CLS] ... [SEP] template) whose vocabulary is:
 
-- the word list below (common English, the words of Localized-Narratives-style captions, the COCO panoptic
-  thing and stuff categories, colours, shapes, positions, numbers), each word weighted so that frequent
-  function words merge first, with regular plural / verb forms of the nouns and verbs;
+- the special tokens, [PAD]=0, [UNK]=1, [CLS]=2, [SEP]=3, [MASK]=4, as in BERT;
+- ASCII letters, digits and punctuation, the letters and digits also as ``##`` continuations, so that any
+  ASCII word tokenizes without [UNK] (accents are stripped by the normalizer);
+- ``##`` pieces for regular English endings (##ing, ##ed, ##tion, ...);
+- the word lists below (common English, the words of Localized-Narratives-style captions, the COCO panoptic
+  thing and stuff categories, colours, shapes, positions, numbers) with regular plural / verb forms;
 - the synthetic dataset's vocabulary (`narrative_grounding.data.synthetic.VOCABULARY`) when that module is
   importable, so every word a synthetic narrative uses is one token.
 
-The character alphabet (ASCII letters, digits, punctuation, each also as a ``##`` continuation) is forced
-into the vocabulary so that any ASCII word tokenizes without [UNK]. The output is deterministic: run it
-again to regenerate the committed files.
+The output is deterministic: run it again to regenerate the committed files.
 
     python scripts/build_tiny_tokenizer.py [--vocab-size 6000] [--output DIR]
 """
@@ -23,12 +25,10 @@ import argparse
 import json
 import string
 import sys
-import tempfile
 from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, normalizers, pre_tokenizers, processors
 from tokenizers.models import WordPiece
-from tokenizers.trainers import WordPieceTrainer
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUTPUT = REPO / "src" / "narrative_grounding" / "hub_configs" / "tokenizer-tiny"
@@ -210,18 +210,17 @@ witness wonder wooden worry worth wrap wrong yard yellow young youth zone
 
 NUMBERS = " ".join(str(n) for n in range(0, 101)) + " zero hundred thousand dozen pair pairs couple"
 
-# Weight per list: frequent words appear more often in the corpus so that their merges win first.
 WORD_LISTS = {
-    "function": (FUNCTION_WORDS, 50),
-    "narrative": (NARRATIVE_WORDS, 20),
-    "colours_shapes_positions": (COLOURS_SHAPES_POSITIONS, 20),
-    "coco_things": (COCO_THINGS, 20),
-    "coco_stuff": (COCO_STUFF, 20),
-    "people": (PEOPLE_AND_BODY, 10),
-    "scene": (SCENE_WORDS, 10),
-    "english": (ENGLISH_WORDS, 10),
-    "more_english": (MORE_ENGLISH, 5),
-    "numbers": (NUMBERS, 5),
+    "function": FUNCTION_WORDS,
+    "narrative": NARRATIVE_WORDS,
+    "colours_shapes_positions": COLOURS_SHAPES_POSITIONS,
+    "coco_things": COCO_THINGS,
+    "coco_stuff": COCO_STUFF,
+    "people": PEOPLE_AND_BODY,
+    "scene": SCENE_WORDS,
+    "english": ENGLISH_WORDS,
+    "more_english": MORE_ENGLISH,
+    "numbers": NUMBERS,
 }
 
 
@@ -249,29 +248,48 @@ def inflections(word: str) -> list[str]:
     return [word + "s"]
 
 
-def build_corpus() -> tuple[list[str], list[str]]:
-    """Lines of training text and the sorted list of words that should become single tokens."""
-    lines: list[str] = []
+# Continuation pieces for regular English endings: a word missing from the lists still splits into a known
+# stem plus ending (or, failing that, single characters) rather than [UNK].
+SUFFIXES = """
+s es ed d ing er ers est ly y ies ied ion ions tion tions sion ness ment ments able ible ful less al ial ic ical
+ous ive ity ize ise ized ised ish en an ian ist ists ism ward wards like th ty ry or ors age ance ence ant ent
+ate ated ating ure ures ier iest ily ling lings let lets ship hood some way ways side sides room man men
+"""
+
+
+def build_vocabulary() -> tuple[list[str], list[str]]:
+    """The vocabulary in id order and the sorted list of listed words (each one token).
+
+    Built explicitly rather than with `tokenizers`' WordPiece trainer: the trainer breaks ties between
+    equally frequent merges in hash order, so its vocabulary changed between runs; this one is the same
+    every time (special tokens, characters, ``##`` characters, ``##`` endings, then words, each sorted).
+    """
     words: set[str] = set()
-    for text, weight in WORD_LISTS.values():
-        listed = text.split()
-        words.update(listed)
-        forms = [form for word in listed for form in (word, *inflections(word))]
-        lines.extend([" ".join(forms)] * weight)
-    synthetic = synthetic_vocabulary()
-    if synthetic:
-        words.update(synthetic)
-        lines.extend([" ".join(synthetic)] * 30)
-    # Every character inside a word, so that "##x" continuation pieces exist for the whole alphabet.
-    alphabet = string.ascii_lowercase + string.digits
-    lines.append(" ".join(f"a{char}a" for char in alphabet))
-    return lines, sorted(words)
+    for text in WORD_LISTS.values():
+        for word in text.split():
+            words.add(word)
+            words.update(inflections(word))
+    words.update(synthetic_vocabulary())
+    # The BERT pre-tokenizer splits on punctuation, so "don't" or "t-shirt" can never be one token.
+    words = {word for word in words if all(char not in string.punctuation for char in word)}
+    characters = sorted(set(string.ascii_lowercase + string.digits + string.punctuation))
+    continuations = [f"##{char}" for char in string.ascii_lowercase + string.digits]
+    endings = sorted({f"##{suffix}" for suffix in SUFFIXES.split()} - set(continuations))
+    taken = set(SPECIAL_TOKENS) | set(characters) | set(continuations) | set(endings)
+    ordered_words = sorted(words - taken)
+    vocabulary = [*SPECIAL_TOKENS, *characters, *continuations, *endings, *ordered_words]
+    return vocabulary, sorted(words)
 
 
-def build_tokenizer(vocab_size: int) -> tuple[Tokenizer, list[str]]:
-    tokenizer = Tokenizer(
-        WordPiece(unk_token="[UNK]", continuing_subword_prefix="##", max_input_chars_per_word=100)
+def build_tokenizer() -> tuple[Tokenizer, list[str]]:
+    vocabulary, words = build_vocabulary()
+    model = WordPiece(
+        vocab={token: index for index, token in enumerate(vocabulary)},
+        unk_token="[UNK]",
+        continuing_subword_prefix="##",
+        max_input_chars_per_word=100,
     )
+    tokenizer = Tokenizer(model)
     # As bert-base-uncased: clean text, split CJK characters, strip accents, lowercase; split on whitespace
     # and punctuation (the fast tokenizer keeps character offsets into the original string through this).
     tokenizer.normalizer = normalizers.BertNormalizer(
@@ -279,21 +297,7 @@ def build_tokenizer(vocab_size: int) -> tuple[Tokenizer, list[str]]:
     )
     tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     tokenizer.decoder = decoders.WordPiece(prefix="##")
-    trainer = WordPieceTrainer(
-        vocab_size=vocab_size,
-        min_frequency=2,
-        special_tokens=SPECIAL_TOKENS,
-        initial_alphabet=list(string.ascii_lowercase + string.digits + string.punctuation),
-        limit_alphabet=len(string.ascii_lowercase + string.digits + string.punctuation),
-        continuing_subword_prefix="##",
-        show_progress=False,
-    )
-    lines, words = build_corpus()
-    with tempfile.TemporaryDirectory() as scratch:
-        corpus = Path(scratch) / "corpus.txt"
-        corpus.write_text("\n".join(lines) + "\n", encoding="utf-8")
-        tokenizer.train([str(corpus)], trainer)
-    cls_id, sep_id = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
+    cls_id, sep_id = vocabulary.index("[CLS]"), vocabulary.index("[SEP]")
     tokenizer.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]",
         pair="[CLS] $A [SEP] $B:1 [SEP]:1",
@@ -304,20 +308,16 @@ def build_tokenizer(vocab_size: int) -> tuple[Tokenizer, list[str]]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--vocab-size", type=int, default=6000)
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
     args = parser.parse_args(argv)
 
     from transformers import BertTokenizerFast  # noqa: PLC0415 (heavy import, only when building)
 
-    tokenizer, words = build_tokenizer(args.vocab_size)
+    tokenizer, words = build_tokenizer()
     vocab = tokenizer.get_vocab()
     for position, token in enumerate(SPECIAL_TOKENS):
         if vocab[token] != position:
             raise RuntimeError(f"special token {token} got id {vocab[token]}, expected {position}")
-    missing = [char for char in string.ascii_lowercase + string.digits if f"##{char}" not in vocab]
-    if missing:
-        raise RuntimeError(f"continuation pieces missing for {missing}; raise --vocab-size")
 
     fast = BertTokenizerFast(tokenizer_object=tokenizer, do_lower_case=True, model_max_length=512)
     args.output.mkdir(parents=True, exist_ok=True)
