@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import string
 import sys
 from pathlib import Path
@@ -46,7 +47,7 @@ behind beside besides near nearby around along across through toward towards aga
 inside outside can could will would shall should may might must one two three four five six seven eight
 nine ten eleven twelve first second third last next again once ever never always often sometimes still yet
 already almost about like unlike via per whole half part parts lot lots kind sort type don't doesn't isn't
-aren't can't won't there's here's let's we'll i'm
+aren't can't won't there's here's let's we'll i'm you're they've cafe
 """
 
 NARRATIVE_WORDS = """
@@ -271,7 +272,9 @@ def build_vocabulary() -> tuple[list[str], list[str]]:
             words.update(inflections(word))
     words.update(synthetic_vocabulary())
     # The BERT pre-tokenizer splits on punctuation, so "don't" or "t-shirt" can never be one token.
-    words = {word for word in words if all(char not in string.punctuation for char in word)}
+    # Keep their parts instead ("don", "t"), which is how such words reach the WordPiece model.
+    split = {part for word in words for part in re.split(f"[{re.escape(string.punctuation)}]", word)}
+    words = {word for word in split if word}
     characters = sorted(set(string.ascii_lowercase + string.digits + string.punctuation))
     continuations = [f"##{char}" for char in string.ascii_lowercase + string.digits]
     endings = sorted({f"##{suffix}" for suffix in SUFFIXES.split()} - set(continuations))
