@@ -1,0 +1,278 @@
+"""The PNG dataset as a ``datasets.GeneratorBasedBuilder`` over the official layout, and ``load_png_dataset``.
+
+datasets 5 no longer runs loading scripts, so the builder is used as a class::
+
+    builder = PanopticNarrativeGroundingBuilder(data_dir="/data/png", cache_dir="/tmp/cache")
+    builder.download_and_prepare()
+    dataset = builder.as_dataset()          # DatasetDict: "train", "validation"
+    print(builder.report)                   # every narrative / phrase left out, with its image id
+
+or in one call: ``load_png_dataset("/data/png", splits=["validation"])``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import datasets
+from datasets.fingerprint import Hasher
+
+from .layout import SPLIT_DIRS, PngDataError, SplitPaths, available_splits, split_paths
+from .narratives import Narrative, read_split
+from .report import PngDataReport
+
+REPORT_FILE = "png_data_report.json"
+
+
+def png_features() -> datasets.Features:
+    """The schema of one example (one narrative of one image).
+
+    ``phrases`` holds the noun phrases to ground, in caption order; ``caption[start:end] == text``.
+    ``segment_ids`` index ``segments_info[].id`` and the ids of ``panoptic_png`` (id = R + 256 G + 256^2 B).
+    """
+    segment = {
+        "id": datasets.Value("int64"),
+        "category_id": datasets.Value("int64"),
+        "iscrowd": datasets.Value("int8"),
+        "bbox": datasets.List(datasets.Value("float32"), length=4),
+        "area": datasets.Value("int64"),
+        "is_thing": datasets.Value("bool"),
+    }
+    phrase = {
+        "text": datasets.Value("string"),
+        "start": datasets.Value("int32"),
+        "end": datasets.Value("int32"),
+        "segment_ids": datasets.List(datasets.Value("int64")),
+        "category_ids": datasets.List(datasets.Value("int64")),
+        "is_thing": datasets.Value("bool"),
+        "segment_is_thing": datasets.List(datasets.Value("bool")),
+        "plural": datasets.Value("bool"),
+        "num_segments": datasets.Value("int32"),
+    }
+    return datasets.Features(
+        {
+            "image": datasets.Image(),
+            "image_id": datasets.Value("int64"),
+            "annotator_id": datasets.Value("int64"),
+            "width": datasets.Value("int32"),
+            "height": datasets.Value("int32"),
+            "caption": datasets.Value("string"),
+            "phrases": datasets.List(phrase),
+            "panoptic_png": datasets.Image(),
+            "segments_info": datasets.List(segment),
+        }
+    )
+
+
+@dataclass
+class PngBuilderConfig(datasets.BuilderConfig):
+    """Options of the PNG builder.
+
+    Args:
+        splits: which of "train" / "validation" to prepare; default: those whose annotation files exist.
+        embed_files: store the image and PNG bytes in the Arrow files (self-contained, shareable as Parquet)
+            rather than paths into ``data_dir``.
+        strict: raise :class:`PngDataError` listing the problems instead of leaving bad records out.
+    """
+
+    splits: tuple[str, ...] | None = None
+    embed_files: bool = True
+    strict: bool = False
+
+
+def _annotation_fingerprint(data_dir: str | None) -> str | None:
+    # Part of the cache path: editing an annotation file in place must not reuse a stale Arrow cache.
+    if data_dir is None:
+        return None
+    stats = []
+    for split in SPLIT_DIRS:
+        for path in split_paths(data_dir, split).annotation_files():
+            if path.is_file():
+                stat = path.stat()
+                stats.append((path.name, stat.st_size, stat.st_mtime_ns))
+    return Hasher.hash(stats)
+
+
+class PanopticNarrativeGroundingBuilder(datasets.GeneratorBasedBuilder):
+    """Builds the PNG dataset (one example per narrative) from the official directory layout.
+
+    Narratives, phrases or files that cannot be used are left out and recorded in :attr:`report`
+    (also saved next to the prepared Arrow files and reloaded from there on a cache hit).
+
+    Args:
+        data_dir: root of the official layout (``images/``, ``annotations/``).
+        cache_dir: where the Arrow files go (default: the datasets cache).
+        progress: show a tqdm bar over the narratives while preparing.
+        **kwargs: ``splits``, ``embed_files``, ``strict`` (see :class:`PngBuilderConfig`) and the usual
+            ``datasets.DatasetBuilder`` arguments.
+    """
+
+    BUILDER_CONFIG_CLASS = PngBuilderConfig
+    VERSION = datasets.Version("1.0.0")
+    DEFAULT_WRITER_BATCH_SIZE = 100  # rows carry image bytes; keep Arrow record batches small
+
+    def __init__(self, *args: Any, progress: bool = False, **kwargs: Any):
+        if kwargs.get("data_dir") is not None:
+            kwargs["data_dir"] = str(Path(kwargs["data_dir"]).resolve())
+        if isinstance(kwargs.get("splits"), (list, str)):
+            splits = [kwargs["splits"]] if isinstance(kwargs["splits"], str) else kwargs["splits"]
+            kwargs["splits"] = tuple(splits)
+        kwargs.setdefault("dataset_name", "panoptic_narrative_grounding")
+        kwargs.setdefault("hash", _annotation_fingerprint(kwargs.get("data_dir")))
+        self.progress = progress
+        super().__init__(*args, **kwargs)
+        self.report = PngDataReport(data_dir=str(self.config.data_dir))
+
+    def _info(self) -> datasets.DatasetInfo:
+        return datasets.DatasetInfo(
+            description=(
+                "Panoptic Narrative Grounding: COCO 2017 images with Localized Narratives whose noun phrases "
+                "are linked to COCO panoptic segments (things and stuff, singular and plural)."
+            ),
+            features=png_features(),
+            homepage="https://bcv-uniandes.github.io/panoptic-narrative-grounding/",
+        )
+
+    def _splits_to_prepare(self) -> list[str]:
+        data_dir = self.config.data_dir
+        if data_dir is None:
+            raise ValueError(
+                "PanopticNarrativeGroundingBuilder needs data_dir= (the root of the official layout)."
+            )
+        if not Path(data_dir).is_dir():
+            raise PngDataError(f"data_dir {data_dir} is not a directory")
+        if self.config.splits is None:
+            splits = available_splits(data_dir)
+            if not splits:
+                expected = [str(p) for s in SPLIT_DIRS for p in split_paths(data_dir, s).annotation_files()]
+                raise PngDataError(f"No PNG split found under {data_dir}; expected the files {expected}")
+            return splits
+        for split in self.config.splits:
+            paths = split_paths(data_dir, split)
+            missing = [str(path) for path in paths.annotation_files() if not path.is_file()]
+            if missing:
+                raise PngDataError(f"Split {split!r} cannot be prepared: missing {', '.join(missing)}")
+        return list(self.config.splits)
+
+    def _split_generators(self, dl_manager: Any) -> list[datasets.SplitGenerator]:
+        # Read and check every narrative before writing anything: a bad record is reported here, and an
+        # unreadable annotation file stops the build before a half-written split exists.
+        self._prepared_now = True  # download_and_prepare saves the report only when it is fresh
+        self.report = PngDataReport(data_dir=str(self.config.data_dir))
+        generators = []
+        for split in self._splits_to_prepare():
+            paths = split_paths(self.config.data_dir, split)
+            narratives = list(read_split(paths, self.report))
+            generators.append(
+                datasets.SplitGenerator(name=split, gen_kwargs={"paths": paths, "narratives": narratives})
+            )
+        if self.config.strict and not self.report.ok:
+            raise PngDataError(f"strict=True and the data has problems:\n{self.report}")
+        return generators
+
+    def _file_feature(self, path: Path) -> dict[str, Any]:
+        if self.config.embed_files:
+            return {"path": path.name, "bytes": path.read_bytes()}
+        return {"path": str(path), "bytes": None}
+
+    def _generate_examples(
+        self, paths: SplitPaths, narratives: list[Narrative]
+    ) -> Iterator[tuple[str, dict]]:
+        if self.progress:
+            from tqdm.auto import tqdm
+
+            narratives = tqdm(narratives, desc=f"Preparing {paths.split}", unit=" narratives")
+        for narrative in narratives:
+            try:
+                image = self._file_feature(paths.image_path(narrative.image_file))
+            except OSError as error:
+                self._left_out(paths, narrative, "missing_image_file", error)
+                continue
+            try:
+                png = self._file_feature(paths.panoptic_png_path(narrative.panoptic_file))
+            except OSError as error:
+                self._left_out(paths, narrative, "missing_panoptic_png", error)
+                continue
+            yield (
+                narrative.key,
+                {
+                    "image": image,
+                    "image_id": narrative.image_id,
+                    "annotator_id": narrative.annotator_id,
+                    "width": narrative.width,
+                    "height": narrative.height,
+                    "caption": narrative.caption,
+                    "phrases": [phrase.to_dict() for phrase in narrative.phrases],
+                    "panoptic_png": png,
+                    "segments_info": narrative.segments_info,
+                },
+            )
+
+    def _left_out(self, paths: SplitPaths, narrative: Narrative, kind: str, error: OSError) -> None:
+        # A file that vanished or became unreadable after the scan: counted like any other problem.
+        self.report.add(kind, paths.split, f"cannot be read: {error}", image_id=narrative.image_id)
+        counts = self.report.split_counts(paths.split)
+        counts.narratives_kept -= 1
+        counts.phrases_kept -= len(narrative.phrases)
+        if self.config.strict:
+            raise PngDataError(f"strict=True: image {narrative.image_id}: {kind}: {error}")
+
+    def download_and_prepare(self, *args: Any, **kwargs: Any) -> None:
+        """Prepare the Arrow files (or reuse the cache), and keep :attr:`report` with them."""
+        if kwargs.get("num_proc") not in (None, 1):
+            raise ValueError("The PNG builder prepares each split in one process (num_proc=1).")
+        self._prepared_now = False
+        super().download_and_prepare(*args, **kwargs)
+        report_path = os.path.join(self.cache_dir, REPORT_FILE)
+        if self._prepared_now:
+            with open(report_path, "w", encoding="utf-8") as handle:
+                handle.write(self.report.to_json())
+        elif os.path.isfile(report_path):
+            with open(report_path, encoding="utf-8") as handle:
+                self.report = PngDataReport.from_dict(json.load(handle))
+
+
+def load_png_dataset(
+    data_dir: str | os.PathLike,
+    splits: Sequence[str] | str | None = None,
+    *,
+    cache_dir: str | os.PathLike | None = None,
+    embed_files: bool = True,
+    strict: bool = False,
+    progress: bool = False,
+    return_report: bool = False,
+    **builder_kwargs: Any,
+) -> datasets.DatasetDict | tuple[datasets.DatasetDict, PngDataReport]:
+    """Prepare (or reuse from cache) the PNG dataset of an official-layout directory.
+
+    Args:
+        data_dir: root holding ``images/`` and ``annotations/`` (see docs/data.md).
+        splits: "train", "validation" or both; default: the splits whose annotation files exist.
+        cache_dir: where the Arrow files go (default: the datasets cache).
+        embed_files: store image/PNG bytes in the dataset (needed for Parquet export / push_to_hub).
+        strict: raise on the first problem instead of leaving bad records out and reporting them.
+        progress: show a progress bar while preparing.
+        return_report: also return the :class:`PngDataReport`.
+        **builder_kwargs: passed to the builder (e.g. ``download_mode`` is not; use the builder for that).
+    Returns:
+        A ``DatasetDict`` keyed by split name (and the report when ``return_report``).
+    """
+    if isinstance(splits, str):
+        splits = [splits]
+    builder = PanopticNarrativeGroundingBuilder(
+        data_dir=str(data_dir),
+        cache_dir=None if cache_dir is None else str(cache_dir),
+        splits=None if splits is None else tuple(splits),
+        embed_files=embed_files,
+        strict=strict,
+        progress=progress,
+        **builder_kwargs,
+    )
+    builder.download_and_prepare()
+    dataset = builder.as_dataset()
+    return (dataset, builder.report) if return_report else dataset

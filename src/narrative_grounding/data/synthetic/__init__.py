@@ -1,0 +1,24 @@
+"""A synthetic PNG dataset in the official layout: textured stuff, shape instances, narrative captions.
+
+``generate_synthetic_dataset(output_dir, num_train=..., num_validation=..., image_size=128, level="hard")``
+writes it; :data:`VOCABULARY` lists every word its captions can contain.
+"""
+
+from .generator import VALIDATION_ID_OFFSET, SyntheticStats, generate_synthetic_dataset
+from .levels import LEVELS, SyntheticLevel, get_level
+from .vocabulary import STUFF_CATEGORIES, THING_CATEGORIES, THING_COLORS, VOCABULARY, categories, vocabulary
+
+__all__ = [
+    "LEVELS",
+    "STUFF_CATEGORIES",
+    "THING_CATEGORIES",
+    "THING_COLORS",
+    "VALIDATION_ID_OFFSET",
+    "VOCABULARY",
+    "SyntheticLevel",
+    "SyntheticStats",
+    "categories",
+    "generate_synthetic_dataset",
+    "get_level",
+    "vocabulary",
+]
