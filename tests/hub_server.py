@@ -66,6 +66,10 @@ Hub behaviour reproduced because clients rely on it:
 - LFS uploads are checked against the announced sha256 and size; a commit referencing an LFS object
   that was never uploaded is refused (422).
 
+``LocalHub.fail_requests(count, status, method=, contains=)`` makes the next matching requests fail
+(no side effect), to test retries and warnings of code that pushes. ``LocalHub.request_log()`` /
+``LocalHub.requests`` record every request (method, path, status) to check which calls a client made.
+
 Not implemented (answered 501 with the route in the message): discussions, Xet, multipart LFS
 transfers, pagination (every listing fits in one page), Spaces runtime, collections, jobs.
 """
@@ -346,6 +350,7 @@ class LocalHub:
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self._commit_counter = 0
+        self._faults: list[list[Any]] = []  # [remaining, status, method, contains]
 
     # ------------------------------------------------------------------ lifecycle
     @property
@@ -384,6 +389,25 @@ class LocalHub:
         """``"METHOD path status"`` lines of the requests received so far whose path contains ``contains``."""
         with self.lock:
             return [f"{m} {p} {s}" for m, p, s in self.requests if contains in p]
+
+    def fail_requests(self, count: int, status: int = 500, *, method: str = "", contains: str = "") -> None:
+        """Answer the next ``count`` requests whose method is ``method`` (any if "") and whose path contains
+        ``contains`` with HTTP ``status`` and no side effect: lets tests check how clients survive a Hub outage
+        (e.g. ``fail_requests(1, 500, method="POST", contains="/commit/")`` makes the next commit fail)."""
+        if count < 1 or not 400 <= status <= 599:
+            raise ValueError(f"fail_requests: need count >= 1 and a 4xx/5xx status, got {count}, {status}")
+        with self.lock:
+            self._faults.append([count, status, method.upper(), contains])
+
+    def _take_fault(self, method: str, path: str) -> int | None:
+        with self.lock:
+            for fault in self._faults:
+                if (not fault[2] or fault[2] == method) and fault[3] in path:
+                    fault[0] -= 1
+                    if fault[0] == 0:
+                        self._faults.remove(fault)
+                    return fault[1]
+        return None
 
     # ------------------------------------------------------------------ helpers used by handlers
     def user_for(self, authorization: str | None) -> str | None:
@@ -547,6 +571,9 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             if self.headers.get("Content-Length") or self.headers.get("Transfer-Encoding"):
                 body = self._read_body()
+            status = self.hub._take_fault(self.command, self.path)
+            if status is not None:
+                raise HubError(status, f"local hub: injected failure {status} for {self.command} {self.path}")
             self._route(body)
         except HubError as err:
             headers = {"X-Error-Message": err.message.replace("\n", " "), **err.headers}

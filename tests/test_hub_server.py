@@ -71,6 +71,11 @@ def test_create_repo_model_and_dataset(api, local_hub):
     assert not api.repo_exists(dataset_id)  # a dataset is not a model
     # A private repo is invisible without the token.
     assert not HfApi(endpoint=local_hub.endpoint, token=False).repo_exists(dataset_id, repo_type="dataset")
+    api.delete_repo(dataset_id, repo_type="dataset")
+    assert not api.repo_exists(dataset_id, repo_type="dataset")
+    with pytest.raises(RepositoryNotFoundError):
+        api.delete_repo(dataset_id, repo_type="dataset")
+    api.delete_repo(dataset_id, repo_type="dataset", missing_ok=True)
 
 
 def test_writes_need_the_token_and_own_namespace(local_hub):
@@ -272,6 +277,22 @@ def test_range_reads_through_hf_file_system(api, local_hub):
     assert any("resolve" in p for p in local_hub.request_log()) and any(
         s == 206 for _, p, s in local_hub.requests if "data/blob.bin" in p
     )
+
+
+def test_injected_failures_have_no_side_effect(api, local_hub):
+    repo_id = _repo_id(local_hub, "faults")
+    api.create_repo(repo_id)
+    head = api.model_info(repo_id).sha
+    local_hub.fail_requests(1, 500, method="POST", contains=f"/{repo_id}/commit/")
+    with pytest.raises(HfHubHTTPError) as err:
+        api.upload_file(path_or_fileobj=b"x", path_in_repo="x.txt", repo_id=repo_id)
+    assert err.value.response.status_code == 500 and "injected failure" in str(err.value)
+    assert api.model_info(repo_id).sha == head  # nothing was committed
+    # The fault is used up: the retry goes through.
+    api.upload_file(path_or_fileobj=b"x", path_in_repo="x.txt", repo_id=repo_id)
+    assert "x.txt" in api.list_repo_files(repo_id)
+    with pytest.raises(ValueError, match="4xx/5xx"):
+        local_hub.fail_requests(1, 200)
 
 
 def test_missing_repo_file_and_revision_errors(api, local_hub, tmp_path):
