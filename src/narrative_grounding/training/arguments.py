@@ -1,0 +1,187 @@
+"""Command-line options of the training script (shared by `training/train.py` and `narrative-grounding demo`)."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+
+from .data import SYNTHETIC_LEVELS
+from .optimization import OPTIMIZERS, PRESETS, SCHEDULES
+
+
+def checkpointing_steps_type(value: str) -> int | str:
+    """`--checkpointing_steps`: a positive number of optimizer steps, or "epoch"."""
+    if value == "epoch":
+        return value
+    try:
+        steps = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer or 'epoch', got {value!r}") from None
+    if steps <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer or 'epoch', got {value!r}")
+    return steps
+
+
+def _positive_int(value: str) -> int:
+    number = int(value)
+    if number <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return number
+
+
+def add_training_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Adds every training option to `parser` (see docs/training.md)."""
+    model = parser.add_argument_group("model")
+    model.add_argument(
+        "--model",
+        default="epng-tiny",
+        help="a variant name from hub_configs (random init, e.g. epng-tiny, epng-r101-bert-base), a local "
+        "folder saved with save_pretrained, or a Hub repo id (default: %(default)s)",
+    )
+    model.add_argument("--revision", default=None, help="Hub revision of --model")
+    model.add_argument(
+        "--text_model_name_or_path",
+        default=None,
+        help="with a variant name: start the text encoder from this BERT checkpoint (Hub id or folder)",
+    )
+    model.add_argument(
+        "--backbone_pretrained",
+        default=None,
+        help="with a variant name: 'timm' for timm's ImageNet weights (needs the Hub) or a local timm weights file",
+    )
+    model.add_argument(
+        "--config_overrides",
+        default=None,
+        help="with a variant name: JSON of PngConfig overrides, e.g. '{\"d_model\": 128}'",
+    )
+
+    data = parser.add_argument_group("data (give exactly one source)")
+    source = data.add_mutually_exclusive_group()
+    source.add_argument(
+        "--data_dir", default=None, help="root of the official PNG layout (images/, annotations/)"
+    )
+    source.add_argument(
+        "--dataset_name",
+        default=None,
+        help="a prepared dataset: a folder saved with DatasetDict.save_to_disk, a folder of Parquet files, "
+        "or a Hub dataset repo (pushed with DatasetDict.push_to_hub)",
+    )
+    source.add_argument(
+        "--synthetic",
+        nargs="?",
+        const="hard",
+        default=None,
+        choices=SYNTHETIC_LEVELS,
+        help="the synthetic dataset at this level (default level: hard), generated on first use",
+    )
+    data.add_argument("--synthetic_dir", default=None, help="cache folder of generated synthetic data")
+    data.add_argument("--synthetic_num_train", type=_positive_int, default=1000)
+    data.add_argument("--synthetic_num_validation", type=_positive_int, default=200)
+    data.add_argument("--synthetic_image_size", type=_positive_int, default=128)
+    data.add_argument("--synthetic_seed", type=int, default=0)
+    data.add_argument("--dataset_cache_dir", default=None, help="where prepared Arrow files go")
+    data.add_argument("--train_split", default="train")
+    data.add_argument("--eval_split", default="validation")
+    data.add_argument("--max_train_samples", type=_positive_int, default=None)
+    data.add_argument("--max_eval_samples", type=_positive_int, default=None)
+    data.add_argument("--dataloader_num_workers", type=int, default=0)
+
+    optim = parser.add_argument_group("optimisation")
+    optim.add_argument(
+        "--optimization",
+        default="auto",
+        choices=("auto", *PRESETS),
+        help="preset: 'paper' (Adam 1e-5, halved every 5 epochs, 5e-7 after 10), 'fast' (AdamW + warm-up + "
+        "cosine at a higher lr, for tiny models from scratch), 'auto' (fast below 10M parameters); the options "
+        "below override single fields (default: %(default)s)",
+    )
+    optim.add_argument("--optimizer", choices=OPTIMIZERS, default=None)
+    optim.add_argument("--learning_rate", type=float, default=None)
+    optim.add_argument("--weight_decay", type=float, default=None)
+    optim.add_argument("--lr_scheduler_type", choices=SCHEDULES, default=None)
+    optim.add_argument("--warmup_ratio", type=float, default=None)
+    optim.add_argument("--max_grad_norm", type=float, default=1.0, help="gradient clipping (0 disables)")
+    optim.add_argument("--per_device_train_batch_size", type=_positive_int, default=8)
+    optim.add_argument("--per_device_eval_batch_size", type=_positive_int, default=16)
+    optim.add_argument("--gradient_accumulation_steps", type=_positive_int, default=1)
+    optim.add_argument("--num_train_epochs", type=_positive_int, default=20)
+    optim.add_argument(
+        "--max_train_steps", type=_positive_int, default=None, help="overrides --num_train_epochs"
+    )
+    optim.add_argument(
+        "--max_train_time",
+        type=float,
+        default=None,
+        help="wall-clock budget of the training steps in seconds (evaluation not counted); the run stops at "
+        "the first optimizer step past it. The schedule still spans --num_train_epochs/--max_train_steps.",
+    )
+    optim.add_argument(
+        "--mixed_precision",
+        choices=("no", "fp16", "bf16"),
+        default=None,
+        help="default: the accelerate config / launch option",
+    )
+    optim.add_argument("--seed", type=int, default=42)
+
+    run = parser.add_argument_group("evaluation, checkpoints, logging")
+    run.add_argument("--output_dir", required=True, help="where the model, processor and card are saved")
+    run.add_argument("--eval_protocol", choices=("original", "stride4"), default="original")
+    run.add_argument(
+        "--eval_steps", type=_positive_int, default=None, help="also evaluate every N optimizer steps"
+    )
+    run.add_argument(
+        "--eval_every_seconds",
+        type=float,
+        default=None,
+        help="also evaluate every N seconds of training time (for curves of AR against time)",
+    )
+    run.add_argument("--no_eval", action="store_true", help="skip evaluation (no eval split needed)")
+    run.add_argument(
+        "--checkpointing_steps",
+        type=checkpointing_steps_type,
+        default=None,
+        help="save the accelerate state every N optimizer steps or every 'epoch' (under output_dir/checkpoints)",
+    )
+    run.add_argument("--checkpoints_total_limit", type=_positive_int, default=None, help="keep the newest N")
+    run.add_argument(
+        "--resume_from_checkpoint",
+        default=None,
+        help="a checkpoint folder, or 'latest' (the newest complete one under output_dir/checkpoints)",
+    )
+    run.add_argument(
+        "--report_to",
+        default="all",
+        help="trackers for accelerate: 'all' (every installed one), 'none', or a comma list (tensorboard, wandb, ...)",
+    )
+    run.add_argument("--logging_steps", type=_positive_int, default=10)
+    run.add_argument("--no_progress_bar", action="store_true")
+
+    hub = parser.add_argument_group("Hub")
+    hub.add_argument("--push_to_hub", action="store_true", help="push the model every epoch and at the end")
+    hub.add_argument(
+        "--hub_model_id", default=None, help="namespace/name (default: the output folder's name)"
+    )
+    hub.add_argument("--hub_token", default=None)
+    hub.add_argument("--hub_private_repo", action="store_true")
+    hub.add_argument("--hub_push_retries", type=_positive_int, default=3)
+    hub.add_argument(
+        "--hub_retry_wait", type=float, default=2.0, help="seconds before the first retry (doubles)"
+    )
+    return parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="Train a Panoptic Narrative Grounding model with accelerate (see docs/training.md)."
+    )
+    return add_training_arguments(parser)
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.data_dir is None and args.dataset_name is None and args.synthetic is None:
+        parser.error("give the data: --data_dir (official layout), --dataset_name or --synthetic [LEVEL]")
+    if args.push_to_hub and args.hub_model_id is None:
+        parser.error("--push_to_hub needs --hub_model_id (namespace/name)")
+    return args

@@ -1,0 +1,174 @@
+"""Average Recall of a model over a dataloader, in one or several processes.
+
+Each process reduces its predictions to per-phrase pixel counts (intersection, union, ground-truth area)
+at the resolution of the chosen protocol, the counts are gathered with `accelerator.gather_for_metrics`
+(which drops the samples accelerate repeats to even out the last batch) and the `AverageRecall` metric
+is computed once, on the main process, then shared with every process.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..metrics import AverageRecall, mask_counts
+from .collate import model_inputs
+
+PREDICTION_STRIDE = 4
+#: Columns of the per-phrase count table gathered across processes.
+COUNT_COLUMNS = ("intersections", "unions", "reference_areas", "is_thing", "num_segments")
+PAD = -1  # marks padded phrases (a count is never negative)
+
+AR_TABLE_ROWS = (
+    ("overall", "average_recall", "num_phrases"),
+    ("things", "average_recall_things", "num_things"),
+    ("stuff", "average_recall_stuff", "num_stuff"),
+    ("singular", "average_recall_singular", "num_singular"),
+    ("plural", "average_recall_plural", "num_plural"),
+)
+
+
+def _valid_prediction_size(
+    batch: Mapping[str, Any], index: int, logits_size: tuple[int, int]
+) -> tuple[int, int]:
+    """The part of the stride-4 logits that covers the image (padding from the processor is cut off)."""
+    pixel_mask = batch.get("pixel_mask")
+    if pixel_mask is None:
+        return logits_size
+    mask = pixel_mask[index].bool()  # H x W
+    height = int(mask.any(dim=1).sum())
+    width = int(mask.any(dim=0).sum())
+    return (
+        min(logits_size[0], math.ceil(height / PREDICTION_STRIDE)),
+        min(logits_size[1], math.ceil(width / PREDICTION_STRIDE)),
+    )
+
+
+def batch_phrase_counts(
+    batch: Mapping[str, Any], pred_masks: torch.Tensor, protocol: str = "original", threshold: float = 0.5
+) -> torch.Tensor:
+    """Per-phrase counts of one batch as a `B x P x 5` int64 tensor (columns `COUNT_COLUMNS`, -1 = padding).
+
+    batch: a `PngCollator(with_references=True)` batch; pred_masks: B x P' x h x w logits (P' >= P_i).
+    """
+    references = batch["reference_masks"]
+    num_phrases = [len(reference) for reference in references]
+    table = torch.full((len(references), max(num_phrases), len(COUNT_COLUMNS)), PAD, dtype=torch.int64)
+    for index, reference in enumerate(references):
+        count = num_phrases[index]
+        if pred_masks.shape[1] < count:
+            raise ValueError(
+                f"image {int(batch['image_ids'][index])}: the model predicted {pred_masks.shape[1]} masks for "
+                f"{count} phrases (was a phrase truncated away by the tokenizer?)"
+            )
+        height, width = _valid_prediction_size(batch, index, tuple(pred_masks.shape[-2:]))
+        logits = pred_masks[index, :count, :height, :width].float()  # P_i x h x w
+        counts = mask_counts(
+            logits, reference.to(logits.device), protocol, prediction_type="logits", threshold=threshold
+        )
+        table[index, :count, 0] = torch.from_numpy(counts["intersections"])
+        table[index, :count, 1] = torch.from_numpy(counts["unions"])
+        table[index, :count, 2] = torch.from_numpy(counts["reference_areas"])
+        table[index, :count, 3] = batch["is_thing"][index].long().cpu()
+        table[index, :count, 4] = batch["num_segments"][index].long().cpu()
+    return table
+
+
+def average_recall_from_table(table: torch.Tensor | np.ndarray) -> dict[str, Any]:
+    """AverageRecall over the real rows of a gathered `N x P x 5` (or `M x 5`) count table."""
+    rows = np.asarray(table.cpu() if isinstance(table, torch.Tensor) else table).reshape(
+        -1, len(COUNT_COLUMNS)
+    )
+    rows = rows[rows[:, 1] != PAD]
+    metric = AverageRecall()
+    metric.add_batch(
+        intersections=rows[:, 0].tolist(),
+        unions=rows[:, 1].tolist(),
+        reference_areas=rows[:, 2].tolist(),
+        is_thing=rows[:, 3].astype(bool).tolist(),
+        num_segments=rows[:, 4].tolist(),
+    )
+    # A ground truth can vanish when resized (a sliver of a segment); count it instead of failing an epoch.
+    return metric.compute(empty_ground_truth="skip")
+
+
+@torch.no_grad()
+def evaluate_average_recall(
+    model: torch.nn.Module,
+    dataloader: Iterable[Mapping[str, Any]],
+    accelerator: Any,
+    *,
+    protocol: str = "original",
+    threshold: float = 0.5,
+    progress: bool = True,
+    description: str = "Evaluating",
+) -> dict[str, Any]:
+    """Evaluates `model` on every batch of `dataloader` (prepared by `accelerator`) and returns the
+    AverageRecall results (plus `eval_loss`, the mean of the batch losses) on every process."""
+    from accelerate.utils import broadcast_object_list
+
+    was_training = model.training
+    model.eval()
+    tables, losses = [], []
+    total = len(dataloader) if hasattr(dataloader, "__len__") else None
+    for batch in tqdm(
+        dataloader,
+        desc=description,
+        total=total,
+        disable=not (progress and accelerator.is_local_main_process),
+    ):
+        outputs = model(**model_inputs(batch))
+        if outputs.loss is not None:
+            # plain gather: one loss per process, not per sample (gather_for_metrics would trim it)
+            losses.append(accelerator.gather(outputs.loss.detach().float().reshape(1)).cpu())
+        table = batch_phrase_counts(batch, outputs.pred_masks, protocol, threshold).to(accelerator.device)
+        table = accelerator.pad_across_processes(table, dim=1, pad_index=PAD)  # same P on every process
+        tables.append(accelerator.gather_for_metrics(table).cpu())
+    if was_training:
+        model.train()
+    results: list[Any] = [None]
+    if accelerator.is_main_process:
+        if not tables:
+            raise ValueError("the evaluation dataloader is empty")
+        width = max(table.shape[1] for table in tables)
+        padded = [
+            torch.nn.functional.pad(table, (0, 0, 0, width - table.shape[1]), value=PAD) for table in tables
+        ]
+        metrics = average_recall_from_table(torch.cat(padded))
+        if losses:
+            metrics["eval_loss"] = float(torch.cat(losses).mean())
+        results[0] = metrics
+    if accelerator.num_processes > 1:
+        broadcast_object_list(results, from_process=0)
+    return results[0]
+
+
+def format_average_recall_table(metrics: Mapping[str, Any], title: str | None = None) -> str:
+    """A plain-text table of overall / things / stuff / singular / plural AR (in %) with phrase counts."""
+    lines = [title] if title else []
+    lines.append(f"{'split':<10} {'AR (%)':>8} {'phrases':>8}")
+    for label, key, count_key in AR_TABLE_ROWS:
+        value = metrics.get(key)
+        shown = (
+            "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.1f}"
+        )
+        lines.append(f"{label:<10} {shown:>8} {metrics.get(count_key, 0):>8}")
+    if metrics.get("num_skipped_empty_ground_truth"):
+        lines.append(
+            f"({metrics['num_skipped_empty_ground_truth']} phrase(s) with an empty ground truth skipped)"
+        )
+    return "\n".join(lines)
+
+
+def scalar_metrics(metrics: Mapping[str, Any], prefix: str = "eval/") -> dict[str, float]:
+    """The numeric entries of a results dict (for trackers): drops the recall curve and nan values."""
+    scalars = {}
+    for key, value in metrics.items():
+        if isinstance(value, (int, float)) and not (isinstance(value, float) and math.isnan(value)):
+            scalars[f"{prefix}{key}"] = float(value)
+    return scalars

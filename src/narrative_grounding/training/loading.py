@@ -1,0 +1,72 @@
+"""Model + processor from a variant name, a local folder or a Hub repo."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from ..factory import available_variants, load_config, load_variant
+from ..modeling.modeling_png import PngForPanopticNarrativeGrounding
+
+
+def is_variant_name(source: str) -> bool:
+    return source in available_variants() or (source.endswith(".json") and Path(source).is_file())
+
+
+def processor_for_variant(name: str) -> Any:
+    """A new `PngProcessor` for a named variant: its tokenizer and input size."""
+    from transformers import AutoTokenizer
+
+    from ..modeling.image_processing_png import PngImageProcessor
+    from ..modeling.processing_png import PngProcessor
+
+    variant = load_variant(name)
+    tokenizer = AutoTokenizer.from_pretrained(variant.tokenizer)
+    image_processor = PngImageProcessor(size={"height": variant.image_size, "width": variant.image_size})
+    return PngProcessor(image_processor=image_processor, tokenizer=tokenizer)
+
+
+def load_model_and_processor(
+    source: str,
+    *,
+    revision: str | None = None,
+    token: str | None = None,
+    config_overrides: str | dict | None = None,
+    text_model_name_or_path: str | None = None,
+    backbone_pretrained: str | None = None,
+) -> tuple[PngForPanopticNarrativeGrounding, Any, str | None]:
+    """Returns (model, processor, base_model): a fresh model of a variant (optionally with pretrained
+    encoders) or a trained one from a folder / Hub repo; `base_model` is the folder or repo it came from."""
+    from ..modeling.processing_png import PngProcessor
+
+    if is_variant_name(source):
+        overrides = (
+            json.loads(config_overrides)
+            if isinstance(config_overrides, str)
+            else dict(config_overrides or {})
+        )
+        config = load_config(source, **overrides)
+        if text_model_name_or_path or backbone_pretrained:
+            pretrained = True if backbone_pretrained == "timm" else backbone_pretrained
+            model = PngForPanopticNarrativeGrounding.from_pretrained_encoders(
+                config,
+                text_model_name_or_path=text_model_name_or_path,
+                backbone_pretrained=pretrained or False,
+            )
+        else:
+            model = PngForPanopticNarrativeGrounding(config)
+        return model, processor_for_variant(source), None
+    if config_overrides or text_model_name_or_path or backbone_pretrained:
+        raise ValueError(
+            "--config_overrides, --text_model_name_or_path and --backbone_pretrained apply to a variant name; "
+            f"{source!r} is a trained model (folder or Hub repo)"
+        )
+    if not Path(source).is_dir() and source.count("/") != 1:
+        raise ValueError(
+            f"--model {source!r} is neither a variant ({', '.join(available_variants())}), a local folder, "
+            "nor a Hub repo id (namespace/name)"
+        )
+    model = PngForPanopticNarrativeGrounding.from_pretrained(source, revision=revision, token=token)
+    processor = PngProcessor.from_pretrained(source, revision=revision, token=token)
+    return model, processor, source

@@ -1,0 +1,448 @@
+"""The training loop behind `training/train.py` and `narrative-grounding demo`.
+
+One function, `train(args)`, in the style of transformers' `*_no_trainer.py` examples: an `Accelerator`
+does device placement, mixed precision, gradient accumulation, distributed data parallelism, trackers and
+checkpoints; the loop itself stays readable top to bottom.
+
+Exact resumption: the data order of epoch e is a function of (seed, e) only (`EpochSeededSampler`), the
+checkpoint holds model, optimizer, RNG states, the lr schedule and a `TrainingProgress` (epoch, batches
+done in it, optimizer steps, evaluations so far), and a resumed run skips the batches already seen in the
+resumed epoch only. A checkpoint is written to a hidden staging folder and renamed when complete, so a run
+killed while saving never leaves a checkpoint that "latest" would pick.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from argparse import Namespace
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from .collate import PngCollator
+from .data import load_training_data, select_split
+from .evaluation import evaluate_average_recall, format_average_recall_table, scalar_metrics
+from .hub import HubPusher
+from .loading import load_model_and_processor
+from .losses import global_loss_counts
+from .model_card import write_model_card
+from .optimization import build_optimizer, build_scheduler, resolve_preset
+from .sampler import EpochSeededSampler
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINTS_DIR = "checkpoints"
+CHECKPOINT_PREFIX = "checkpoint-"
+HISTORY_FILE = "training_history.json"
+RESULTS_FILE = "eval_results.json"
+
+
+@dataclass
+class TrainingProgress:
+    """Where a run stands; saved in every checkpoint (`accelerator.register_for_checkpointing`)."""
+
+    epoch: int = 0
+    batches_in_epoch: int = 0  # batches of `epoch` already trained on (per process)
+    completed_steps: int = 0  # optimizer steps
+    train_seconds: float = 0.0  # wall-clock time spent in training steps (not evaluating or saving)
+    history: list[dict[str, Any]] = field(default_factory=list)  # one entry per evaluation
+
+    def state_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for key, value in state.items():
+            setattr(self, key, value)
+
+
+@dataclass
+class TrainingResult:
+    output_dir: str
+    metrics: dict[str, Any] | None  # the final evaluation (None with --no_eval)
+    history: list[dict[str, Any]]
+    completed_steps: int
+    train_seconds: float
+    stopped_by_time_budget: bool
+    hub_repo_id: str | None = None
+    hub_commits: list[str] = field(default_factory=list)
+    hub_failures: list[str] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------------------------------------- checkpoints
+def list_checkpoints(checkpoints_dir: str | Path) -> list[Path]:
+    """Complete checkpoints under `checkpoints_dir`, oldest first (ordered by optimizer step)."""
+    root = Path(checkpoints_dir)
+    if not root.is_dir():
+        return []
+    found = []
+    for path in root.iterdir():
+        if path.is_dir() and path.name.startswith(CHECKPOINT_PREFIX):
+            suffix = path.name[len(CHECKPOINT_PREFIX) :]
+            if suffix.isdigit():
+                found.append((int(suffix), path))
+    return [path for _, path in sorted(found)]
+
+
+def resolve_checkpoint(value: str, checkpoints_dir: Path) -> Path | None:
+    """`--resume_from_checkpoint`: "latest" -> the newest complete checkpoint (None if there is none yet);
+    otherwise the given folder, which must exist."""
+    if value == "latest":
+        checkpoints = list_checkpoints(checkpoints_dir)
+        return checkpoints[-1] if checkpoints else None
+    path = Path(value)
+    if not path.is_dir():
+        raise ValueError(f"--resume_from_checkpoint {value}: no such checkpoint folder")
+    return path
+
+
+def _report_to(value: str | None) -> Any:
+    if value is None or value.strip().lower() in ("", "none"):
+        return None
+    if value.strip().lower() == "all":
+        return "all"
+    return [name.strip() for name in value.split(",") if name.strip()]
+
+
+def _tracker_config(args: Namespace) -> dict[str, Any]:
+    # trackers (tensorboard hparams) take only scalars and strings
+    return {key: value for key, value in vars(args).items() if isinstance(value, (int, float, str, bool))}
+
+
+# ---------------------------------------------------------------------------------------------- training
+def train(args: Namespace) -> TrainingResult:
+    """Trains, evaluates, checkpoints, saves and pushes as `args` says (see `arguments.add_training_arguments`)."""
+    from accelerate import Accelerator
+    from accelerate.utils import ProjectConfiguration, set_seed
+
+    output_dir = Path(args.output_dir)
+    checkpoints_dir = output_dir / CHECKPOINTS_DIR
+    accelerator = Accelerator(
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        mixed_precision=args.mixed_precision,
+        log_with=_report_to(args.report_to),
+        project_config=ProjectConfiguration(
+            project_dir=str(output_dir), logging_dir=str(output_dir / "logs")
+        ),
+    )
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    if not accelerator.is_main_process:
+        logging.getLogger("narrative_grounding").setLevel(logging.WARNING)
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    set_seed(args.seed)  # the same initial weights on every process
+
+    model, processor, base_model = load_model_and_processor(
+        args.model,
+        revision=args.revision,
+        token=args.hub_token,
+        config_overrides=args.config_overrides,
+        text_model_name_or_path=args.text_model_name_or_path,
+        backbone_pretrained=args.backbone_pretrained,
+    )
+    dataset, dataset_name = load_training_data(args, main_process_first=accelerator.main_process_first)
+    train_dataset = select_split(dataset, args.train_split, args.max_train_samples, "training")
+    eval_dataset = (
+        None if args.no_eval else select_split(dataset, args.eval_split, args.max_eval_samples, "evaluation")
+    )
+
+    sampler = EpochSeededSampler(len(train_dataset), seed=args.seed)
+    # An explicit generator keeps DataLoader iteration from drawing on the global RNG (whose state the
+    # checkpoint restores): a resumed run must not consume random numbers the uninterrupted one did not.
+    train_dataloader = DataLoader(
+        train_dataset,
+        batch_size=args.per_device_train_batch_size,
+        sampler=sampler,
+        collate_fn=PngCollator(processor),
+        num_workers=args.dataloader_num_workers,
+        generator=torch.Generator().manual_seed(args.seed),
+    )
+    eval_dataloader = None
+    if eval_dataset is not None:
+        eval_dataloader = DataLoader(
+            eval_dataset,
+            batch_size=args.per_device_eval_batch_size,
+            shuffle=False,
+            collate_fn=PngCollator(processor, with_references=True),
+            num_workers=args.dataloader_num_workers,
+            generator=torch.Generator().manual_seed(args.seed),
+        )
+
+    num_parameters = sum(p.numel() for p in model.parameters())
+    preset = resolve_preset(args.optimization, num_parameters)
+    optimizer_name = args.optimizer or preset.optimizer
+    learning_rate = args.learning_rate if args.learning_rate is not None else preset.learning_rate
+    weight_decay = args.weight_decay if args.weight_decay is not None else preset.weight_decay
+    schedule_name = args.lr_scheduler_type or preset.lr_scheduler_type
+    warmup_ratio = args.warmup_ratio if args.warmup_ratio is not None else preset.warmup_ratio
+    optimizer = build_optimizer(
+        model, optimizer=optimizer_name, learning_rate=learning_rate, weight_decay=weight_decay
+    )
+
+    if eval_dataloader is not None:
+        model, optimizer, train_dataloader, eval_dataloader = accelerator.prepare(
+            model, optimizer, train_dataloader, eval_dataloader
+        )
+    else:
+        model, optimizer, train_dataloader = accelerator.prepare(model, optimizer, train_dataloader)
+
+    steps_per_epoch = math.ceil(len(train_dataloader) / args.gradient_accumulation_steps)
+    max_train_steps = args.max_train_steps or args.num_train_epochs * steps_per_epoch
+    num_epochs = math.ceil(max_train_steps / steps_per_epoch)
+    # Stepped by hand once per optimizer step (accelerate's wrapper would step it once per process).
+    lr_scheduler = build_scheduler(
+        optimizer,
+        name=schedule_name,
+        num_training_steps=max_train_steps,
+        steps_per_epoch=steps_per_epoch,
+        warmup_ratio=warmup_ratio,
+    )
+    progress = TrainingProgress()
+    accelerator.register_for_checkpointing(lr_scheduler)
+    accelerator.register_for_checkpointing(progress)
+
+    if args.resume_from_checkpoint:
+        checkpoint = resolve_checkpoint(args.resume_from_checkpoint, checkpoints_dir)
+        if checkpoint is None:
+            logger.info("no checkpoint under %s yet: starting from scratch", checkpoints_dir)
+        else:
+            logger.info("resuming from %s", checkpoint)
+            accelerator.load_state(str(checkpoint))
+            logger.info(
+                "resumed at epoch %d, batch %d, step %d",
+                progress.epoch,
+                progress.batches_in_epoch,
+                progress.completed_steps,
+            )
+
+    pusher = None
+    if args.push_to_hub and accelerator.is_main_process:
+        pusher = HubPusher(
+            args.hub_model_id,
+            token=args.hub_token,
+            private=args.hub_private_repo,
+            retries=args.hub_push_retries,
+            retry_wait=args.hub_retry_wait,
+        )
+
+    accelerator.init_trackers("narrative_grounding", config=_tracker_config(args))
+    total_batch = (
+        args.per_device_train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
+    )
+    logger.info(
+        "training %s (%.2fM parameters) on %s: %d examples, %d epochs, %d optimizer steps, batch %d "
+        "(%d per device x %d processes x %d accumulation), %s lr %.2e, schedule %s",
+        args.model, num_parameters / 1e6, dataset_name, len(train_dataset), num_epochs, max_train_steps, total_batch,
+        args.per_device_train_batch_size, accelerator.num_processes, args.gradient_accumulation_steps,
+        optimizer_name, learning_rate, schedule_name,
+    )  # fmt: skip
+
+    def evaluate(description: str) -> dict[str, Any] | None:
+        if eval_dataloader is None:
+            return None
+        metrics = evaluate_average_recall(
+            model,
+            eval_dataloader,
+            accelerator,
+            protocol=args.eval_protocol,
+            progress=not args.no_progress_bar,
+            description=description,
+        )
+        entry = {
+            "epoch": progress.epoch + progress.batches_in_epoch / len(train_dataloader),
+            "step": progress.completed_steps,
+            "train_seconds": round(progress.train_seconds, 3),
+            **{key: value for key, value in scalar_metrics(metrics, prefix="").items()},
+        }
+        progress.history.append(entry)
+        accelerator.log(scalar_metrics(metrics), step=progress.completed_steps)
+        if accelerator.is_main_process:
+            logger.info("%s\n%s", description, format_average_recall_table(metrics))
+            (output_dir / HISTORY_FILE).write_text(json.dumps(progress.history, indent=2))
+        return metrics
+
+    def save_checkpoint() -> None:
+        name = f"{CHECKPOINT_PREFIX}{progress.completed_steps}"
+        staging, final = checkpoints_dir / f".{name}.partial", checkpoints_dir / name
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            shutil.rmtree(staging, ignore_errors=True)
+            staging.mkdir(parents=True)
+        accelerator.wait_for_everyone()
+        accelerator.save_state(str(staging))
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(staging, final)  # atomic: "latest" only ever sees complete checkpoints
+            if args.checkpoints_total_limit:
+                for old in list_checkpoints(checkpoints_dir)[: -args.checkpoints_total_limit]:
+                    shutil.rmtree(old, ignore_errors=True)
+        accelerator.wait_for_everyone()
+
+    def save_model(metrics: dict[str, Any] | None, commit_message: str | None) -> None:
+        accelerator.wait_for_everyone()
+        unwrapped = accelerator.unwrap_model(model)
+        unwrapped.save_pretrained(
+            str(output_dir), is_main_process=accelerator.is_main_process, save_function=accelerator.save
+        )
+        if accelerator.is_main_process:
+            processor.save_pretrained(str(output_dir))
+            write_model_card(
+                output_dir,
+                model_name=output_dir.name if args.hub_model_id is None else args.hub_model_id.split("/")[-1],
+                dataset_name=dataset_name,
+                dataset_split=args.eval_split,
+                metrics=metrics,
+                base_model=base_model,
+                repo_id=pusher.repo_id if pusher else None,
+                config_summary={
+                    "variant / base": args.model,
+                    "grounding head": unwrapped.config.grounding_head,
+                    "parameters": f"{num_parameters / 1e6:.2f}M",
+                },
+                training_summary={
+                    "optimizer": f"{optimizer_name}, lr {learning_rate:g}, weight decay {weight_decay:g}",
+                    "schedule": schedule_name,
+                    "batch size": total_batch,
+                    "optimizer steps": progress.completed_steps,
+                    "epochs": round(progress.epoch + progress.batches_in_epoch / len(train_dataloader), 3),
+                    "training time (s)": round(progress.train_seconds, 1),
+                    "mixed precision": accelerator.mixed_precision,
+                    "seed": args.seed,
+                },
+            )
+            if metrics is not None:
+                (output_dir / RESULTS_FILE).write_text(
+                    json.dumps(scalar_metrics(metrics, prefix=""), indent=2)
+                )
+            if pusher is not None and commit_message is not None:
+                pusher.push(output_dir, commit_message)
+        accelerator.wait_for_everyone()
+
+    progress_bar = tqdm(
+        total=max_train_steps,
+        initial=progress.completed_steps,
+        desc="Training",
+        disable=args.no_progress_bar or not accelerator.is_local_main_process,
+    )
+    last_metrics = progress.history[-1] if progress.history else None
+    last_eval_step = progress.history[-1]["step"] if progress.history else -1
+    eval_every_seconds = getattr(args, "eval_every_seconds", None)
+    next_timed_eval = (
+        (math.floor(progress.train_seconds / eval_every_seconds) + 1) * eval_every_seconds
+        if eval_every_seconds
+        else None
+    )
+    stop = progress.completed_steps >= max_train_steps
+    stopped_by_time = False
+    running_loss, running_batches = torch.zeros((), device=accelerator.device), 0
+    model.train()
+    for epoch in range(progress.epoch, num_epochs):
+        if stop:
+            break
+        sampler.set_epoch(epoch)  # the order of this epoch depends on (seed, epoch) only
+        loader = train_dataloader
+        if progress.batches_in_epoch:
+            loader = accelerator.skip_first_batches(train_dataloader, progress.batches_in_epoch)
+        step_started = time.perf_counter()
+        for batch in loader:
+            with accelerator.accumulate(model):
+                counts = global_loss_counts(batch, accelerator) if accelerator.num_processes > 1 else None
+                outputs = model(**batch, loss_counts=counts)
+                accelerator.backward(outputs.loss)
+                if accelerator.sync_gradients and args.max_grad_norm and args.max_grad_norm > 0:
+                    accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad()
+            progress.batches_in_epoch += 1
+            running_loss += outputs.loss.detach().float()
+            running_batches += 1
+            if not accelerator.sync_gradients:
+                continue
+            lr_scheduler.step()
+            progress.completed_steps += 1
+            now = time.perf_counter()
+            progress.train_seconds += now - step_started
+            progress_bar.update(1)
+            if progress.completed_steps % args.logging_steps == 0:
+                loss = accelerator.reduce(running_loss / running_batches, reduction="mean").item()
+                progress_bar.set_postfix(loss=f"{loss:.4f}")
+                accelerator.log(
+                    {"train/loss": loss, "train/lr": lr_scheduler.get_last_lr()[0], "train/epoch": epoch},
+                    step=progress.completed_steps,
+                )
+                running_loss, running_batches = torch.zeros((), device=accelerator.device), 0
+            if args.max_train_time is not None and progress.train_seconds >= args.max_train_time:
+                stop = stopped_by_time = True  # decided from the main process's clock, shared below
+            if accelerator.num_processes > 1 and args.max_train_time is not None:
+                flag = torch.tensor(float(stop), device=accelerator.device)
+                stop = bool(accelerator.reduce(flag, reduction="sum").item() > 0)
+                stopped_by_time = stop
+            if progress.completed_steps >= max_train_steps:
+                stop = True
+            if (
+                isinstance(args.checkpointing_steps, int)
+                and progress.completed_steps % args.checkpointing_steps == 0
+            ):
+                save_checkpoint()
+            timed_eval = next_timed_eval is not None and progress.train_seconds >= next_timed_eval
+            if (args.eval_steps and progress.completed_steps % args.eval_steps == 0) or timed_eval:
+                if not (
+                    stop and progress.batches_in_epoch >= len(train_dataloader)
+                ):  # the epoch-end eval follows
+                    last_metrics, last_eval_step = (
+                        evaluate(f"Evaluating (step {progress.completed_steps})"),
+                        progress.completed_steps,
+                    )
+                if timed_eval:
+                    next_timed_eval = (
+                        math.floor(progress.train_seconds / eval_every_seconds) + 1
+                    ) * eval_every_seconds
+            if stop:
+                break
+            step_started = time.perf_counter()  # evaluation and checkpoints are not training time
+        if progress.batches_in_epoch >= len(train_dataloader):  # the epoch is complete
+            progress.epoch, progress.batches_in_epoch = epoch + 1, 0
+            last_metrics, last_eval_step = (
+                evaluate(f"Evaluating (epoch {epoch + 1})"),
+                progress.completed_steps,
+            )
+            if args.push_to_hub:
+                save_model(last_metrics, f"Training in progress, epoch {epoch + 1}")
+            if args.checkpointing_steps == "epoch":
+                save_checkpoint()
+    progress_bar.close()
+
+    if last_eval_step != progress.completed_steps:
+        last_metrics = evaluate("Final evaluation")
+    final_metrics = last_metrics
+    if isinstance(final_metrics, dict) and "step" in final_metrics and "recall_curve" not in final_metrics:
+        final_metrics = {
+            key: value
+            for key, value in final_metrics.items()
+            if key not in ("epoch", "step", "train_seconds")
+        }
+    save_model(final_metrics, "End of training")
+    accelerator.end_training()
+    if accelerator.is_main_process and final_metrics is not None:
+        logger.info("final evaluation\n%s", format_average_recall_table(final_metrics))
+    return TrainingResult(
+        output_dir=str(output_dir),
+        metrics=final_metrics,
+        history=list(progress.history),
+        completed_steps=progress.completed_steps,
+        train_seconds=progress.train_seconds,
+        stopped_by_time_budget=stopped_by_time,
+        hub_repo_id=pusher.repo_id if pusher else None,
+        hub_commits=list(pusher.pushed_commits) if pusher else [],
+        hub_failures=list(pusher.failures) if pusher else [],
+    )

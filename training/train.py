@@ -1,0 +1,32 @@
+#!/usr/bin/env python
+"""Train a Panoptic Narrative Grounding model with accelerate.
+
+    accelerate launch --config_file training/accelerate_config.yaml training/train.py \
+        --model epng-tiny --synthetic hard --output_dir runs/epng-tiny-synthetic
+
+    python training/train.py ...            # one process works too
+
+Every option: `python training/train.py --help`; commands for CPU, one or several GPUs, several machines,
+resuming and pushing to the Hub: docs/training.md. The loop lives in `narrative_grounding.training` so the
+`narrative-grounding demo` command shares it.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from narrative_grounding.training import parse_args, train
+
+
+def main() -> int:
+    args = parse_args()
+    result = train(args)
+    if result.hub_failures:
+        print(
+            f"warning: {len(result.hub_failures)} Hub push(es) failed: {result.hub_failures}", file=sys.stderr
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
