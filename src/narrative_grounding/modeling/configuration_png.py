@@ -73,6 +73,10 @@ class PngConfig(PreTrainedConfig):
     use_stride4_skip (`bool`, defaults to `False`):
         Add the projected stride-4 FPN level to the upsampled communicator output before dense prediction.
         Not in EPNG (which upsamples the stride-16 map alone); sharpens small masks. Used by the tiny configs.
+    epng_position_encoding (`str`, defaults to `"lpa"`):
+        How the communicator's self-attention knows where pixels are (EPNG Table 2): `"lpa"` (the paper),
+        `"none"` (plain self-attention: LPA with the prior disabled) or `"absolute"` (plain self-attention
+        over pixel tokens plus a 2D sine position embedding).
     bce_loss_weight, dice_loss_weight, sal_loss_weight (`float`, defaults 2.0, 2.0, 1.0): EPNG eq. 15.
     sal_temperature (`float`, defaults to 0.1): tau of EPNG eqs. 13-14 (the released code scales by 10).
     drmn_* : the DRMN head's hyper-parameters (see `heads_drmn.py`): width `drmn_hidden_dim` (256),
@@ -116,6 +120,12 @@ class PngConfig(PreTrainedConfig):
     lpa_distance: str = "squared"
     lpa_implementation: str = "auto"
     use_stride4_skip: bool = False
+    # --- EPNG position encoding (issue 8: EPNG Table 2 ablation) ---
+    # "lpa": Locality-Perceptive Attention (the paper). "none": plain multi-head self-attention over the
+    # pixels, i.e. LPA with its prior disabled (a multiplier of 1 on every score). "absolute": plain
+    # self-attention with a 2D sine position embedding added to the pixel tokens before the communicator.
+    epng_position_encoding: str = "lpa"
+    # --- end EPNG position encoding ---
 
     # DRMN head
     drmn_hidden_dim: int = 256
@@ -160,6 +170,13 @@ class PngConfig(PreTrainedConfig):
             raise ValueError(
                 f"lpa_implementation must be one of {LPA_IMPLEMENTATIONS}, got {self.lpa_implementation!r}"
             )
+        # --- EPNG position encoding validation (issue 8) ---
+        if self.epng_position_encoding not in ("lpa", "none", "absolute"):
+            raise ValueError(
+                "epng_position_encoding must be one of ('lpa', 'none', 'absolute'), "
+                f"got {self.epng_position_encoding!r}"
+            )
+        # --- end EPNG position encoding validation ---
         if self.d_model % self.num_attention_heads:
             raise ValueError(
                 f"d_model ({self.d_model}) must be divisible by num_attention_heads ({self.num_attention_heads})"

@@ -14,6 +14,29 @@ from torch import nn
 
 from .attention import CrossAttention, LocalityPerceptiveAttention
 from .head_output import GroundingHeadOutput
+from .heads_drmn import sine_position_embedding
+
+
+class PixelSelfAttention(nn.Module):
+    """Plain multi-head self-attention over a B x N x D pixel sequence: LPA (EPNG eqs. 5-7) with the locality
+    prior disabled, i.e. a prior multiplier of 1 on every score. The "none" and "absolute" rows of EPNG
+    Table 2. Same projections as `LocalityPerceptiveAttention` (fused qkv, out_proj), no prior parameter."""
+
+    def __init__(self, *, d_model: int, num_heads: int) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_dim = d_model // num_heads
+        self.qkv = nn.Linear(d_model, 3 * d_model)
+        self.out_proj = nn.Linear(d_model, d_model)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """hidden_states: B x N x D. Returns B x N x D."""
+        batch, num_pixels, d_model = hidden_states.shape
+        qkv = self.qkv(hidden_states).view(batch, num_pixels, 3, self.num_heads, self.head_dim)
+        query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each B x Hd x N x Dh
+        attended = F.scaled_dot_product_attention(query, key, value)  # B x Hd x N x Dh
+        attended = attended.transpose(1, 2).reshape(batch, num_pixels, d_model)  # B x N x D
+        return self.out_proj(attended)
 
 
 class CommunicatorLayer(nn.Module):
@@ -22,13 +45,19 @@ class CommunicatorLayer(nn.Module):
     def __init__(self, config) -> None:
         super().__init__()
         d_model = config.d_model
-        self.lpa = LocalityPerceptiveAttention(
-            d_model=d_model,
-            num_heads=config.num_attention_heads,
-            distance_clamp=config.lpa_distance_clamp,
-            distance_form=config.lpa_distance,
-            implementation=config.lpa_implementation,
-        )
+        # EPNG Table 2: LPA, or plain self-attention ("none" / "absolute"; the latter adds position codes
+        # to the pixel tokens in EpngHead). Exactly one of the two attributes is set.
+        self.lpa = self.self_attention = None
+        if config.epng_position_encoding == "lpa":
+            self.lpa = LocalityPerceptiveAttention(
+                d_model=d_model,
+                num_heads=config.num_attention_heads,
+                distance_clamp=config.lpa_distance_clamp,
+                distance_form=config.lpa_distance,
+                implementation=config.lpa_implementation,
+            )
+        else:
+            self.self_attention = PixelSelfAttention(d_model=d_model, num_heads=config.num_attention_heads)
         self.lpa_norm = nn.LayerNorm(d_model, eps=config.layer_norm_eps)
         self.cross_attention = CrossAttention(d_model=d_model, num_heads=config.num_attention_heads)
         self.cross_norm = nn.LayerNorm(d_model, eps=config.layer_norm_eps)
@@ -50,7 +79,10 @@ class CommunicatorLayer(nn.Module):
         phrase_mask: torch.Tensor,
     ) -> torch.Tensor:
         """pixels: B x N x D (N = height * width); phrases: B x P x D; phrase_mask: B x P bool."""
-        pixels = self.lpa_norm(pixels + self.dropout(self.lpa(pixels, height, width)))  # eq. 8
+        attended = (
+            self.lpa(pixels, height, width) if self.lpa is not None else self.self_attention(pixels)
+        )  # B x N x D
+        pixels = self.lpa_norm(pixels + self.dropout(attended))  # eq. 8
         pixels = self.cross_norm(
             pixels + self.dropout(self.cross_attention(pixels, phrases, phrase_mask))
         )  # eq. 9
@@ -71,6 +103,7 @@ class EpngHead(nn.Module):
         self.stride4_skip = (
             nn.Conv2d(config.fpn_channels, d_model, kernel_size=1) if config.use_stride4_skip else None
         )
+        self.absolute_position = config.epng_position_encoding == "absolute"
         # Dot products of D-dim features grow like sqrt(D): scale them so initial logits are O(1).
         self.logit_scale = d_model**-0.5
 
@@ -90,6 +123,10 @@ class EpngHead(nn.Module):
         fused = self.fuse_projection(fused)  # B x D x h x w
         batch, d_model, height, width = fused.shape
         pixels = fused.flatten(2).transpose(1, 2)  # B x N x D
+        if self.absolute_position:  # EPNG Table 2 "absolute positional embedding"
+            pixels = pixels + sine_position_embedding(
+                height, width, d_model, device=pixels.device, dtype=pixels.dtype
+            )  # N x D, broadcast over B
         phrases = self.phrase_projection(phrase_features)  # B x P x D
         for layer in self.layers:
             pixels = layer(pixels, height, width, phrases, phrase_mask)
