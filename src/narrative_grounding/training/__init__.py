@@ -6,7 +6,7 @@ from .arguments import add_training_arguments, build_parser, parse_args
 from .collate import PngCollator, model_inputs
 from .evaluation import evaluate_average_recall, format_average_recall_table
 from .hub import HubPusher
-from .losses import global_loss_counts, local_loss_counts
+from .distributed import cpu_multiprocess_launch, global_loss_counts, local_loss_counts
 from .model_card import build_model_card, write_model_card
 from .sampler import EpochSeededSampler
 from .trainer import TrainingProgress, TrainingResult, train
@@ -20,6 +20,7 @@ __all__ = [
     "add_training_arguments",
     "build_model_card",
     "build_parser",
+    "cpu_multiprocess_launch",
     "evaluate_average_recall",
     "format_average_recall_table",
     "global_loss_counts",

@@ -122,6 +122,11 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
         help="default: the accelerate config / launch option",
     )
     optim.add_argument("--seed", type=int, default=42)
+    optim.add_argument(
+        "--cpu",
+        action="store_true",
+        help="train on the CPU even if a GPU is present (several processes on a GPU-less machine use gloo anyway)",
+    )
 
     run = parser.add_argument_group("evaluation, checkpoints, logging")
     run.add_argument("--output_dir", required=True, help="where the model, processor and card are saved")

@@ -33,7 +33,7 @@ from .data import load_training_data, select_split
 from .evaluation import evaluate_average_recall, format_average_recall_table, scalar_metrics
 from .hub import HubPusher
 from .loading import load_model_and_processor
-from .losses import global_loss_counts
+from .distributed import cpu_multiprocess_launch, global_loss_counts
 from .model_card import write_model_card
 from .optimization import build_optimizer, build_scheduler, resolve_preset
 from .sampler import EpochSeededSampler
@@ -126,6 +126,7 @@ def train(args: Namespace) -> TrainingResult:
     output_dir = Path(args.output_dir)
     checkpoints_dir = output_dir / CHECKPOINTS_DIR
     accelerator = Accelerator(
+        cpu=args.cpu or cpu_multiprocess_launch(),
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         mixed_precision=args.mixed_precision,
         log_with=_report_to(args.report_to),

@@ -1,4 +1,4 @@
-"""Loss normalisation across processes.
+"""Data parallelism: loss normalisation across processes, and CPU (gloo) launches.
 
 The model's loss terms are sums over phrases / pixels divided by counts of those items
 (`narrative_grounding.modeling.losses`). Data-parallel training averages gradients over the K
@@ -8,6 +8,7 @@ is (sum of all sums) / (global count): exactly what one process would get on the
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 
 import torch
@@ -53,3 +54,11 @@ def global_loss_counts(batch: Mapping[str, torch.Tensor], accelerator) -> dict[s
     stacked = torch.stack([counts[name] for name in names])  # one all-reduce for every count
     total = accelerator.reduce(stacked, reduction="sum")
     return {name: total[index] / accelerator.num_processes for index, name in enumerate(names)}
+
+
+def cpu_multiprocess_launch() -> bool:
+    """True when this process is one of several (torchrun / `accelerate launch --multi_gpu`) on a machine
+    without a GPU. accelerate 1.15 then picks the gloo backend only when told to use the CPU (`cpu=True` or
+    ACCELERATE_USE_CPU=1); without it every process trains alone, unaware of the others."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    return world_size > 1 and not torch.cuda.is_available()

@@ -1,0 +1,139 @@
+"""Data parallelism on CPU with two real gloo processes.
+
+The module doubles as the worker script: `torchrun --nproc_per_node 2 tests/test_distributed.py <mode> ...`
+(or plain `python tests/test_distributed.py ...` for one process).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLES, PHRASES, TOKENS, SIZE = 4, 3, 12, 64  # 2B = 4 samples; B = 2 per process
+
+
+def _global_batch():
+    """A fixed batch of 2B samples with different numbers of phrases and mask sizes per sample."""
+    import torch
+
+    generator = torch.Generator().manual_seed(1234)
+    pixel_values = torch.randn(SAMPLES, 3, SIZE, SIZE, generator=generator)
+    input_ids = torch.randint(5, 100, (SAMPLES, TOKENS), generator=generator)
+    attention_mask = torch.ones(SAMPLES, TOKENS, dtype=torch.long)
+    phrase_token_mask = torch.zeros(SAMPLES, PHRASES, TOKENS)
+    phrase_mask = torch.zeros(SAMPLES, PHRASES, dtype=torch.bool)
+    labels = torch.zeros(SAMPLES, PHRASES, SIZE, SIZE)
+    for sample in range(SAMPLES):
+        for phrase in range(1 + sample % PHRASES):  # 1, 2, 3, 1 real phrases: unequal counts per process
+            phrase_token_mask[sample, phrase, 1 + 3 * phrase : 3 + 3 * phrase] = 1
+            phrase_mask[sample, phrase] = True
+            top, left = torch.randint(0, SIZE // 2, (2,), generator=generator).tolist()
+            extent = 8 + 6 * ((sample + phrase) % 4)  # masks of different areas
+            labels[sample, phrase, top : top + extent, left : left + extent] = 1
+    return {
+        "pixel_values": pixel_values,
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "phrase_token_mask": phrase_token_mask,
+        "phrase_mask": phrase_mask,
+        "labels": labels,
+    }
+
+
+def _gradient_worker(out_file: str) -> None:
+    """One forward/backward of the tiny model on this process's share of the global batch; the main process
+    writes the (process-averaged) loss, loss terms and the DDP-averaged gradients."""
+    import torch
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    from narrative_grounding import create_model
+    from narrative_grounding.training import cpu_multiprocess_launch, global_loss_counts
+
+    accelerator = Accelerator(cpu=cpu_multiprocess_launch())
+    set_seed(0)
+    # Frozen batch norm: batch statistics would differ between a batch of 2B and two of B by design
+    # (SyncBatchNorm does not run on CPU); no dropout: the two runs would draw different dropout masks.
+    # The claim under test is the loss normalisation.
+    model = create_model(
+        "epng-tiny",
+        backbone_config={"freeze_batch_norm_2d": True},
+        text_config={"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0},
+    )
+    model = accelerator.prepare(model)
+    batch = _global_batch()
+    share = SAMPLES // accelerator.num_processes
+    start = accelerator.process_index * share
+    local = {key: value[start : start + share] for key, value in batch.items()}
+    counts = global_loss_counts(local, accelerator)
+    outputs = model(**local, loss_counts=counts)
+    accelerator.backward(outputs.loss)
+    loss = accelerator.reduce(outputs.loss.detach(), reduction="mean")
+    terms = {name: accelerator.reduce(value.detach(), reduction="mean").item() for name, value in outputs.loss_dict.items()}
+    gradients = {
+        name: parameter.grad.detach().clone()
+        for name, parameter in accelerator.unwrap_model(model).named_parameters()
+        if parameter.grad is not None
+    }
+    if accelerator.is_main_process:
+        torch.save(
+            {"loss": loss.item(), "terms": terms, "gradients": gradients, "processes": accelerator.num_processes},
+            out_file,
+        )
+    accelerator.wait_for_everyone()
+
+
+def _worker_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), env.get("PYTHONPATH", "")])
+    env["OMP_NUM_THREADS"] = "1"  # two processes on two cores
+    env.pop("CUDA_VISIBLE_DEVICES", None)
+    return env
+
+
+def torchrun_command(nproc: int, *script_args: str) -> list[str]:
+    """`torchrun --nproc_per_node N` on a free port (a CPU machine gets the gloo backend)."""
+    return [
+        sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--master_port=0",
+        "--rdzv_backend=c10d", "--rdzv_endpoint=127.0.0.1:0", *script_args,
+    ]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_one_process_batch_2b_equals_two_processes_batch_b(tmp_path):
+    import torch
+
+    single, double = tmp_path / "single.pt", tmp_path / "double.pt"
+    env = _worker_env()
+    done = subprocess.run(
+        [sys.executable, __file__, "gradients", str(single)], env=env, capture_output=True, text=True, timeout=240
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    done = subprocess.run(
+        torchrun_command(2, __file__, "gradients", str(double)), env=env, capture_output=True, text=True, timeout=240
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    one, two = torch.load(single), torch.load(double)
+    assert (one["processes"], two["processes"]) == (1, 2)
+    assert two["loss"] == pytest.approx(one["loss"], rel=1e-5)
+    for name in one["terms"]:
+        assert two["terms"][name] == pytest.approx(one["terms"][name], rel=1e-5, abs=1e-7), name
+    assert one["gradients"].keys() == two["gradients"].keys()
+    assert len(one["gradients"]) > 10
+    for name, gradient in one["gradients"].items():
+        torch.testing.assert_close(two["gradients"][name], gradient, rtol=1e-4, atol=1e-7, msg=name)
+
+
+if __name__ == "__main__":
+    mode, *rest = sys.argv[1:]
+    if mode == "gradients":
+        _gradient_worker(*rest)
+    else:
+        raise SystemExit(f"unknown worker mode {mode!r}")
