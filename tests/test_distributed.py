@@ -6,9 +6,7 @@ The module doubles as the worker script: `torchrun --nproc_per_node 2 tests/test
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -76,7 +74,10 @@ def _gradient_worker(out_file: str) -> None:
     outputs = model(**local, loss_counts=counts)
     accelerator.backward(outputs.loss)
     loss = accelerator.reduce(outputs.loss.detach(), reduction="mean")
-    terms = {name: accelerator.reduce(value.detach(), reduction="mean").item() for name, value in outputs.loss_dict.items()}
+    terms = {
+        name: accelerator.reduce(value.detach(), reduction="mean").item()
+        for name, value in outputs.loss_dict.items()
+    }
     gradients = {
         name: parameter.grad.detach().clone()
         for name, parameter in accelerator.unwrap_model(model).named_parameters()
@@ -84,7 +85,12 @@ def _gradient_worker(out_file: str) -> None:
     }
     if accelerator.is_main_process:
         torch.save(
-            {"loss": loss.item(), "terms": terms, "gradients": gradients, "processes": accelerator.num_processes},
+            {
+                "loss": loss.item(),
+                "terms": terms,
+                "gradients": gradients,
+                "processes": accelerator.num_processes,
+            },
             out_file,
         )
     accelerator.wait_for_everyone()
@@ -113,11 +119,19 @@ def test_one_process_batch_2b_equals_two_processes_batch_b(tmp_path):
     single, double = tmp_path / "single.pt", tmp_path / "double.pt"
     env = _worker_env()
     done = subprocess.run(
-        [sys.executable, __file__, "gradients", str(single)], env=env, capture_output=True, text=True, timeout=240
+        [sys.executable, __file__, "gradients", str(single)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
     )
     assert done.returncode == 0, done.stderr[-4000:]
     done = subprocess.run(
-        torchrun_command(2, __file__, "gradients", str(double)), env=env, capture_output=True, text=True, timeout=240
+        torchrun_command(2, __file__, "gradients", str(double)),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
     )
     assert done.returncode == 0, done.stderr[-4000:]
     one, two = torch.load(single), torch.load(double)

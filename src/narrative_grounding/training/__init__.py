@@ -4,9 +4,9 @@ checkpointed and resumable loop, model card and Hub pushes. `training/train.py` 
 
 from .arguments import add_training_arguments, build_parser, parse_args
 from .collate import PngCollator, model_inputs
+from .distributed import cpu_multiprocess_launch, global_loss_counts, local_loss_counts
 from .evaluation import evaluate_average_recall, format_average_recall_table
 from .hub import HubPusher
-from .distributed import cpu_multiprocess_launch, global_loss_counts, local_loss_counts
 from .model_card import build_model_card, write_model_card
 from .sampler import EpochSeededSampler
 from .trainer import TrainingProgress, TrainingResult, train
