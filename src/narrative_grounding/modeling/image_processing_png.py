@@ -119,7 +119,8 @@ def image_to_tensor(image: Any, *, apply_exif_orientation: bool = True, index: i
         tensor = torch.from_numpy(np.ascontiguousarray(array))
         channels_last = tensor.dim() == 3
     elif isinstance(image, np.ndarray):
-        tensor = torch.from_numpy(np.ascontiguousarray(image))
+        array = np.ascontiguousarray(image)
+        tensor = torch.from_numpy(array if array.flags.writeable else array.copy())
         channels_last = tensor.dim() == 3 and not (image.shape[0] in (1, 2, 3, 4) and image.shape[-1] > 4)
     elif isinstance(image, torch.Tensor):
         tensor = image.detach().cpu()
@@ -144,7 +145,7 @@ def image_to_tensor(image: Any, *, apply_exif_orientation: bool = True, index: i
     if tensor.shape[1] == 0 or tensor.shape[2] == 0:
         raise ValueError(f"{where}: empty image of shape {tuple(tensor.shape)}")
 
-    # One value scale for every source: uint8 stays uint8 (fast resampling), everything else becomes
+    # One value scale for every source: 8-bit data becomes uint8 (fast resampling), everything else
     # float32 on the 0..255 scale, so rescale_factor = 1/255 applies to all.
     if tensor.dtype == torch.uint8:
         scale = 255.0
@@ -165,6 +166,15 @@ def image_to_tensor(image: Any, *, apply_exif_orientation: bool = True, index: i
         raise ValueError(
             f"{where}: unsupported dtype {tensor.dtype}; use uint8, uint16, bool or float in [0, 1]"
         )
+
+    if scale != 255.0:
+        # Data that is exactly 8-bit (a float image of k/255 values, a 16-bit one of k*257 values) takes the
+        # uint8 path, so that it gives the same pixels as the 8-bit original: torchvision's uint8 resampling
+        # rounds differently from its float resampling (by up to ~1 grey level).
+        levels = tensor.to(torch.float64) * (255.0 / scale)
+        rounded = levels.round()
+        if bool(((levels - rounded).abs() < 1e-4).all()):  # float32 k/255 is off by ~1e-5 levels
+            tensor, scale = rounded.to(torch.uint8), 255.0
 
     channels = tensor.shape[0]
     if channels in (2, 4):  # gray + alpha / RGBA

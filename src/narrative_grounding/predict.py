@@ -1,0 +1,207 @@
+"""`narrative-grounding predict`: run a trained model over images and narratives, write masks and overlays.
+
+Inputs (one of):
+  --image PATH --narrative TEXT --phrases P [P ...]     one record
+  --input FILE.jsonl                                    one JSON record a line: {"image": path (relative to
+                                                        the file's folder), "narrative": str, "phrases":
+                                                        [str or [start, end], ...], "id": optional}
+  --input FOLDER                                        every image in it that has a sidecar <stem>.json with
+                                                        {"narrative", "phrases"}
+
+Outputs in --output:
+  predictions.jsonl        one line a record: id, image, narrative, phrases, spans, scores, masks (PNG file
+                           names with --format png, COCO RLE dicts with --format rle)
+  masks/<id>/<k>.png       phrase k's mask, 0/255 (with --format png)
+  overlays/<id>.png        masks over the image with the coloured narrative (unless --no-overlay)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import PIL.Image
+from tqdm.auto import tqdm
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "predict",
+        help="ground the phrases of narratives in images with a trained model",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--model", required=True, help="folder of a saved model (with its processor beside it)"
+    )
+    parser.add_argument("--processor", help="folder of a saved PngProcessor (default: the model folder)")
+    source = parser.add_argument_group("input")
+    source.add_argument("--image", help="one image file")
+    source.add_argument("--narrative", help="the narrative of --image")
+    source.add_argument("--phrases", nargs="+", help="the phrases of --narrative, in order")
+    source.add_argument(
+        "--input", help="a JSON-lines file of records, or a folder of images with <stem>.json"
+    )
+    parser.add_argument("--output", required=True, help="folder for predictions.jsonl, masks and overlays")
+    parser.add_argument("--format", choices=("png", "rle"), default="png", help="mask format (default png)")
+    parser.add_argument("--threshold", type=float, default=0.5, help="mask probability threshold (0.5)")
+    parser.add_argument("--no-overlay", action="store_true", help="do not write overlay pictures")
+    parser.add_argument(
+        "--overlapping-windows", action="store_true", help="encode long narratives in windows"
+    )
+    parser.add_argument("--max-length", type=int, help="WordPiece tokens per sequence (processor default)")
+    parser.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1, ...)")
+    parser.set_defaults(func=run)
+
+
+def iter_records(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The records to predict, each with id, image (path), narrative, phrases; clear errors for bad input."""
+    if args.image is not None:
+        if args.input is not None:
+            raise ValueError("give either --image (with --narrative, --phrases) or --input, not both")
+        if not args.narrative or not args.phrases:
+            raise ValueError("--image needs --narrative and --phrases")
+        path = Path(args.image)
+        return [{"id": path.stem, "image": path, "narrative": args.narrative, "phrases": list(args.phrases)}]
+    if args.input is None:
+        raise ValueError("give --image (with --narrative and --phrases) or --input")
+    source = Path(args.input)
+    if source.is_dir():
+        return list(_folder_records(source))
+    if source.is_file():
+        return list(_jsonl_records(source))
+    raise FileNotFoundError(f"--input {source} is neither a file nor a folder")
+
+
+def _folder_records(folder: Path) -> Iterator[dict[str, Any]]:
+    images = sorted(path for path in folder.iterdir() if path.suffix.lower() in IMAGE_SUFFIXES)
+    if not images:
+        raise ValueError(f"no image files in {folder}")
+    for path in images:
+        sidecar = path.with_suffix(".json")
+        if not sidecar.is_file():
+            raise ValueError(f"{path.name} has no {sidecar.name} with its narrative and phrases")
+        record = _parse_json(sidecar.read_text(encoding="utf-8"), str(sidecar))
+        yield _record(record, str(sidecar), default_id=path.stem, image=path)
+
+
+def _jsonl_records(file: Path) -> Iterator[dict[str, Any]]:
+    seen: set[str] = set()
+    for number, line in enumerate(file.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"{file}:{number}"
+        record = _parse_json(line, where)
+        if "image" not in record:
+            raise ValueError(f"{where}: record has no 'image'")
+        image = Path(record["image"])
+        image = image if image.is_absolute() else file.parent / image
+        result = _record(record, where, default_id=image.stem, image=image)
+        if result["id"] in seen:
+            raise ValueError(f"{where}: duplicate id {result['id']!r} (give each record an 'id')")
+        seen.add(result["id"])
+        yield result
+
+
+def _parse_json(text: str, where: str) -> dict[str, Any]:
+    try:
+        record = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{where}: not valid JSON: {error}") from error
+    if not isinstance(record, dict):
+        raise ValueError(f"{where}: expected a JSON object")
+    return record
+
+
+def _record(record: dict[str, Any], where: str, *, default_id: str, image: Path) -> dict[str, Any]:
+    narrative = record.get("narrative", record.get("caption"))
+    if not isinstance(narrative, str):
+        raise ValueError(f"{where}: 'narrative' must be a string")
+    phrases = record.get("phrases")
+    if not isinstance(phrases, list):
+        raise ValueError(f"{where}: 'phrases' must be a list of strings or [start, end] spans")
+    phrases = [tuple(phrase) if isinstance(phrase, list) else phrase for phrase in phrases]
+    if not image.is_file():
+        raise FileNotFoundError(f"{where}: image {image} does not exist")
+    record_id = str(record.get("id", default_id))
+    if not re.fullmatch(r"[\w.\-]+", record_id):
+        raise ValueError(
+            f"{where}: id {record_id!r} must be letters, digits, '_', '-' or '.' (it names files)"
+        )
+    return {"id": record_id, "image": image, "narrative": narrative, "phrases": phrases}
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch  # heavy imports only when the command runs
+
+    from .modeling.modeling_png import PngForPanopticNarrativeGrounding
+    from .modeling.processing_png import PngProcessor
+    from .visualization import draw_grounding
+
+    records = iter_records(args)
+    model_dir = Path(args.model)
+    if not (model_dir / "config.json").is_file():
+        raise FileNotFoundError(f"--model {model_dir} is not a saved model folder (no config.json)")
+    model = PngForPanopticNarrativeGrounding.from_pretrained(str(model_dir)).to(args.device).eval()
+    processor = PngProcessor.from_pretrained(args.processor or str(model_dir))
+    output = Path(args.output)
+    output.mkdir(parents=True, exist_ok=True)
+    text_options: dict[str, Any] = {"overlapping_windows": args.overlapping_windows}
+    if args.max_length is not None:
+        text_options["max_length"] = args.max_length
+
+    with (output / "predictions.jsonl").open("w", encoding="utf-8") as lines:
+        for record in tqdm(records, desc="predict", unit="image"):
+            image = record["image"]  # a path: the processor and the overlay both apply EXIF orientation
+            try:
+                inputs = processor(
+                    images=image, text=record["narrative"], phrases=record["phrases"], **text_options
+                )
+            except ValueError as error:
+                raise ValueError(f"record {record['id']} ({record['image']}): {error}") from error
+            with torch.no_grad():
+                outputs = model(**inputs.to(args.device))
+            result = processor.post_process_panoptic_narrative_grounding(
+                outputs, threshold=args.threshold, inputs=inputs, return_rle=args.format == "rle"
+            )[0]
+            masks: list[Any]
+            if args.format == "png":
+                folder = output / "masks" / record["id"]
+                folder.mkdir(parents=True, exist_ok=True)
+                masks = []
+                for index, plane in enumerate(result["masks"]):
+                    name = f"{index}.png"
+                    PIL.Image.fromarray(plane.numpy().astype(np.uint8) * 255).save(folder / name)
+                    masks.append(f"masks/{record['id']}/{name}")
+            else:
+                masks = result["masks"]
+            if not args.no_overlay:
+                (output / "overlays").mkdir(exist_ok=True)
+                picture = draw_grounding(image, result, record["narrative"])
+                picture.save(output / "overlays" / f"{record['id']}.png")
+            line = {
+                "id": record["id"],
+                "image": str(record["image"]),
+                "narrative": record["narrative"],
+                "phrases": result["phrases"],
+                "spans": [list(span) for span in result["spans"]],
+                # NaN (a phrase lost to truncation) is not JSON: null
+                "scores": [
+                    None if math.isnan(score) else round(score, 6) for score in result["scores"].tolist()
+                ],
+                "masks": masks,
+            }
+            lines.write(json.dumps(line) + "\n")
+    print(f"wrote {len(records)} prediction(s) to {output}")
+    return 0
+
+
+__all__ = ["iter_records", "register", "run"]
