@@ -1,7 +1,7 @@
 """Per-phrase ground-truth masks decoded from the panoptic PNG, for ``Dataset.with_transform``.
 
-The id map is decoded once per image; every phrase mask is then one lookup: pixel id -> index among the
-phrase segments (``np.searchsorted``) -> ``P x S`` membership table -> ``P x H x W``.
+The id map is decoded once per image; each distinct segment of the phrases is compared with it once
+(``H x W`` boolean), and each phrase mask is the union of its segments' masks.
 """
 
 from __future__ import annotations
@@ -46,18 +46,19 @@ def phrase_masks_from_id_map(
     num_phrases = len(phrase_segment_ids)
     if num_phrases == 0:
         return np.zeros((0, height, width), dtype=dtype)
-    segment_ids = np.unique(np.concatenate([np.asarray(ids, dtype=np.int64) for ids in phrase_segment_ids]))
-    if segment_ids.size == 0:
-        return np.zeros((num_phrases, height, width), dtype=dtype)
-    flat = id_map.reshape(-1).astype(np.int64)  # N
-    position = np.searchsorted(segment_ids, flat)  # N, in [0, S]
-    position_clipped = np.minimum(position, segment_ids.size - 1)
-    # S (one past the last segment) marks pixels that belong to no phrase's segment.
-    position = np.where(segment_ids[position_clipped] == flat, position_clipped, segment_ids.size)
-    membership = np.zeros((num_phrases, segment_ids.size + 1), dtype=dtype)  # P x (S + 1)
+    # One vectorised comparison per distinct segment (S of them, a few dozen at most) beats a
+    # searchsorted/lookup over all N pixels, whose random access pattern is several times slower.
+    segment_masks = {
+        int(segment_id): id_map == segment_id
+        for segment_id in np.unique(
+            np.concatenate([np.asarray(ids, dtype=np.int64) for ids in phrase_segment_ids])
+        )
+    }  # S masks of H x W
+    masks = np.zeros((num_phrases, height, width), dtype=dtype)  # P x H x W
     for index, ids in enumerate(phrase_segment_ids):
-        membership[index, np.searchsorted(segment_ids, np.asarray(ids, dtype=np.int64))] = 1
-    return membership[:, position].reshape(num_phrases, height, width)  # P x H x W
+        for segment_id in ids:
+            np.logical_or(masks[index], segment_masks[int(segment_id)], out=masks[index], casting="unsafe")
+    return masks
 
 
 def _example_masks(phrases: Sequence[dict[str, Any]], png: Any, dtype: np.dtype | type) -> np.ndarray:

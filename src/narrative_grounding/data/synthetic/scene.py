@@ -33,6 +33,8 @@ class Instance:
     segment_id: int
     full: np.ndarray
     visible: np.ndarray = field(repr=False, default=None)
+    full_area: int = 0
+    visible_area: int = 0
 
 
 @dataclass
@@ -210,29 +212,38 @@ def _place(
     yy,
     xx,
 ):
-    """Try positions until the new instance leaves every earlier one visible enough; None if none fits."""
+    """Try positions until the new instance leaves every earlier one visible enough; None if none fits.
+
+    Masks are computed in the candidate's bounding box only, so the cost does not grow with the image.
+    """
     scale = min(height, width)
     for _ in range(level.placement_attempts):
         r = float(rng.uniform(level.radius[0], level.radius[1]) * scale)
         cx = float(rng.uniform(r + 1, width - r - 1))
         cy = float(rng.uniform(r + 1, height - r - 1))
-        full = shape_mask(shape, xx - cx, yy - cy, r)
-        if full.sum() < level.min_pixels:
+        reach = 1.1 * r + 2  # the diamond reaches 1.1 r from its centre; every other shape r
+        y0, y1 = max(0, int(cy - reach)), min(height, int(cy + reach) + 1)
+        x0, x1 = max(0, int(cx - reach)), min(width, int(cx + reach) + 1)
+        box = (slice(y0, y1), slice(x0, x1))
+        local = shape_mask(shape, xx[box] - cx, yy[box] - cy, r)
+        area = int(local.sum())
+        if area < level.min_pixels:
             continue
         occluded = False
         for other in placed:
-            overlap = other.visible & full
             if level.min_visible >= 1.0:
-                occluded = overlap.any() or (
+                occluded = bool(
                     np.hypot(other.cx - cx, other.cy - cy) < other.radius + r + level.margin * scale
                 )
             else:
-                remaining = other.visible.sum() - overlap.sum()
-                occluded = remaining < level.min_visible * other.full.sum() or remaining < level.min_pixels
+                remaining = other.visible_area - int((other.visible[box] & local).sum())
+                occluded = remaining < level.min_visible * other.full_area or remaining < level.min_pixels
             if occluded:
                 break
         if not occluded:
-            return cx, cy, r, full
+            full = np.zeros((height, width), dtype=bool)
+            full[box] = local
+            return cx, cy, r, full, box, area
     return None
 
 
@@ -261,12 +272,16 @@ def render_scene(rng: np.random.Generator, level: SyntheticLevel, height: int, w
         placement = _place(rng, level, shape, height, width, instances, yy, xx)
         if placement is None:
             continue  # the canvas is full; fewer instances than sampled
-        cx, cy, r, full = placement
+        cx, cy, r, full, box, area = placement
         for other in instances:
-            other.visible &= ~full
-        instances.append(Instance(shape, colour, cx, cy, r, segment_id=0, full=full, visible=full.copy()))
-        shaded = _shade(THING_COLORS[colour], rng, level, (yy - cy) / max(r, 1.0))
-        image[full] = shaded[full]
+            other.visible[box] &= ~full[box]
+            other.visible_area = int(other.visible.sum())
+        instance = Instance(shape, colour, cx, cy, r, segment_id=0, full=full, visible=full.copy())
+        instance.full_area = instance.visible_area = area
+        instances.append(instance)
+        shaded = _shade(THING_COLORS[colour], rng, level, (yy[box] - cy) / max(r, 1.0))
+        local = full[box]
+        image[box][local] = shaded[local]
 
     if level.pixel_noise > 0:
         image += rng.normal(0, level.pixel_noise, size=image.shape).astype(np.float32)
