@@ -17,7 +17,7 @@ import torch
 from ..data.masks import panoptic_id_map, phrase_masks_from_id_map
 
 #: Batch keys that are not model inputs (removed before `model(**batch)`).
-REFERENCE_KEYS = ("reference_masks", "is_thing", "num_segments", "image_ids", "original_sizes")
+REFERENCE_KEYS = ("reference_masks", "is_thing", "num_segments", "image_ids", "original_sizes", "metadata")
 
 
 def _rgb(image: Any) -> Any:
@@ -43,7 +43,8 @@ class PngCollator:
         processor: a `PngProcessor` (image processor + tokenizer).
         with_references: also return, per sample, the original-size ground-truth masks (`reference_masks`:
             a list of `P_i x H_i x W_i` bool tensors), `is_thing` and `num_segments` (lists of `P_i` tensors),
-            `image_ids` and `original_sizes` (for evaluation; see `REFERENCE_KEYS`).
+            `image_ids`, `original_sizes` and the processor's per-sample `metadata` (for evaluation; see
+            `REFERENCE_KEYS`).
     """
 
     def __init__(self, processor: Any, *, with_references: bool = False) -> None:
@@ -64,10 +65,13 @@ class PngCollator:
             texts.append(row["caption"])
             spans.append([(int(phrase["start"]), int(phrase["end"])) for phrase in row["phrases"]])
             masks.append(row_phrase_masks(row))
-        batch = dict(
-            self.processor(images=images, text=texts, phrases=spans, phrase_masks=masks, return_tensors="pt")
+        features = self.processor(
+            images=images, text=texts, phrases=spans, phrase_masks=masks, return_tensors="pt"
         )
+        batch = dict(features)
         if self.with_references:
+            # what post-processing needs to undo the resize / padding exactly, per sample
+            batch["metadata"] = list(getattr(features, "metadata", []))
             batch["reference_masks"] = [torch.from_numpy(mask.astype(bool)) for mask in masks]
             batch["is_thing"] = [
                 torch.tensor([bool(phrase["is_thing"]) for phrase in row["phrases"]]) for row in rows

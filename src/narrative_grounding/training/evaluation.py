@@ -33,10 +33,70 @@ AR_TABLE_ROWS = (
 )
 
 
-def _valid_prediction_size(
-    batch: Mapping[str, Any], index: int, logits_size: tuple[int, int]
-) -> tuple[int, int]:
-    """The part of the stride-4 logits that covers the image (padding from the processor is cut off)."""
+def batch_phrase_counts(
+    batch: Mapping[str, Any],
+    pred_masks: torch.Tensor,
+    processor: Any,
+    protocol: str = "original",
+    threshold: float = 0.5,
+) -> torch.Tensor:
+    """Per-phrase counts of one batch as a `B x P x 5` int64 tensor (columns `COUNT_COLUMNS`, -1 = padding).
+
+    batch: a `PngCollator(with_references=True)` batch; pred_masks: B x P' x h x w logits.
+    "original" protocol: the processor's post-processing undoes the resize and padding exactly and
+    thresholds at the original image size (a phrase lost to truncation gets an empty mask: a miss).
+    "stride4": the logits cropped to the image's part of the padded input, compared at the stride-4 size
+    of an ~800-pixel input (see `narrative_grounding.metrics.resize_for_protocol`).
+    """
+    from ..modeling.image_processing_png import PngBatchFeature
+
+    references = batch["reference_masks"]
+    num_phrases = [len(reference) for reference in references]
+    table = torch.full((len(references), max(num_phrases), len(COUNT_COLUMNS)), PAD, dtype=torch.int64)
+    if protocol == "original":
+        # one sample at a time: each sample's phrase slots beyond its own phrases are batch padding
+        predictions = [
+            processor.post_process_panoptic_narrative_grounding(
+                pred_masks[index : index + 1, : num_phrases[index]].float(),
+                inputs=PngBatchFeature(
+                    {"pixel_values": batch["pixel_values"][index : index + 1]},
+                    metadata=[batch["metadata"][index]],
+                ),
+                threshold=threshold,
+            )[0]["masks"]
+            for index in range(len(references))
+        ]
+        prediction_type = "probabilities"  # binary masks at the evaluation size are used as they are
+    else:
+        predictions = [pred_masks[index].float() for index in range(len(references))]
+        prediction_type = "logits"
+    for index, reference in enumerate(references):
+        count = num_phrases[index]
+        prediction = predictions[index][:count]
+        if len(prediction) < count:
+            raise ValueError(
+                f"image {int(batch['image_ids'][index])}: {len(prediction)} predicted masks for {count} phrases"
+            )
+        if protocol != "original":
+            height, width = _image_part(batch, index, tuple(prediction.shape[-2:]))
+            prediction = prediction[:, :height, :width]
+        counts = mask_counts(
+            prediction,
+            reference.to(prediction.device),
+            protocol,
+            prediction_type=prediction_type,
+            threshold=threshold,
+        )
+        table[index, :count, 0] = torch.from_numpy(counts["intersections"])
+        table[index, :count, 1] = torch.from_numpy(counts["unions"])
+        table[index, :count, 2] = torch.from_numpy(counts["reference_areas"])
+        table[index, :count, 3] = batch["is_thing"][index].long().cpu()
+        table[index, :count, 4] = batch["num_segments"][index].long().cpu()
+    return table
+
+
+def _image_part(batch: Mapping[str, Any], index: int, logits_size: tuple[int, int]) -> tuple[int, int]:
+    """The part of the stride-4 logits that covers the image (the processor pads at the bottom / right)."""
     pixel_mask = batch.get("pixel_mask")
     if pixel_mask is None:
         return logits_size
@@ -47,36 +107,6 @@ def _valid_prediction_size(
         min(logits_size[0], math.ceil(height / PREDICTION_STRIDE)),
         min(logits_size[1], math.ceil(width / PREDICTION_STRIDE)),
     )
-
-
-def batch_phrase_counts(
-    batch: Mapping[str, Any], pred_masks: torch.Tensor, protocol: str = "original", threshold: float = 0.5
-) -> torch.Tensor:
-    """Per-phrase counts of one batch as a `B x P x 5` int64 tensor (columns `COUNT_COLUMNS`, -1 = padding).
-
-    batch: a `PngCollator(with_references=True)` batch; pred_masks: B x P' x h x w logits (P' >= P_i).
-    """
-    references = batch["reference_masks"]
-    num_phrases = [len(reference) for reference in references]
-    table = torch.full((len(references), max(num_phrases), len(COUNT_COLUMNS)), PAD, dtype=torch.int64)
-    for index, reference in enumerate(references):
-        count = num_phrases[index]
-        if pred_masks.shape[1] < count:
-            raise ValueError(
-                f"image {int(batch['image_ids'][index])}: the model predicted {pred_masks.shape[1]} masks for "
-                f"{count} phrases (was a phrase truncated away by the tokenizer?)"
-            )
-        height, width = _valid_prediction_size(batch, index, tuple(pred_masks.shape[-2:]))
-        logits = pred_masks[index, :count, :height, :width].float()  # P_i x h x w
-        counts = mask_counts(
-            logits, reference.to(logits.device), protocol, prediction_type="logits", threshold=threshold
-        )
-        table[index, :count, 0] = torch.from_numpy(counts["intersections"])
-        table[index, :count, 1] = torch.from_numpy(counts["unions"])
-        table[index, :count, 2] = torch.from_numpy(counts["reference_areas"])
-        table[index, :count, 3] = batch["is_thing"][index].long().cpu()
-        table[index, :count, 4] = batch["num_segments"][index].long().cpu()
-    return table
 
 
 def average_recall_from_table(table: torch.Tensor | np.ndarray) -> dict[str, Any]:
@@ -102,13 +132,15 @@ def evaluate_average_recall(
     model: torch.nn.Module,
     dataloader: Iterable[Mapping[str, Any]],
     accelerator: Any,
+    processor: Any,
     *,
     protocol: str = "original",
     threshold: float = 0.5,
     progress: bool = True,
     description: str = "Evaluating",
 ) -> dict[str, Any]:
-    """Evaluates `model` on every batch of `dataloader` (prepared by `accelerator`) and returns the
+    """Evaluates `model` on every batch of `dataloader` (prepared by `accelerator`, collated by
+    `PngCollator(processor, with_references=True)`) and returns the
     AverageRecall results (plus `eval_loss`, the mean of the batch losses) on every process."""
     from accelerate.utils import broadcast_object_list
 
@@ -126,7 +158,9 @@ def evaluate_average_recall(
         if outputs.loss is not None:
             # plain gather: one loss per process, not per sample (gather_for_metrics would trim it)
             losses.append(accelerator.gather(outputs.loss.detach().float().reshape(1)).cpu())
-        table = batch_phrase_counts(batch, outputs.pred_masks, protocol, threshold).to(accelerator.device)
+        table = batch_phrase_counts(batch, outputs.pred_masks, processor, protocol, threshold).to(
+            accelerator.device
+        )
         table = accelerator.pad_across_processes(table, dim=1, pad_index=PAD)  # same P on every process
         tables.append(accelerator.gather_for_metrics(table).cpu())
     if was_training:

@@ -253,6 +253,7 @@ def train(args: Namespace) -> TrainingResult:
             model,
             eval_dataloader,
             accelerator,
+            processor,
             protocol=args.eval_protocol,
             progress=not args.no_progress_bar,
             description=description,
