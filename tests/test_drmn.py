@@ -173,7 +173,8 @@ def test_deformable_attention_module_equals_the_direct_loop_values_and_gradients
     queries = torch.randn(2, 4, d_model, dtype=torch.float64, requires_grad=True)
     reference_points = torch.rand(2, 4, 2, dtype=torch.float64)
     values = [torch.randn(2, d_model, h, w, dtype=torch.float64, requires_grad=True) for h, w in LEVEL_SHAPES]
-    fast = module(queries, reference_points, values)
+    flattened = torch.cat([value.flatten(2).transpose(1, 2) for value in values], dim=1)  # B x N x D
+    fast = module(queries, reference_points, flattened, LEVEL_SHAPES)
     slow = loop_deformable_attention(module, queries, reference_points, values)
     torch.testing.assert_close(fast, slow, atol=1e-12, rtol=1e-10)
     upstream = torch.randn(fast.shape, dtype=torch.float64)
@@ -228,22 +229,24 @@ def test_a_refinement_round_reads_only_each_phrases_top_k_pixels():
         height, width, d_model, device=torch.device("cpu"), dtype=torch.float32
     )
     centres = pixel_centres(height, width, device=torch.device("cpu"), dtype=torch.float32)
-    values = [torch.randn(1, d_model, 2 * height, 2 * width)] + [
-        torch.randn(1, d_model, max(height // s, 1), max(width // s, 1)) for s in (1, 2, 4)
-    ]
+    level_shapes = [(2 * height, 2 * width), (height, width), (height // 2, width // 2), (1, 2)]
+    values = torch.randn(1, sum(h * w for h, w in level_shapes), d_model)
     with torch.no_grad():
-        reference = refinement(phrases, scores, pixels, positions, centres, values, 5)
+        reference = refinement(phrases, scores, pixels, positions, centres, values, level_shapes, 5)
         unselected = torch.ones(height * width, dtype=torch.bool)
         unselected[select_top_pixels(scores, 5).flatten()] = False
         changed = pixels.clone()
         changed[:, unselected] = torch.randn_like(changed[:, unselected])
         torch.testing.assert_close(
-            refinement(phrases, scores, changed, positions, centres, values, 5), reference, atol=0, rtol=0
+            refinement(phrases, scores, changed, positions, centres, values, level_shapes, 5),
+            reference,
+            atol=0,
+            rtol=0,
         )
         # Changing the second phrase's selection leaves the first phrase's update untouched.
         other = scores.clone()
         other[:, 1] = torch.randn(height * width)
-        updated = refinement(phrases, other, pixels, positions, centres, values, 5)
+        updated = refinement(phrases, other, pixels, positions, centres, values, level_shapes, 5)
         torch.testing.assert_close(updated[:, 0], reference[:, 0], atol=0, rtol=0)
         assert not torch.allclose(updated[:, 1], reference[:, 1])
 

@@ -39,16 +39,20 @@ def multi_scale_deformable_sampling(
     if len(value_levels) != num_levels:
         raise ValueError(f"{len(value_levels)} value levels for sampling locations over {num_levels} levels")
     head_dim = value_levels[0].shape[2]
-    grids = 2.0 * sampling_locations - 1.0  # grid_sample reads [-1, 1]
-    output = sampling_locations.new_zeros(batch * num_heads, head_dim, num_queries)
+    grids = (2.0 * sampling_locations - 1.0).transpose(
+        1, 2
+    )  # B x Hd x Q x L x K x 2; grid_sample reads [-1, 1]
+    weights = attention_weights.transpose(1, 2)  # B x Hd x Q x L x K
+    output = None
     for level, value in enumerate(value_levels):
-        value = value.flatten(0, 1)  # (B * Hd) x Dh x H_l x W_l
-        grid = grids[:, :, :, level].transpose(1, 2).flatten(0, 1)  # (B * Hd) x Q x K x 2
+        value = value.flatten(0, 1)  # (B * Hd) x Dh x H_l x W_l (copies a strided view once)
+        grid = grids[:, :, :, level].flatten(0, 1)  # (B * Hd) x Q x K x 2
         sampled = F.grid_sample(
             value, grid, mode="bilinear", padding_mode="zeros", align_corners=False
         )  # (B * Hd) x Dh x Q x K
-        weights = attention_weights[:, :, :, level].transpose(1, 2).flatten(0, 1)  # (B * Hd) x Q x K
-        output = output + (sampled * weights[:, None]).sum(dim=-1)  # (B * Hd) x Dh x Q
+        level_weights = weights[:, :, :, level].flatten(0, 1)  # (B * Hd) x Q x K
+        weighted = (sampled * level_weights[:, None]).sum(dim=-1)  # (B * Hd) x Dh x Q
+        output = weighted if output is None else output + weighted
     return output.view(batch, num_heads, head_dim, num_queries).permute(0, 3, 1, 2)  # B x Q x Hd x Dh
 
 
@@ -68,7 +72,7 @@ def initial_sampling_pattern(num_heads: int, num_levels: int, num_points: int) -
 
 
 class MultiScaleDeformableAttention(nn.Module):
-    """Deformable attention of B x Q x D queries over L feature levels (each B x D x H_l x W_l).
+    """Deformable attention of B x Q x D queries over L feature levels given flattened (B x N x D).
 
     Offsets are predicted from `offset_queries` and the attention weights from `weight_queries` (by default
     both are `queries`), so a caller can condition where to look and how much to trust each sample on
@@ -108,7 +112,8 @@ class MultiScaleDeformableAttention(nn.Module):
         self,
         queries: torch.Tensor,
         reference_points: torch.Tensor,
-        value_levels: list[torch.Tensor],
+        values: torch.Tensor,
+        level_shapes: list[tuple[int, int]],
         *,
         offset_queries: torch.Tensor | None = None,
         weight_queries: torch.Tensor | None = None,
@@ -116,16 +121,16 @@ class MultiScaleDeformableAttention(nn.Module):
         """
         queries: B x Q x D (position embeddings already added by the caller).
         reference_points: B x Q x 2, normalised (x, y) in [0, 1].
-        value_levels: L maps, level l of shape B x D x H_l x W_l.
+        values: B x N x D, the L levels flattened row-major and concatenated (N = sum of H_l * W_l).
+        level_shapes: the L (H_l, W_l).
         offset_queries, weight_queries: B x Q x D, default `queries`.
         Returns B x Q x D.
         """
-        if len(value_levels) != self.num_levels:
-            raise ValueError(f"expected {self.num_levels} feature levels, got {len(value_levels)}")
+        if len(level_shapes) != self.num_levels:
+            raise ValueError(f"expected {self.num_levels} feature levels, got {len(level_shapes)}")
         batch, num_queries, d_model = queries.shape
         offset_queries = queries if offset_queries is None else offset_queries
         weight_queries = queries if weight_queries is None else weight_queries
-        level_shapes = [tuple(value.shape[-2:]) for value in value_levels]
         locations = self.sampling_locations(offset_queries, reference_points, level_shapes)
         weights = self.attention_weights(weight_queries).view(
             batch, num_queries, self.num_heads, self.num_levels * self.num_points
@@ -133,13 +138,13 @@ class MultiScaleDeformableAttention(nn.Module):
         weights = weights.softmax(dim=-1).view(
             batch, num_queries, self.num_heads, self.num_levels, self.num_points
         )  # B x Q x Hd x L x K
+        sizes = [height * width for height, width in level_shapes]
         heads = []
-        for projection, value in zip(self.value_projections, value_levels, strict=True):
-            height, width = value.shape[-2:]
-            projected = projection(value.flatten(2).transpose(1, 2))  # B x N_l x D
-            heads.append(
-                projected.transpose(1, 2).reshape(batch, self.num_heads, self.head_dim, height, width)
-            )  # B x Hd x Dh x H_l x W_l
+        for projection, level, (height, width) in zip(
+            self.value_projections, values.split(sizes, dim=1), level_shapes, strict=True
+        ):
+            projected = projection(level).view(batch, height, width, self.num_heads, self.head_dim)
+            heads.append(projected.permute(0, 3, 4, 1, 2))  # B x Hd x Dh x H_l x W_l (a view)
         sampled = multi_scale_deformable_sampling(heads, locations, weights)  # B x Q x Hd x Dh
         return self.output_projection(sampled.reshape(batch, num_queries, d_model))
 

@@ -136,15 +136,11 @@ class DeformableEncoderLayer(nn.Module):
         if self.text_attention is not None and phrases.shape[1] > 0:
             # Text context per pixel: the phrases it resembles decide how much each sample counts.
             weight_queries = queries + self.text_attention(queries, phrases, phrase_mask)
-        sizes = [height * width for height, width in level_shapes]
-        value_levels = [
-            level.transpose(1, 2).reshape(batch, -1, height, width)  # B x D x H_l x W_l
-            for level, (height, width) in zip(pixels.split(sizes, dim=1), level_shapes, strict=True)
-        ]
         attended = self.deformable_attention(
             queries,
             reference_points.expand(batch, -1, -1),
-            value_levels,
+            pixels,
+            level_shapes,
             weight_queries=weight_queries,
         )
         pixels = self.attention_norm(pixels + self.dropout(attended))
@@ -181,25 +177,27 @@ class RefinementRound(nn.Module):
         matching_pixels: torch.Tensor,
         matching_positions: torch.Tensor,
         matching_centres: torch.Tensor,
-        value_levels: list[torch.Tensor],
+        pixels: torch.Tensor,
+        level_shapes: list[tuple[int, int]],
         top_k: int,
     ) -> torch.Tensor:
         """
         phrases: B x P x D phrase states (the current kernels); scores: B x P x N current logits at stride 8.
         matching_pixels: B x N x D encoded stride-8 pixels; matching_positions: N x D; matching_centres: N x 2.
-        value_levels: the encoded levels, each B x D x H_l x W_l. Returns the new phrase states, B x P x D.
+        pixels: B x N x D all encoded levels (flattened, concatenated) of shapes level_shapes.
+        Returns the new phrase states, B x P x D.
         """
         batch, num_phrases, d_model = phrases.shape
         indices = select_top_pixels(scores, top_k)  # B x P x K
         k = indices.shape[-1]
         flat = indices.flatten(1)  # B x (P * K)
-        pixels = matching_pixels.gather(1, flat[..., None].expand(-1, -1, d_model))  # B x (P * K) x D
+        selected = matching_pixels.gather(1, flat[..., None].expand(-1, -1, d_model))  # B x (P * K) x D
         positions = matching_positions[flat]  # B x (P * K) x D
         centres = matching_centres[flat]  # B x (P * K) x 2
         # The phrase asks each of its pixels for the multi-scale context relevant to it.
         queries = phrases.repeat_interleave(k, dim=1) + positions  # B x (P * K) x D
-        context = self.context_attention(queries, centres, value_levels)
-        context = self.context_norm(pixels + self.dropout(context))
+        context = self.context_attention(queries, centres, pixels, level_shapes)
+        context = self.context_norm(selected + self.dropout(context))
         context = self.context_ffn_norm(context + self.dropout(self.context_ffn(context)))
         # Each phrase attends to its own K context features only.
         context = context.view(batch * num_phrases, k, d_model)  # (B * P) x K x D
@@ -264,12 +262,7 @@ class DrmnHead(nn.Module):
         for layer in self.encoder_layers:
             pixels = layer(pixels, all_positions, all_centres, level_shapes, phrases, phrase_mask)
 
-        value_levels = [
-            level.transpose(1, 2).reshape(batch, d_model, height, width)  # B x D x H_l x W_l
-            for level, (height, width) in zip(pixels.split(sizes, dim=1), level_shapes, strict=True)
-        ]
         matching_pixels = pixels.split(sizes, dim=1)[self.matching_level]  # B x N8 x D
-        matching_map = value_levels[self.matching_level]  # B x D x H/8 x W/8
         stride4_size = features[4].shape[-2:]
 
         def match(kernels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -298,11 +291,15 @@ class DrmnHead(nn.Module):
                 matching_pixels,
                 positions[self.matching_level],
                 centres[self.matching_level],
-                value_levels,
+                pixels,
+                level_shapes,
                 self.top_k,
             )
             scores, masks = match(phrases)
             all_masks.append(masks)
+        matching_map = matching_pixels.transpose(1, 2).reshape(
+            batch, d_model, *level_shapes[self.matching_level]
+        )  # B x D x H/8 x W/8
         pixel_embeddings = F.interpolate(
             matching_map, size=stride4_size, mode="bilinear", align_corners=False
         )  # B x D x H/4 x W/4: the kernels' logits are exactly phrases . these * logit_scale
