@@ -479,7 +479,8 @@ class PngProcessor(ProcessorMixin):
             kept = meta.get("phrase_kept", [True] * num_phrases)
             masks, rles, scores = [], [], []
             for begin in range(0, num_phrases, chunk_size):
-                chunk = logits[sample, begin : begin + chunk_size].float()[None]  # 1 x p x h x w
+                end = min(begin + chunk_size, num_phrases)  # padded phrase slots are never decoded
+                chunk = logits[sample, begin:end].float()[None]  # 1 x p x h x w
                 if content != padded:  # undo the padding in input pixels, then the resize
                     chunk = F.interpolate(chunk, size=padded, mode="bilinear", align_corners=False)
                     chunk = chunk[..., : content[0], : content[1]]
