@@ -6,6 +6,7 @@ The module doubles as the worker script: `torchrun --nproc_per_node 2 tests/test
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -143,6 +144,66 @@ def test_one_process_batch_2b_equals_two_processes_batch_b(tmp_path):
     assert len(one["gradients"]) > 10
     for name, gradient in one["gradients"].items():
         torch.testing.assert_close(two["gradients"][name], gradient, rtol=1e-4, atol=1e-7, msg=name)
+
+
+@pytest.mark.slow
+def test_two_processes_train_and_evaluate_with_gathered_metrics(tmp_path):
+    """torchrun x 2 (gloo) trains a few steps and evaluates on a validation split that does not divide evenly
+    over the processes: the gathered metric must count every phrase exactly once and agree with a
+    one-process evaluation of the saved model."""
+    from narrative_grounding.training.data import synthetic_data_dir
+
+    data_root, output_dir = tmp_path / "data", tmp_path / "run"
+    train_argv = [
+        str(ROOT / "training" / "train.py"),
+        "--synthetic", "easy",
+        "--synthetic_num_train", "12",
+        "--synthetic_num_validation", "10",  # 10 = 4 + 4 + 2: accelerate pads the last batch with repeats
+        "--synthetic_image_size", "64",
+        "--synthetic_dir", str(data_root),
+        "--dataset_cache_dir", str(data_root / "arrow"),
+        "--output_dir", str(output_dir),
+        "--per_device_train_batch_size", "2",
+        "--per_device_eval_batch_size", "2",
+        "--max_train_steps", "4",
+        "--config_overrides", '{"lpa_implementation": "direct"}',
+        "--report_to", "none",
+        "--no_progress_bar",
+    ]  # fmt: skip
+    done = subprocess.run(
+        torchrun_command(2, *train_argv), env=_worker_env(), capture_output=True, text=True, timeout=400
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert "x 2 processes" in done.stderr  # the processes trained together (gloo), not side by side
+    distributed = json.loads((output_dir / "eval_results.json").read_text())
+
+    layout = synthetic_data_dir("easy", 12, 10, 64, 0, data_root)
+    narratives = json.loads((layout / "annotations" / "png_coco_val2017.json").read_text())
+    grounded = sum(
+        1
+        for narrative in narratives
+        for segment in narrative["segments"]
+        if segment["noun"] and segment["segment_ids"]
+    )
+    assert distributed["num_phrases"] == grounded  # every phrase once: the repeats were dropped
+
+    single = tmp_path / "single.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "narrative_grounding.cli", "evaluate", str(output_dir), "--data-dir", str(layout),
+         "--batch-size", "3", "--json", str(single)],
+        env=_worker_env(), capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert "overall" in done.stdout
+    one_process = json.loads(single.read_text())
+    for key in (
+        "average_recall",
+        "average_recall_things",
+        "average_recall_stuff",
+        "num_phrases",
+        "num_things",
+    ):
+        assert one_process[key] == pytest.approx(distributed[key], abs=1e-9), key
 
 
 if __name__ == "__main__":

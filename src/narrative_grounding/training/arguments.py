@@ -116,6 +116,13 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
         "the first optimizer step past it. The schedule still spans --num_train_epochs/--max_train_steps.",
     )
     optim.add_argument(
+        "--fit_schedule_to_time",
+        action="store_true",
+        help="with --max_train_time and the cosine schedule: time the first --calibration_steps steps, then "
+        "shorten the run (and its cosine) to the steps that fit in the budget, so the lr anneals before the end",
+    )
+    optim.add_argument("--calibration_steps", type=_positive_int, default=20)
+    optim.add_argument(
         "--mixed_precision",
         choices=("no", "fp16", "bf16"),
         default=None,

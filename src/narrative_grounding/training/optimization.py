@@ -65,6 +65,29 @@ class PaperStepSchedule:
         return 0.5 ** (epoch // self.halve_every)
 
 
+class WarmupCosineSchedule:
+    """Linear warm-up over `warmup_steps`, then cosine decay to `final_factor` at `total_steps` (a LambdaLR
+    factor). The length may be changed during training (`resize`: a run fitted to a time budget learns how
+    many steps fit only after timing the first ones)."""
+
+    def __init__(self, warmup_ratio: float, total_steps: int, final_factor: float = 0.0):
+        self.warmup_ratio = float(warmup_ratio)
+        self.final_factor = final_factor
+        self.resize(total_steps)
+
+    def resize(self, total_steps: int) -> None:
+        """A new length; the warm-up keeps its fraction of it."""
+        self.total_steps = max(1, int(total_steps))
+        self.warmup_steps = int(math.ceil(self.warmup_ratio * self.total_steps))
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup_steps:
+            return (step + 1) / (self.warmup_steps + 1)
+        span = max(1, self.total_steps - self.warmup_steps)
+        progress = min(1.0, (step - self.warmup_steps) / span)
+        return self.final_factor + (1 - self.final_factor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
 def build_optimizer(
     model: torch.nn.Module, *, optimizer: str, learning_rate: float, weight_decay: float
 ) -> torch.optim.Optimizer:
@@ -88,6 +111,17 @@ def build_optimizer(
     return torch.optim.AdamW(groups, lr=learning_rate)
 
 
+def fit_schedule(scheduler: torch.optim.lr_scheduler.LRScheduler, total_steps: int) -> bool:
+    """Changes the length of a `cosine` schedule (see `WarmupCosineSchedule`); False for other schedules."""
+    lambdas = getattr(scheduler, "lr_lambdas", None) or []
+    fitted = False
+    for schedule in lambdas:
+        if isinstance(schedule, WarmupCosineSchedule):
+            schedule.resize(total_steps)
+            fitted = True
+    return fitted
+
+
 def build_scheduler(
     optimizer: torch.optim.Optimizer,
     *,
@@ -103,6 +137,8 @@ def build_scheduler(
     warmup = int(math.ceil(warmup_ratio * num_training_steps))
     if name == "paper-step":
         return torch.optim.lr_scheduler.LambdaLR(optimizer, PaperStepSchedule(steps_per_epoch))
+    if name == "cosine":
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupCosineSchedule(warmup_ratio, num_training_steps))
     if name == "one-cycle":
         max_lrs = [group["lr"] for group in optimizer.param_groups]
         return torch.optim.lr_scheduler.OneCycleLR(

@@ -35,7 +35,7 @@ from .evaluation import evaluate_average_recall, format_average_recall_table, sc
 from .hub import HubPusher
 from .loading import load_model_and_processor
 from .model_card import write_model_card
-from .optimization import build_optimizer, build_scheduler, resolve_preset
+from .optimization import build_optimizer, build_scheduler, fit_schedule, resolve_preset
 from .sampler import EpochSeededSampler
 
 logger = logging.getLogger(__name__)
@@ -54,6 +54,7 @@ class TrainingProgress:
     batches_in_epoch: int = 0  # batches of `epoch` already trained on (per process)
     completed_steps: int = 0  # optimizer steps
     train_seconds: float = 0.0  # wall-clock time spent in training steps (not evaluating or saving)
+    fitted_steps: int = 0  # the run's length once fitted to a time budget (0: not fitted)
     history: list[dict[str, Any]] = field(default_factory=list)  # one entry per evaluation
 
     def state_dict(self) -> dict[str, Any]:
@@ -330,6 +331,34 @@ def train(args: Namespace) -> TrainingResult:
                 pusher.push(output_dir, commit_message)
         accelerator.wait_for_everyone()
 
+    def fit_to_time_budget(current_max: int) -> int:
+        # the same decision on every process: the main process's timing is broadcast
+        seconds_per_step = torch.tensor(
+            progress.train_seconds / progress.completed_steps, device=accelerator.device
+        )
+        seconds_per_step = accelerator.reduce(seconds_per_step, reduction="mean").item()
+        remaining = args.max_train_time - progress.train_seconds
+        # 3% slack: steps get slower when evaluation or the OS interrupts
+        fitted = progress.completed_steps + int(0.97 * remaining / seconds_per_step)
+        fitted = max(progress.completed_steps + 1, min(current_max, fitted))
+        if fit_schedule(lr_scheduler, fitted):
+            progress.fitted_steps = fitted
+            progress_bar.total = fitted
+            logger.info(
+                "%.3f s per step: %d steps fit in %.0f s; schedule fitted",
+                seconds_per_step,
+                fitted,
+                args.max_train_time,
+            )
+            return fitted
+        logger.warning(
+            "--fit_schedule_to_time works with the cosine schedule only; keeping %d steps", current_max
+        )
+        return current_max
+
+    if progress.fitted_steps:
+        max_train_steps = progress.fitted_steps
+        fit_schedule(lr_scheduler, max_train_steps)
     progress_bar = tqdm(
         total=max_train_steps,
         initial=progress.completed_steps,
@@ -383,6 +412,13 @@ def train(args: Namespace) -> TrainingResult:
                     step=progress.completed_steps,
                 )
                 running_loss, running_batches = torch.zeros((), device=accelerator.device), 0
+            if (
+                args.fit_schedule_to_time
+                and args.max_train_time
+                and progress.completed_steps == args.calibration_steps
+                and not progress.fitted_steps
+            ):
+                max_train_steps = fit_to_time_budget(max_train_steps)
             if args.max_train_time is not None and progress.train_seconds >= args.max_train_time:
                 stop = stopped_by_time = True  # decided from the main process's clock, shared below
             if accelerator.num_processes > 1 and args.max_train_time is not None:
@@ -437,6 +473,12 @@ def train(args: Namespace) -> TrainingResult:
     accelerator.end_training()
     if accelerator.is_main_process and final_metrics is not None:
         logger.info("final evaluation\n%s", format_average_recall_table(final_metrics))
+    if accelerator.num_processes == 1:
+        # accelerate keeps its state in a process-wide singleton; clear it so that a later `train` call in the
+        # same process may use other settings (e.g. --cpu or another mixed precision)
+        from accelerate.state import AcceleratorState
+
+        AcceleratorState._reset_state(reset_partial_state=True)
     return TrainingResult(
         output_dir=str(output_dir),
         metrics=final_metrics,

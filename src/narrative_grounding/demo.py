@@ -1,0 +1,247 @@
+"""`narrative-grounding demo`: the Quickstart's main job.
+
+On the embedded default (the synthetic dataset at the "hard" level, the tiny EPNG model, the CPU) it
+generates the data, trains within a wall-clock budget (10 minutes by default) with the same `train`
+function as `training/train.py`, evaluates, prints the Average Recall table, saves the model and writes
+overlay pictures of validation predictions and the curve of AR against training time (CSV, and PNG when
+matplotlib is installed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+#: What the demo trains, unless told otherwise. Tuned on 2 CPU cores (see docs/quickstart.md).
+DEFAULTS = {
+    "model": "epng-tiny",
+    "level": "hard",
+    "time_budget": 600.0,
+    "threads": 2,
+    "num_train": 4000,
+    "num_validation": 200,
+    "image_size": 128,
+    "batch_size": 16,
+    "learning_rate": 3e-3,
+    "eval_every_seconds": 60.0,
+    "num_overlays": 6,
+    "seed": 0,
+}
+CURVE_CSV = "ar_vs_time.csv"
+CURVE_PNG = "ar_vs_time.png"
+CURVE_COLUMNS = (
+    "train_seconds",
+    "step",
+    "epoch",
+    "average_recall",
+    "average_recall_things",
+    "average_recall_stuff",
+    "average_recall_singular",
+    "average_recall_plural",
+)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Adds `demo` to the `narrative-grounding` parser."""
+    parser = subparsers.add_parser(
+        "demo",
+        help="train the tiny EPNG model on synthetic data within a time budget, evaluate and draw predictions",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--output-dir", default="runs/demo", help="model, curve and pictures (default: %(default)s)"
+    )
+    parser.add_argument("--model", default=DEFAULTS["model"], help="variant name (default: %(default)s)")
+    parser.add_argument(
+        "--level", default=DEFAULTS["level"], choices=("easy", "medium", "hard"), help="synthetic difficulty"
+    )
+    parser.add_argument(
+        "--time-budget",
+        type=float,
+        default=DEFAULTS["time_budget"],
+        help="seconds of training (evaluation not counted; default: %(default)s)",
+    )
+    parser.add_argument("--threads", type=int, default=DEFAULTS["threads"], help="torch CPU threads")
+    parser.add_argument(
+        "--num-train", type=int, default=DEFAULTS["num_train"], help="synthetic training images"
+    )
+    parser.add_argument("--num-validation", type=int, default=DEFAULTS["num_validation"])
+    parser.add_argument("--image-size", type=int, default=DEFAULTS["image_size"])
+    parser.add_argument("--batch-size", type=int, default=DEFAULTS["batch_size"])
+    parser.add_argument("--learning-rate", type=float, default=DEFAULTS["learning_rate"])
+    parser.add_argument(
+        "--eval-every-seconds",
+        type=float,
+        default=DEFAULTS["eval_every_seconds"],
+        help="evaluate every N seconds of training, for the curve",
+    )
+    parser.add_argument("--num-overlays", type=int, default=DEFAULTS["num_overlays"])
+    parser.add_argument(
+        "--data-dir", default=None, help="synthetic data cache (default: ~/.cache/narrative_grounding)"
+    )
+    parser.add_argument("--seed", type=int, default=DEFAULTS["seed"])
+    parser.add_argument(
+        "--gpu", action="store_true", help="use a GPU when there is one (default: CPU, as documented)"
+    )
+    parser.set_defaults(func=run_demo)
+
+
+def training_arguments(args: argparse.Namespace) -> argparse.Namespace:
+    """The `training/train.py` options the demo runs with (the same parser, so nothing is duplicated)."""
+    from .training import parse_args
+
+    argv = [
+        "--model", args.model,
+        "--synthetic", args.level,
+        "--synthetic_num_train", str(args.num_train),
+        "--synthetic_num_validation", str(args.num_validation),
+        "--synthetic_image_size", str(args.image_size),
+        "--synthetic_seed", str(args.seed),
+        "--output_dir", str(args.output_dir),
+        "--per_device_train_batch_size", str(args.batch_size),
+        "--per_device_eval_batch_size", "32",
+        "--optimization", "fast",
+        "--learning_rate", str(args.learning_rate),
+        "--lr_scheduler_type", "cosine",
+        "--num_train_epochs", "1000",  # the time budget decides; the cosine is fitted to it
+        "--max_train_time", str(args.time_budget),
+        "--fit_schedule_to_time",
+        "--eval_every_seconds", str(args.eval_every_seconds),
+        "--report_to", "none",
+        "--logging_steps", "25",
+        "--seed", str(args.seed),
+        # an 8 x 8 communicator grid: materialised LPA is cheap, while the flex kernel would be compiled
+        "--config_overrides", json.dumps({"lpa_implementation": "direct"}),
+    ]  # fmt: skip
+    if args.data_dir:
+        argv += ["--synthetic_dir", str(args.data_dir)]
+    if not args.gpu:
+        argv.append("--cpu")
+    return parse_args(argv)
+
+
+def write_curve(history: list[dict[str, Any]], output_dir: Path) -> Path:
+    """AR against training time as CSV (and PNG when matplotlib is installed); returns the CSV path."""
+    path = output_dir / CURVE_CSV
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(CURVE_COLUMNS)
+        for entry in history:
+            writer.writerow([entry.get(column, "") for column in CURVE_COLUMNS])
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return path
+    figure, axis = plt.subplots(figsize=(6, 4))
+    seconds = [entry["train_seconds"] for entry in history]
+    for key, label in (
+        ("average_recall", "overall"),
+        ("average_recall_things", "things"),
+        ("average_recall_stuff", "stuff"),
+    ):
+        axis.plot(seconds, [100 * entry.get(key, math.nan) for entry in history], marker="o", label=label)
+    axis.set_xlabel("training time (s)")
+    axis.set_ylabel("Average Recall (%)")
+    axis.grid(True, alpha=0.3)
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(output_dir / CURVE_PNG, dpi=120)
+    plt.close(figure)
+    return path
+
+
+def format_curve(history: list[dict[str, Any]]) -> str:
+    lines = [f"{'train s':>8} {'step':>6} {'AR %':>6}"]
+    for entry in history:
+        lines.append(
+            f"{entry['train_seconds']:>8.0f} {entry['step']:>6} {100 * entry.get('average_recall', math.nan):>6.1f}"
+        )
+    return "\n".join(lines)
+
+
+def write_overlays(model_dir: Path, dataset: Any, output_dir: Path, count: int) -> list[Path]:
+    """Predictions of the saved model on the first `count` validation narratives, drawn next to the ground
+    truth (left: ground truth, right: prediction; each phrase in its colour)."""
+    import PIL.Image
+    import torch
+
+    from .modeling.modeling_png import PngForPanopticNarrativeGrounding
+    from .modeling.processing_png import PngProcessor
+    from .training.collate import row_phrase_masks
+    from .visualization import draw_grounding
+
+    model = PngForPanopticNarrativeGrounding.from_pretrained(str(model_dir)).eval()
+    processor = PngProcessor.from_pretrained(str(model_dir))
+    output_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for index in range(min(count, len(dataset))):
+        row = dataset[index]
+        image = row["image"].convert("RGB")
+        spans = [(phrase["start"], phrase["end"]) for phrase in row["phrases"]]
+        inputs = processor(images=image, text=row["caption"], phrases=spans, return_tensors="pt")
+        with torch.no_grad():
+            outputs = model(**{key: value for key, value in inputs.items()})
+        predicted = processor.post_process_panoptic_narrative_grounding(outputs, inputs=inputs)[0]
+        truth = {
+            "masks": row_phrase_masks(row).astype(bool),
+            "phrases": [phrase["text"] for phrase in row["phrases"]],
+            "spans": spans,
+        }
+        left = draw_grounding(image, truth, row["caption"])
+        right = draw_grounding(image, predicted, row["caption"])
+        canvas = PIL.Image.new("RGB", (left.width + right.width + 8, max(left.height, right.height)), "white")
+        canvas.paste(left, (0, 0))
+        canvas.paste(right, (left.width + 8, 0))
+        path = output_dir / f"validation_{row['image_id']}.png"
+        canvas.save(path)
+        written.append(path)
+    return written
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    import torch
+
+    from .training import format_average_recall_table, train
+    from .training.data import load_training_data
+
+    logging.getLogger("accelerate").setLevel(logging.WARNING)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+        os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
+    train_args = training_arguments(args)
+    output_dir = Path(args.output_dir)
+    started = time.perf_counter()
+    print(
+        f"[demo] data: synthetic '{args.level}' ({args.num_train} train / {args.num_validation} validation images)"
+    )
+    dataset, _ = load_training_data(train_args)
+    print(
+        f"[demo] data ready in {time.perf_counter() - started:.0f} s; training {args.model} for {args.time_budget:.0f} s"
+    )
+    result = train(train_args)
+    print()
+    print(
+        format_average_recall_table(
+            result.metrics, title=f"Average Recall, synthetic '{args.level}' validation"
+        )
+    )
+    print(f"\n{result.completed_steps} steps in {result.train_seconds:.0f} s of training")
+    curve = write_curve(result.history, output_dir)
+    print(f"\nAR against training time ({curve}):\n{format_curve(result.history)}")
+    overlays = write_overlays(
+        output_dir, dataset[train_args.eval_split], output_dir / "overlays", args.num_overlays
+    )
+    print(f"\nmodel saved in {output_dir}; {len(overlays)} overlay picture(s) in {output_dir / 'overlays'}")
+    print(f"[demo] total {time.perf_counter() - started:.0f} s")
+    return 0

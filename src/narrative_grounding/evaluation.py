@@ -1,0 +1,88 @@
+"""`narrative-grounding evaluate`: Average Recall of a trained model on a PNG split.
+
+The data is an official-layout directory, a prepared dataset (save_to_disk / Parquet folder / Hub repo) or
+a synthetic level; evaluation runs through accelerate, so `accelerate launch` / torchrun spread it over
+processes (counts are gathered, the metric is computed once).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Adds `evaluate` to the `narrative-grounding` parser."""
+    parser = subparsers.add_parser(
+        "evaluate",
+        help="Average Recall (overall / things / stuff / singular / plural) of a model on a PNG split",
+        description=__doc__,
+    )
+    parser.add_argument("model", help="a folder saved with save_pretrained, or a Hub repo id")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--data-dir", help="root of the official PNG layout")
+    source.add_argument("--dataset-name", help="prepared dataset: save_to_disk / Parquet folder / Hub repo")
+    source.add_argument("--synthetic", choices=("easy", "medium", "hard"), help="synthetic level")
+    parser.add_argument("--split", default="validation")
+    parser.add_argument("--protocol", choices=("original", "stride4"), default="original")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--max-samples", type=int, default=None)
+    parser.add_argument("--synthetic-num-validation", type=int, default=200)
+    parser.add_argument("--synthetic-image-size", type=int, default=128)
+    parser.add_argument("--synthetic-seed", type=int, default=0)
+    parser.add_argument("--synthetic-dir", default=None, help="synthetic data cache folder")
+    parser.add_argument("--revision", default=None)
+    parser.add_argument("--token", default=None)
+    parser.add_argument("--json", dest="json_path", default=None, help="also write the results to this file")
+    parser.set_defaults(func=run_evaluate)
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    import torch
+    from accelerate import Accelerator
+    from torch.utils.data import DataLoader
+
+    from .modeling.modeling_png import PngForPanopticNarrativeGrounding
+    from .modeling.processing_png import PngProcessor
+    from .training.collate import PngCollator
+    from .training.data import load_training_data, select_split
+    from .training.distributed import cpu_multiprocess_launch
+    from .training.evaluation import evaluate_average_recall, format_average_recall_table, scalar_metrics
+
+    accelerator = Accelerator(cpu=cpu_multiprocess_launch())
+    model = PngForPanopticNarrativeGrounding.from_pretrained(
+        args.model, revision=args.revision, token=args.token
+    )
+    processor = PngProcessor.from_pretrained(args.model, revision=args.revision, token=args.token)
+    data_options = argparse.Namespace(
+        synthetic=args.synthetic,
+        data_dir=args.data_dir,
+        dataset_name=args.dataset_name,
+        # evaluation needs only the validation images: generate no training split
+        synthetic_num_train=1,
+        synthetic_num_validation=args.synthetic_num_validation,
+        synthetic_image_size=args.synthetic_image_size,
+        synthetic_seed=args.synthetic_seed,
+        synthetic_dir=args.synthetic_dir,
+        dataset_cache_dir=None,
+    )
+    dataset, name = load_training_data(data_options, main_process_first=accelerator.main_process_first)
+    split = select_split(dataset, args.split, args.max_samples, "evaluation")
+    dataloader = DataLoader(
+        split,
+        batch_size=args.batch_size,
+        collate_fn=PngCollator(processor, with_references=True),
+        generator=torch.Generator(),
+    )
+    model, dataloader = accelerator.prepare(model, dataloader)
+    metrics = evaluate_average_recall(model, dataloader, accelerator, processor, protocol=args.protocol)
+    if accelerator.is_main_process:
+        print(
+            format_average_recall_table(
+                metrics, title=f"{args.model} on {name} ({args.split}, {args.protocol})"
+            )
+        )
+        if args.json_path:
+            Path(args.json_path).write_text(json.dumps(scalar_metrics(metrics, prefix=""), indent=2))
+    return 0

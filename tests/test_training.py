@@ -1,0 +1,256 @@
+"""Training end to end on small synthetic sets: checkpoints, evaluation, saving, model card, exact resumption
+after SIGKILL, and the pieces (sampler, schedules, Hub pusher, model card) on their own."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TRAIN_SCRIPT = ROOT / "training" / "train.py"
+
+
+@pytest.fixture(scope="session")
+def synthetic_root(tmp_path_factory) -> Path:
+    """A folder where the small easy synthetic sets of these tests are generated once per session."""
+    return tmp_path_factory.mktemp("synthetic")
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), env.get("PYTHONPATH", "")])
+    env["OMP_NUM_THREADS"] = "1"  # identical threading in every run: bitwise-comparable results
+    env.pop("CUDA_VISIBLE_DEVICES", None)
+    return env
+
+
+def _train_argv(output_dir: Path, synthetic_root: Path, *extra: str) -> list[str]:
+    return [
+        "--synthetic", "easy",
+        "--synthetic_num_train", "24",
+        "--synthetic_num_validation", "8",
+        "--synthetic_image_size", "64",
+        "--synthetic_dir", str(synthetic_root),
+        "--dataset_cache_dir", str(synthetic_root / "arrow"),
+        "--output_dir", str(output_dir),
+        "--per_device_train_batch_size", "4",
+        "--per_device_eval_batch_size", "4",
+        "--num_train_epochs", "2",
+        "--config_overrides", '{"lpa_implementation": "direct"}',
+        "--no_progress_bar",
+        "--cpu",
+        *extra,
+    ]  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------- unit pieces
+def test_sampler_order_depends_only_on_seed_and_epoch():
+    from narrative_grounding.training import EpochSeededSampler
+
+    first, second = EpochSeededSampler(50, seed=3), EpochSeededSampler(50, seed=3)
+    for _ in range(3):  # iterating epochs in one sampler does not change a later epoch's order
+        first.set_epoch(0)
+        list(first)
+    first.set_epoch(2)
+    second.set_epoch(2)
+    assert list(first) == list(second)
+    assert sorted(first) == list(range(50))
+    second.set_epoch(3)
+    assert list(second) != list(first)
+    assert list(EpochSeededSampler(5, seed=1, shuffle=False)) == [0, 1, 2, 3, 4]
+    with pytest.raises(ValueError, match="at least one sample"):
+        EpochSeededSampler(0, seed=1)
+
+
+def test_paper_schedule_and_fitted_cosine():
+    import torch
+
+    from narrative_grounding.training.optimization import build_scheduler, fit_schedule
+
+    parameter = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.Adam([parameter], lr=1e-5)
+    scheduler = build_scheduler(optimizer, name="paper-step", num_training_steps=150, steps_per_epoch=10)
+    rates = []
+    for _ in range(130):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    # EPNG: 1e-5, halved after 5 epochs, 5e-7 from epoch 10 on
+    assert rates[0] == pytest.approx(1e-5) and rates[49] == pytest.approx(1e-5)
+    assert rates[50] == pytest.approx(5e-6) and rates[99] == pytest.approx(5e-6)
+    assert rates[100] == pytest.approx(5e-7) and rates[129] == pytest.approx(5e-7)
+
+    optimizer = torch.optim.AdamW([parameter], lr=1.0)
+    cosine = build_scheduler(
+        optimizer, name="cosine", num_training_steps=1000, steps_per_epoch=10, warmup_ratio=0.01
+    )
+    assert fit_schedule(cosine, 100)
+    for _ in range(100):
+        optimizer.step()
+        cosine.step()
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-9)  # annealed at the fitted end
+    assert not fit_schedule(scheduler, 10)  # the step schedule has no length to fit
+
+
+def test_model_card_has_model_index_and_loading_code(tmp_path):
+    from huggingface_hub import ModelCard
+
+    from narrative_grounding.training import write_model_card
+
+    metrics = {
+        "average_recall": 0.8125,
+        "average_recall_things": 0.75,
+        "average_recall_stuff": 0.875,
+        "average_recall_singular": 0.8,
+        "average_recall_plural": float("nan"),  # a split without phrases
+        "num_phrases": 12,
+    }
+    path = write_model_card(
+        tmp_path, model_name="epng-tiny-demo", dataset_name="png-synthetic-hard", metrics=metrics
+    )
+    card = ModelCard.load(path)
+    results = card.data.eval_results
+    assert {r.metric_type: r.metric_value for r in results} == {
+        "average_recall": 0.8125,
+        "average_recall_things": 0.75,
+        "average_recall_stuff": 0.875,
+        "average_recall_singular": 0.8,
+    }
+    assert all(
+        r.dataset_name == "png-synthetic-hard" and r.task_type == "panoptic-narrative-grounding"
+        for r in results
+    )
+    assert "| Average Recall | 81.2 |" in card.text and "| AR plural | - |" in card.text
+    assert "PngForPanopticNarrativeGrounding.from_pretrained" in card.text
+
+
+def test_hub_pusher_failure_warns_and_retries_without_raising(tmp_path, caplog):
+    import socket
+
+    from huggingface_hub import HfApi
+
+    from narrative_grounding.training import HubPusher
+
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    (tmp_path / "config.json").write_text("{}")
+    api = HfApi(endpoint=f"http://127.0.0.1:{port}", token="hf_x")
+    pusher = HubPusher("someone/model", api=api, retries=3, retry_wait=0.01)
+    with caplog.at_level("WARNING"):
+        assert pusher.push(tmp_path, "epoch 1") is None
+    attempts = [record for record in caplog.records if "attempt" in record.getMessage()]
+    assert len(attempts) == 3
+    assert pusher.failures == ["create_repo"]
+    assert (tmp_path / "config.json").is_file()  # the local copy is untouched
+
+
+# ---------------------------------------------------------------------------------------------- end to end
+@pytest.mark.slow
+def test_short_training_run_end_to_end(tmp_path, synthetic_root):
+    import torch
+    from huggingface_hub import ModelCard
+
+    from narrative_grounding import PngForPanopticNarrativeGrounding
+    from narrative_grounding.modeling.processing_png import PngProcessor
+    from narrative_grounding.training import parse_args, train
+
+    output_dir = tmp_path / "run"
+    args = parse_args(
+        _train_argv(
+            output_dir, synthetic_root, "--checkpointing_steps", "epoch", "--report_to", "tensorboard"
+        )
+    )
+    result = train(args)
+
+    assert result.completed_steps == 12  # 24 images / batch 4 x 2 epochs
+    assert [entry["step"] for entry in result.history] == [6, 12]  # one evaluation per epoch
+    metrics = result.metrics
+    assert metrics["num_phrases"] > 0 and 0.0 <= metrics["average_recall"] <= 1.0
+    assert metrics["num_things"] + metrics["num_stuff"] == metrics["num_phrases"]
+    assert sorted(p.name for p in (output_dir / "checkpoints").iterdir()) == ["checkpoint-12", "checkpoint-6"]
+    assert list((output_dir / "logs").rglob("events.out.tfevents.*")), "tensorboard wrote nothing"
+
+    saved = json.loads((output_dir / "eval_results.json").read_text())
+    assert saved["average_recall"] == pytest.approx(metrics["average_recall"])
+    card = ModelCard.load(output_dir / "README.md")
+    card_ar = {r.metric_type: r.metric_value for r in card.data.eval_results}["average_recall"]
+    assert card_ar == pytest.approx(metrics["average_recall"], abs=1e-6)
+
+    model = PngForPanopticNarrativeGrounding.from_pretrained(output_dir)
+    processor = PngProcessor.from_pretrained(output_dir)
+    from narrative_grounding.training.data import load_training_data
+
+    dataset, _ = load_training_data(args)
+    row = dataset["validation"][0]
+    spans = [(p["start"], p["end"]) for p in row["phrases"]]
+    inputs = processor(images=row["image"], text=row["caption"], phrases=spans, return_tensors="pt")
+    with torch.no_grad():
+        masks = processor.post_process_panoptic_narrative_grounding(model(**inputs), inputs=inputs)[0][
+            "masks"
+        ]
+    assert masks.shape == (len(spans), row["height"], row["width"])
+
+
+def _history(output_dir: Path) -> list[dict]:
+    return json.loads((output_dir / "training_history.json").read_text())
+
+
+@pytest.mark.slow
+def test_sigkill_and_resume_equals_uninterrupted_run(tmp_path, synthetic_root):
+    from safetensors.torch import load_file
+
+    extra = ("--checkpointing_steps", "2", "--report_to", "none", "--seed", "7")
+    reference_dir, resumed_dir = tmp_path / "uninterrupted", tmp_path / "interrupted"
+    done = subprocess.run(
+        [sys.executable, str(TRAIN_SCRIPT), *_train_argv(reference_dir, synthetic_root, *extra)],
+        env=_env(), capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-4000:]
+
+    # Kill the second run (SIGKILL: no clean-up) once it has written its checkpoint at step 4, i.e. in the
+    # middle of the first epoch (6 steps), so that the resumed run must skip batches inside that epoch.
+    argv = [sys.executable, str(TRAIN_SCRIPT), *_train_argv(resumed_dir, synthetic_root, *extra)]
+    process = subprocess.Popen(argv, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while not (resumed_dir / "checkpoints" / "checkpoint-4").is_dir():
+        assert process.poll() is None, process.stderr.read()[-4000:]
+        assert time.monotonic() < deadline, "no checkpoint within the time limit"
+        time.sleep(0.05)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL
+    assert not (resumed_dir / "eval_results.json").exists(), "the run finished before it was killed"
+    killed_at = max(int(p.name.split("-")[1]) for p in (resumed_dir / "checkpoints").glob("checkpoint-*"))
+    assert killed_at < 12
+
+    done = subprocess.run(
+        [sys.executable, str(TRAIN_SCRIPT), *_train_argv(resumed_dir, synthetic_root, *extra),
+         "--resume_from_checkpoint", "latest"],
+        env=_env(), capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert "resuming from" in done.stderr
+
+    expected, got = (
+        load_file(reference_dir / "model.safetensors"),
+        load_file(resumed_dir / "model.safetensors"),
+    )
+    assert expected.keys() == got.keys()
+    for name, tensor in expected.items():
+        assert (got[name] == tensor).all(), f"{name} differs after resuming"
+
+    def comparable(history):  # training time differs between runs; everything else must not
+        return [{k: v for k, v in entry.items() if k != "train_seconds"} for entry in history]
+
+    assert comparable(_history(resumed_dir)) == comparable(_history(reference_dir))
+    assert json.loads((resumed_dir / "eval_results.json").read_text()) == json.loads(
+        (reference_dir / "eval_results.json").read_text()
+    )
