@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from narrative_grounding.modeling.attention import LocalityPerceptiveAttention, grid_distance
+from narrative_grounding.modeling.attention import FLEX_MIN_TOKENS, LocalityPerceptiveAttention, grid_distance
 
 
 def lpa_by_the_equations(module: LocalityPerceptiveAttention, x: torch.Tensor, height: int, width: int):
@@ -64,10 +64,11 @@ def test_grid_distance_forms():
 
 def test_auto_path_choice():
     module = make_lpa("squared", "auto")
-    x = torch.randn(1, 16, 32)
+    x = torch.randn(1, FLEX_MIN_TOKENS, 32)
     assert module.resolve_implementation(x) == "direct"  # CPU backward: flex has none
     with torch.no_grad():
         assert module.resolve_implementation(x) == "flex"
+        assert module.resolve_implementation(x[:, :64]) == "direct"  # small grid: not worth a compilation
     with torch.inference_mode():
         assert module.resolve_implementation(x) == "flex"
 

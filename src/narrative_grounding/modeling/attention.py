@@ -9,7 +9,8 @@ distance. Two implementations compute the same thing:
   no CPU backward for flex attention); forward and backward on CUDA.
 - "direct": the equation as written, materialising B x Hd x N x N scores. Used for training on CPU.
 
-`"auto"` picks flex whenever it can run (no gradient needed, or CUDA) and direct otherwise.
+`"auto"` picks flex whenever it can run (no gradient needed, or CUDA) on grids of at least
+`FLEX_MIN_TOKENS` pixels, and direct otherwise.
 """
 
 from __future__ import annotations
@@ -42,6 +43,11 @@ def grid_distance(
     squared = (ys[:, None] - ys[None, :]) ** 2 + (xs[:, None] - xs[None, :]) ** 2  # N x N
     distance = squared if form == "squared" else squared.sqrt()
     return distance.clamp(max=clamp)
+
+
+# Below this many pixels (32 x 32) the direct form is cheap (<= 32 MB of scores per sample for 8 heads) and
+# flex attention's compilation for every new input shape would cost more than it saves.
+FLEX_MIN_TOKENS = 1024
 
 
 @cache
@@ -80,7 +86,7 @@ class LocalityPerceptiveAttention(nn.Module):
         self.prior_scale = nn.Parameter(torch.ones(num_heads))
 
     def resolve_implementation(self, query: torch.Tensor) -> str:
-        """The path `forward` takes for this input: "flex" or "direct"."""
+        """The path `forward` takes for this B x N x D input: "flex" or "direct"."""
         if self.implementation != "auto":
             if self.implementation == "flex" and not flex_attention_available():
                 raise RuntimeError(
@@ -90,7 +96,7 @@ class LocalityPerceptiveAttention(nn.Module):
         needs_backward = torch.is_grad_enabled() and (
             query.requires_grad or any(p.requires_grad for p in self.parameters())
         )
-        if not flex_attention_available():
+        if not flex_attention_available() or query.shape[1] < FLEX_MIN_TOKENS:
             return "direct"
         if needs_backward and query.device.type == "cpu":
             return "direct"  # "FlexAttention does not support backward on CPU" (torch 2.15)
@@ -163,4 +169,10 @@ class CrossAttention(nn.Module):
         return self.out_proj(attended)
 
 
-__all__ = ["CrossAttention", "LocalityPerceptiveAttention", "flex_attention_available", "grid_distance"]
+__all__ = [
+    "FLEX_MIN_TOKENS",
+    "CrossAttention",
+    "LocalityPerceptiveAttention",
+    "flex_attention_available",
+    "grid_distance",
+]
