@@ -12,7 +12,8 @@ compiled during the warm-up). Every measurement runs in a fresh child process:
   CUDA, `torch.cuda.max_memory_allocated` growth during one forward.
 
 Run: python benchmarks/heads.py [--batch-sizes 1 2] [--repeats 5] [--device cpu|cuda]
-     python benchmarks/heads.py --train-ar [--train-steps 300] [--output-dir DIR]
+     python benchmarks/heads.py --train-ar --skip-speed [--train-steps 300] [--synthetic-level hard]
+         [--threads 1] [--output-dir DIR] [--train-args ...further training-script options]
 """
 
 from __future__ import annotations
@@ -156,44 +157,65 @@ def run_speed(args: argparse.Namespace) -> list[dict]:
 
 # ---------------------------------------------------------------- AR after the same training budget
 def run_train_ar(args: argparse.Namespace) -> list[dict]:
-    """Train epng-tiny and drmn-tiny with the project's training loop on the synthetic dataset for the same
-    number of steps, batch size and learning rate, then report Average Recall on the synthetic validation
-    split (the training loop's own evaluation)."""
-    try:
-        from narrative_grounding.training import build_parser, train
-    except ImportError as error:  # pragma: no cover - depends on the training package being present
-        raise SystemExit(f"--train-ar needs narrative_grounding.training ({error})") from error
+    """Train epng-tiny and drmn-tiny with the project's training loop (`narrative_grounding.training.train`,
+    the function behind training/train.py) on the same synthetic data, for the same number of optimizer
+    steps with the same batch size, optimisation preset and seed, then report the loop's final Average
+    Recall on the synthetic validation split."""
+    from narrative_grounding.training import parse_args, train
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
     results = []
     for head_name in args.heads:
-        output_dir = Path(args.output_dir) / head_name
         argv = [
             "--model",
             TINY_VARIANTS[head_name],
+            "--synthetic",
+            args.synthetic_level,
+            "--synthetic_dir",
+            str(Path(args.output_dir) / "synthetic"),
             "--output_dir",
-            str(output_dir),
+            str(Path(args.output_dir) / head_name),
             "--max_train_steps",
             str(args.train_steps),
             "--per_device_train_batch_size",
             str(args.train_batch_size),
-            "--learning_rate",
-            str(args.learning_rate),
             "--seed",
             str(args.seed),
+            "--report_to",
+            "none",
+            "--no_progress_bar",
+            *(["--learning_rate", str(args.learning_rate)] if args.learning_rate else []),
             *args.train_args,
         ]
-        training_args = build_parser().parse_args(argv)
-        start = time.perf_counter()
-        result = train(training_args)
-        metrics = dict(result.metrics) if getattr(result, "metrics", None) else {}
+        result = train(parse_args(argv))
+        metrics = result.metrics or {}
         record = {
             "head": head_name,
             "variant": TINY_VARIANTS[head_name],
-            "train_steps": args.train_steps,
-            "train_seconds": time.perf_counter() - start,
+            "synthetic_level": args.synthetic_level,
+            "steps": result.completed_steps,
+            "batch_size": args.train_batch_size,
+            "train_seconds": result.train_seconds,
             **{key: value for key, value in metrics.items() if isinstance(value, int | float)},
         }
         results.append(record)
-        print(json.dumps(record))
+        print(json.dumps(record), flush=True)
+    print(f"{'head':<6}{'steps':>7}{'train s':>9}{'AR':>7}{'things':>8}{'stuff':>7}{'sing.':>7}{'plural':>8}")
+    for record in results:
+        print(
+            f"{record['head']:<6}{record['steps']:>7}{record['train_seconds']:>9.0f}"
+            + "".join(
+                f"{100 * record.get(key, float('nan')):>{width}.1f}"
+                for key, width in (
+                    ("average_recall", 7),
+                    ("average_recall_things", 8),
+                    ("average_recall_stuff", 7),
+                    ("average_recall_singular", 7),
+                    ("average_recall_plural", 8),
+                )
+            )
+        )
     return results
 
 
@@ -213,7 +235,15 @@ def main() -> None:
     parser.add_argument("--skip-speed", action="store_true", help="with --train-ar: only the AR comparison")
     parser.add_argument("--train-steps", type=int, default=300)
     parser.add_argument("--train-batch-size", type=int, default=8)
-    parser.add_argument("--learning-rate", type=float, default=1e-3)
+    parser.add_argument(
+        "--learning-rate",
+        type=float,
+        default=None,
+        help="default: the training loop's preset for tiny models",
+    )
+    parser.add_argument(
+        "--synthetic-level", default="hard", help="synthetic dataset level (easy, medium, hard)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output-dir", default="benchmark-heads-runs")
     parser.add_argument(
