@@ -133,9 +133,28 @@ def growth_exponent(sizes: list[float], values: list[float]) -> float:
     return sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys, strict=True)) / variance
 
 
+def invoking_command() -> str:
+    """This script's command line, without the --json option (the report names each figure's command)."""
+    import sys
+
+    arguments, skip = [], False
+    for argument in sys.argv[1:]:
+        if skip:
+            skip = False
+        elif argument == "--json":
+            skip = True
+        elif not argument.startswith("--json="):
+            arguments.append(argument)
+    script = Path(sys.argv[0])
+    name = f"benchmarks/{script.name}" if script.parent.name == "benchmarks" else str(script)
+    return " ".join(["python", name, *arguments])
+
+
 def write_json(path: str | Path | None, record: dict[str, Any]) -> None:
-    """Save a benchmark's results for benchmarks/run_all.py (no-op without a path)."""
+    """Save a benchmark's results, with the command that produced them, for benchmarks/run_all.py (no-op
+    without a path)."""
     if path:
+        record.setdefault("command", invoking_command())
         Path(path).write_text(json.dumps(record, indent=2, default=str))
 
 
@@ -145,3 +164,51 @@ def print_machine(machine: dict[str, Any]) -> None:
         f"{machine['memory_gib']} GiB, torch {machine['torch']}, {machine['date_utc']}, "
         f"load average {machine['load_average']}"
     )
+
+
+def resident_bytes() -> int:
+    """The current resident set of this process (not the high-water mark)."""
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def return_freed_memory_at_once() -> None:
+    """Make glibc serve every allocation above 64 KiB with its own mmap, unmapped on free. By default the
+    threshold adapts upwards and freed tensors stay in the heap, so the resident set after a forward would
+    depend on what ran before it; with this, a peak measured during one call is that call's own."""
+    import ctypes
+
+    try:
+        ctypes.CDLL("libc.so.6").mallopt(-3, 64 * 1024)  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):  # not glibc: the sampler still works, only less precisely
+        pass
+
+
+class ResidentPeak:
+    """Context manager: the largest growth of the resident set over its size at entry, in MiB, sampled by
+    a thread every `interval_s` (torch kernels release the GIL, so sampling goes on during them)."""
+
+    def __init__(self, interval_s: float = 1e-3) -> None:
+        self.interval_s = interval_s
+        self.peak_mb = 0.0
+
+    def __enter__(self) -> ResidentPeak:
+        import threading
+
+        self._baseline = resident_bytes()
+        self._peak = 0
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+        return self
+
+    def _watch(self) -> None:
+        while not self._done.is_set():
+            self._peak = max(self._peak, resident_bytes() - self._baseline)
+            self._done.wait(self.interval_s)
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._done.set()
+        self._thread.join()
+        self._peak = max(self._peak, resident_bytes() - self._baseline)
+        self.peak_mb = self._peak / 2**20
