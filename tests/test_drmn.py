@@ -15,7 +15,7 @@ import torch
 from tiny_models import TEST_VOCAB_SIZE, make_inputs, select_sample
 from transformers import AutoModel
 
-from narrative_grounding import PngConfig, PngForPanopticNarrativeGrounding, load_config
+from narrative_grounding import PngConfig, PngForPanopticNarrativeGrounding, create_model, load_config
 from narrative_grounding.modeling.deformable_attention import (
     MultiScaleDeformableAttention,
     initial_sampling_pattern,
@@ -33,14 +33,15 @@ from narrative_grounding.modeling.heads_drmn import (
 
 
 def drmn_config(**overrides) -> PngConfig:
-    overrides.setdefault("text_config", {})
-    overrides["text_config"] = {"vocab_size": TEST_VOCAB_SIZE, **overrides["text_config"]}
+    """The drmn-tiny variant (vocabulary size from the shipped tiny tokenizer) with overrides."""
     return load_config("drmn-tiny", **overrides)
 
 
 def drmn_model(seed: int = 0, **overrides) -> PngForPanopticNarrativeGrounding:
     torch.manual_seed(seed)
-    return PngForPanopticNarrativeGrounding(drmn_config(**overrides)).eval()
+    model = create_model("drmn-tiny", **overrides).eval()
+    assert model.config.text_config.vocab_size > TEST_VOCAB_SIZE  # make_inputs draws ids below it
+    return model
 
 
 def random_features(config: PngConfig, batch: int, height: int, width: int, seed: int = 0) -> dict:
