@@ -146,7 +146,7 @@ def test_hub_pusher_failure_warns_and_retries_without_raising(tmp_path, caplog):
     pusher = HubPusher("someone/model", api=api, retries=3, retry_wait=0.01)
     with caplog.at_level("WARNING"):
         assert pusher.push(tmp_path, "epoch 1") is None
-    attempts = [record for record in caplog.records if "attempt" in record.getMessage()]
+    attempts = [record for record in caplog.records if "failed (attempt" in record.getMessage()]
     assert len(attempts) == 3
     assert pusher.failures == ["create_repo"]
     assert (tmp_path / "config.json").is_file()  # the local copy is untouched
