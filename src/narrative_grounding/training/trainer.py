@@ -380,10 +380,14 @@ def train(args: Namespace) -> TrainingResult:
     for epoch in range(progress.epoch, num_epochs):
         if stop:
             break
-        sampler.set_epoch(epoch)  # the order of this epoch depends on (seed, epoch) only
         loader = train_dataloader
         if progress.batches_in_epoch:
             loader = accelerator.skip_first_batches(train_dataloader, progress.batches_in_epoch)
+        # The order of this epoch depends on (seed, epoch) only. Set it through the prepared loader: its
+        # __iter__ sets the sampler's epoch from its own iteration counter, which counts the epochs iterated
+        # by this process (0 in a freshly resumed one), not the epoch of the run.
+        loader.set_epoch(epoch)
+        sampler.set_epoch(epoch)
         step_started = time.perf_counter()
         for batch in loader:
             with accelerator.accumulate(model):
