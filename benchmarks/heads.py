@@ -66,13 +66,15 @@ class PeakResidentSampler:
         self.peak = max(self.peak, _resident_bytes() - self.baseline)
 
 
-def _measure_head(queue, head_name: str, batch: int, repeats: int, device: str, threads: int | None) -> None:
+def _measure_head(
+    queue, head_name: str, batch: int, repeats: int, device: str, threads: int | None, overrides: dict
+) -> None:
     if threads:
         torch.set_num_threads(threads)
     from narrative_grounding import load_config
     from narrative_grounding.modeling.modeling_png import GROUNDING_HEADS
 
-    config = load_config(HEAD_VARIANTS[head_name])
+    config = load_config(HEAD_VARIANTS[head_name], **overrides)
     torch.manual_seed(0)
     head = GROUNDING_HEADS[head_name](config).to(device).eval()
     features = {
@@ -123,13 +125,17 @@ def _measure_head(queue, head_name: str, batch: int, repeats: int, device: str, 
     )
 
 
-def measure_head(head_name: str, batch: int, repeats: int, device: str, threads: int | None) -> dict:
+def measure_head(
+    head_name: str, batch: int, repeats: int, device: str, threads: int | None, overrides: dict | None = None
+) -> dict:
     """One measurement in a fresh spawned process (no shared high-water mark, no shared compile cache)."""
     # glibc reads this at start-up: large blocks are mmapped and unmapped on free (see the docstring).
     os.environ["MALLOC_MMAP_THRESHOLD_"] = str(64 * 1024)
     context = mp.get_context("spawn")
     queue = context.Queue()
-    process = context.Process(target=_measure_head, args=(queue, head_name, batch, repeats, device, threads))
+    process = context.Process(
+        target=_measure_head, args=(queue, head_name, batch, repeats, device, threads, overrides or {})
+    )
     process.start()
     result = queue.get()
     process.join()
@@ -145,7 +151,8 @@ def run_speed(args: argparse.Namespace) -> list[dict]:
     print(f"{'head':<6}{'batch':>6}{'params (M)':>12}{'median ms':>11}{'min ms':>9}{'peak MB':>9}  output")
     for batch in args.batch_sizes:
         for head_name in args.heads:
-            result = measure_head(head_name, batch, args.repeats, args.device, args.threads)
+            overrides = args.drmn_overrides if head_name == "drmn" else args.epng_overrides
+            result = measure_head(head_name, batch, args.repeats, args.device, args.threads, overrides)
             results.append(result)
             print(
                 f"{head_name:<6}{batch:>6}{result['parameters_m']:>12.2f}{result['ms']:>11.1f}"
@@ -230,6 +237,15 @@ def main() -> None:
         "--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"]
     )
     parser.add_argument("--threads", type=int, default=None, help="torch threads in the child processes")
+    parser.add_argument(
+        "--drmn-overrides",
+        type=json.loads,
+        default={},
+        help="PngConfig overrides, e.g. '{\"drmn_num_levels\": 3}'",
+    )
+    parser.add_argument(
+        "--epng-overrides", type=json.loads, default={}, help="PngConfig overrides of the EPNG head"
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write the results to this JSON file")
     parser.add_argument("--train-ar", action="store_true", help="also train both tiny models and compare AR")
     parser.add_argument("--skip-speed", action="store_true", help="with --train-ar: only the AR comparison")
