@@ -12,7 +12,10 @@ reports synthetic validation Average Recall as mean and spread (sample standard 
 
 Budget: `--budget-steps` optimizer steps (default; the papers compare at equal epochs, and a step count is
 immune to other load on the machine) or `--budget-seconds` of training wall-clock (equal cost; then slower
-variants get fewer steps). Each run is a fresh child process. The verdict column says whether the
+variants get fewer steps). Each run is a fresh child process; with `--json FILE` every finished run is
+also appended to FILE.runs.jsonl, and a rerun with the same settings skips the runs found there (an
+interrupted sweep resumes; sweeps of different groups can run in parallel processes and be combined
+with `--merge`). The verdict column says whether the
 direction of each paper claim holds here: a difference smaller than the seed spread is "not resolved".
 
     python benchmarks/ablations.py                        # 3 seeds, 300 steps each
@@ -85,6 +88,16 @@ def _train_one(
     return {**run["final"], "steps": run["completed_steps"], "train_seconds": run["train_seconds"]}
 
 
+def config_key(variant: str, overrides: dict) -> str:
+    """The effective model configuration of a row: rows that train the same model (e.g. DRMN's "3 rounds"
+    and "K = 32", both the default drmn-tiny) share their runs, within a process and across merged records."""
+    from narrative_grounding import load_config
+
+    config = load_config(variant, **overrides).to_dict()
+    config.pop("transformers_version", None)
+    return json.dumps(config, sort_keys=True, default=str)
+
+
 def summarise(values: list[float]) -> dict:
     return {
         "mean": statistics.fmean(values),
@@ -134,6 +147,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument(
         "--quick", action="store_true", help="1 seed, 30 steps, 200 train / 50 validation images"
     )
+    parser.add_argument(
+        "--rows", nargs="+", default=None, metavar="LABEL", help="train only these rows of the groups"
+    )
     parser.add_argument("--json", default=None)
     parser.add_argument(
         "--merge",
@@ -171,26 +187,43 @@ def main(argv: list[str] | None = None) -> dict:
     print(
         f"budget: {budget_text}; seeds {args.seeds}; hard level, {args.num_train} / {args.num_validation} images"
     )
-    done: dict[tuple[str, str], dict] = {}  # (variant, overrides) -> row, so shared rows train once
+    done: dict[str, dict] = {}  # effective config -> row, so rows of the same model train once
+    # Finished runs are appended to <json>.runs.jsonl; a rerun with the same settings reuses them.
+    run_log = Path(f"{args.json}.runs.jsonl") if args.json else None
+    finished = {}
+    if run_log is not None and run_log.is_file():
+        for line in run_log.read_text().splitlines():
+            if line.strip():
+                entry = json.loads(line)
+                finished[entry["run_id"]] = entry["result"]
     groups = {}
     start = time.perf_counter()
     for group in args.groups:
         rows = []
         for label, variant, overrides in GROUPS[group]:
-            key = (variant, json.dumps(overrides, sort_keys=True))
+            if args.rows is not None and label not in args.rows:
+                continue
+            key = config_key(variant, overrides)
             if key not in done:
                 runs = []
                 for seed in args.seeds:
-                    result, _ = run_in_child(
-                        _train_one, variant, overrides, seed, budget_args, data, args.threads
-                    )
-                    runs.append(result)
+                    run_id = json.dumps([key, seed, budget_args, data], sort_keys=True)
+                    result = finished.get(run_id)
+                    if result is None:
+                        result, _ = run_in_child(
+                            _train_one, variant, overrides, seed, budget_args, data, args.threads
+                        )
+                        if run_log is not None:  # kept at once: an interrupted sweep resumes here
+                            with run_log.open("a") as log:
+                                log.write(json.dumps({"run_id": run_id, "result": result}) + "\n")
+                    runs.append({**result, "seed": seed})
                     print(
                         f"{group} / {label} / seed {seed}: AR {100 * result['average_recall']:.1f} "
                         f"({result['steps']} steps, {result['train_seconds']:.0f} s)",
                         flush=True,
                     )
                 done[key] = {
+                    "config_key": key,
                     "variant": variant,
                     "overrides": overrides,
                     "runs": runs,
@@ -221,10 +254,26 @@ def merge_records(records: list[dict]) -> dict:
     budgets = {record["budget"] for record in records}
     if len(budgets) != 1:
         raise ValueError(f"cannot merge ablation runs with different budgets: {sorted(budgets)}")
+    by_key = {}  # every trained model, to fill rows another record trained under another label
+    for record in records:
+        for result in record["groups"].values():
+            for row in result["rows"]:
+                key = row.get("config_key") or config_key(row["variant"], row["overrides"])
+                by_key.setdefault(key, row)
     merged = dict(records[0])
     merged["groups"] = {}
-    for record in records:
-        merged["groups"].update(record["groups"])
+    for group, rows_spec in GROUPS.items():
+        present = {
+            row["label"]: row for record in records for row in record["groups"].get(group, {}).get("rows", [])
+        }
+        if not present:
+            continue
+        rows = []
+        for label, variant, overrides in rows_spec:
+            row = present.get(label) or by_key.get(config_key(variant, overrides))
+            if row is not None:
+                rows.append({**row, "label": label})
+        merged["groups"][group] = {"rows": rows, "verdict": verdict(group, rows)}
     merged["wall_seconds"] = max(record["wall_seconds"] for record in records)
     return merged
 

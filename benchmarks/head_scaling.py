@@ -1,7 +1,8 @@
 """How the grounding heads' cost grows: time and peak memory against visual tokens and phrases.
 
 The EPNG and DRMN heads alone at paper sizes (`epng-r101-bert-base`, `drmn-r101-bert-base`), random FPN
-features, batch 1, forward under `torch.inference_mode` (EPNG's LPA on its flex-attention path):
+features, batch 1, forward under `torch.inference_mode` (EPNG's LPA on its flex-attention path at every
+size, `--lpa-implementation`):
 - tokens: square inputs of side 16 g for g in `--grids` (20, 40, 60, 80: the EPNG communicator's stride-16
   grid is g x g; DRMN encodes 21.25 g^2 pixels over strides 4..32) with `--fixed-phrases` phrases;
 - phrases: `--phrase-counts` (1, 5, 15, 30, 60) at g = 40 (a 640x640 input).
@@ -46,13 +47,19 @@ VARIANTS = {"epng": "epng-r101-bert-base", "drmn": "drmn-r101-bert-base"}
 MEMORY_IMPLIED = 1.0  # activations linear in tokens and in phrases for both heads (see the docstring)
 
 
-def _measure(head: str, grid: int, phrases: int, repeats: int) -> dict:
+def _config(head: str, lpa_implementation: str):
+    from narrative_grounding import load_config
+
+    overrides = {"lpa_implementation": lpa_implementation} if head == "epng" else {}
+    return load_config(VARIANTS[head], **overrides)
+
+
+def _measure(head: str, grid: int, phrases: int, repeats: int, lpa_implementation: str) -> dict:
     """Runs in a child process: one head, one size."""
     return_freed_memory_at_once()
-    from narrative_grounding import load_config
     from narrative_grounding.modeling.modeling_png import GROUNDING_HEADS
 
-    config = load_config(VARIANTS[head])
+    config = _config(head, lpa_implementation)
     torch.manual_seed(0)
     module = GROUNDING_HEADS[head](config).eval()
     side = 16 * grid
@@ -73,14 +80,14 @@ def _measure(head: str, grid: int, phrases: int, repeats: int) -> dict:
     return {"seconds": sorted(times)[len(times) // 2], "peak_mb": peak.peak_mb}
 
 
-def sweep(head: str, axis: str, sizes: list[int], fixed: int, repeats: int, slack: float) -> dict:
-    from narrative_grounding import load_config
-
-    config = load_config(VARIANTS[head])
+def sweep(
+    head: str, axis: str, sizes: list[int], fixed: int, repeats: int, slack: float, lpa_implementation: str
+) -> dict:
+    config = _config(head, lpa_implementation)
     points = []
     for size in sizes:
         grid, phrases = (size, fixed) if axis == "tokens" else (fixed, size)
-        result, _ = run_in_child(_measure, head, grid, phrases, repeats)
+        result, _ = run_in_child(_measure, head, grid, phrases, repeats, lpa_implementation)
         flops = head_flops(config, grid, phrases)["total"]
         # the size the exponent is taken against: pixels the head attends over, or phrases
         x = grid * grid if axis == "tokens" else phrases
@@ -111,7 +118,8 @@ def sweep(head: str, axis: str, sizes: list[int], fixed: int, repeats: int, slac
 def format_table(record: dict) -> str:
     lines = [
         "Exponents k of cost ~ size^k (tokens: pixels of the stride-16 grid, g^2; phrases: P). Implied time "
-        "exponent = slope of the analytic FLOPs over the same sizes.",
+        "exponent = slope of the analytic FLOPs over the same sizes. EPNG's LPA on its "
+        f"{record.get('lpa_implementation', 'flex')} path.",
         "",
         "| head | axis | sizes | seconds | peak MiB | time k (implied) | memory k (implied) | verdict |",
         "|---|---|---|---|---|---|---|---|",
@@ -148,6 +156,13 @@ def main(argv: list[str] | None = None) -> dict:
     )
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--slack", type=float, default=0.25, help="tolerated excess of a measured exponent")
+    parser.add_argument(
+        "--lpa-implementation",
+        default="flex",
+        choices=("flex", "direct", "auto"),
+        help="EPNG's LPA path at every size (default flex: one algorithm across the sweep; 'auto' switches "
+        "to direct below the library's token threshold)",
+    )
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
 
@@ -155,9 +170,10 @@ def main(argv: list[str] | None = None) -> dict:
     print_machine(machine)
     sweeps = []
     for head in args.heads:
-        sweeps.append(sweep(head, "tokens", args.grids, args.fixed_phrases, args.repeats, args.slack))
-        sweeps.append(sweep(head, "phrases", args.phrase_counts, args.fixed_grid, args.repeats, args.slack))
-    record = {"machine": machine, "sweeps": sweeps}
+        common = (args.repeats, args.slack, args.lpa_implementation)
+        sweeps.append(sweep(head, "tokens", args.grids, args.fixed_phrases, *common))
+        sweeps.append(sweep(head, "phrases", args.phrase_counts, args.fixed_grid, *common))
+    record = {"machine": machine, "sweeps": sweeps, "lpa_implementation": args.lpa_implementation}
     print()
     print(format_table(record))
     write_json(args.json, record)

@@ -10,7 +10,7 @@ heads, metric, data, processor) run with `--with-others`; their printed output g
     python benchmarks/run_all.py                              # everything at full size (hours on 2 cores)
     python benchmarks/run_all.py --quick                      # small sizes and budgets: a smoke run
     python benchmarks/run_all.py --only inference head_scaling
-    python benchmarks/run_all.py --reuse --results-dir runs/bench   # rebuild the report from stored results
+    python benchmarks/run_all.py --reuse        # rebuild the report from stored results
 """
 
 from __future__ import annotations
@@ -313,7 +313,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--with-others", action="store_true", help="also run lpa, heads, metric, data, processor"
     )
-    parser.add_argument("--results-dir", default="benchmarks/results", help="JSON results and logs")
+    parser.add_argument(
+        "--results-dir", default="runs/benchmarks", help="JSON results and logs (runs/ is git-ignored)"
+    )
     parser.add_argument("--reuse", action="store_true", help="use stored results instead of measuring")
     parser.add_argument("--output", default="docs/benchmarks.md")
     parser.add_argument(
