@@ -34,6 +34,7 @@ DEFAULTS = {
     "num_overlays": 6,
     "seed": 0,
 }
+OVERLAY_MIN_WIDTH = 384
 CURVE_CSV = "ar_vs_time.csv"
 CURVE_PNG = "ar_vs_time.png"
 CURVE_COLUMNS = (
@@ -173,6 +174,7 @@ def format_curve(history: list[dict[str, Any]]) -> str:
 def write_overlays(model_dir: Path, dataset: Any, output_dir: Path, count: int) -> list[Path]:
     """Predictions of the saved model on the first `count` validation narratives, drawn next to the ground
     truth (left: ground truth, right: prediction; each phrase in its colour)."""
+    import numpy as np
     import PIL.Image
     import torch
 
@@ -198,6 +200,15 @@ def write_overlays(model_dir: Path, dataset: Any, output_dir: Path, count: int) 
             "phrases": [phrase["text"] for phrase in row["phrases"]],
             "spans": spans,
         }
+        # small synthetic images are drawn enlarged (nearest for masks) so the narrative stays legible
+        scale = max(1, math.ceil(OVERLAY_MIN_WIDTH / image.width))
+        if scale > 1:
+            image = image.resize((image.width * scale, image.height * scale), PIL.Image.Resampling.BICUBIC)
+            for result in (truth, predicted):
+                masks = torch.as_tensor(np.asarray(result["masks"]))
+                result["masks"] = (
+                    masks.repeat_interleave(scale, dim=-2).repeat_interleave(scale, dim=-1).numpy()
+                )
         left = draw_grounding(image, truth, row["caption"])
         right = draw_grounding(image, predicted, row["caption"])
         canvas = PIL.Image.new("RGB", (left.width + right.width + 8, max(left.height, right.height)), "white")
