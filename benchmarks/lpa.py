@@ -2,26 +2,37 @@
 
 Paper sizes: d_model 768, 8 heads, batch 2, at 40x40 (640x640 input) and 80x80 tokens. Forward for both
 paths; forward + backward for the paths that support it here (flex has no CPU backward in torch 2.15).
-Peak memory is the peak RSS growth of a child process per measurement, so the paths do not share a
-high-water mark. Run: python benchmarks/lpa.py [--sizes 40 80] [--repeats 3]
+Peak memory is the largest growth of the resident set during the timed calls, sampled by a thread
+(benchmarks/_common.ResidentPeak), in a child process per measurement so that paths share nothing.
+Run: python benchmarks/lpa.py [--sizes 40 80] [--repeats 3]
 """
 
 from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
-import resource
+import sys
 import time
+from pathlib import Path
 
 import torch
 
 from narrative_grounding.modeling.attention import LocalityPerceptiveAttention
 
+sys.path.insert(0, str(Path(__file__).parent))
+from _common import ResidentPeak, return_freed_memory_at_once  # noqa: E402
 
-def measure(queue, implementation: str, side: int, backward: bool, repeats: int, d_model: int, heads: int, batch: int):
+
+def measure(
+    queue, implementation: str, side: int, backward: bool, repeats: int, d_model: int, heads: int, batch: int
+):
     torch.manual_seed(0)
     module = LocalityPerceptiveAttention(
-        d_model=d_model, num_heads=heads, distance_clamp=2.0, distance_form="squared", implementation=implementation
+        d_model=d_model,
+        num_heads=heads,
+        distance_clamp=2.0,
+        distance_form="squared",
+        implementation=implementation,
     )
     x = torch.randn(batch, side * side, d_model, requires_grad=backward)
 
@@ -32,13 +43,14 @@ def measure(queue, implementation: str, side: int, backward: bool, repeats: int,
             with torch.no_grad():
                 return module(x, side, side)
 
+    return_freed_memory_at_once()
     step()  # warm-up (and compilation for flex)
-    baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    start = time.perf_counter()
-    for _ in range(repeats):
-        output = step()
-    seconds = (time.perf_counter() - start) / repeats
-    peak_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - baseline) / 1024
+    with ResidentPeak() as peak:
+        start = time.perf_counter()
+        for _ in range(repeats):
+            output = step()
+        seconds = (time.perf_counter() - start) / repeats
+    peak_mb = peak.peak_mb
     # numpy, not a tensor: a tensor would cross the queue as a shared-memory handle of a dead process.
     queue.put((seconds, peak_mb, None if backward else output.numpy()))
 
@@ -46,7 +58,9 @@ def measure(queue, implementation: str, side: int, backward: bool, repeats: int,
 def run(implementation, side, backward, repeats, d_model, heads, batch):
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    process = ctx.Process(target=measure, args=(queue, implementation, side, backward, repeats, d_model, heads, batch))
+    process = ctx.Process(
+        target=measure, args=(queue, implementation, side, backward, repeats, d_model, heads, batch)
+    )
     process.start()
     seconds, peak_mb, output = queue.get()
     process.join()
@@ -61,9 +75,13 @@ def main() -> None:
     parser.add_argument("--heads", type=int, default=8)
     parser.add_argument("--batch", type=int, default=2)
     args = parser.parse_args()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, d_model {args.d_model}, "
-          f"{args.heads} heads, batch {args.batch}")
-    print(f"{'tokens':>8} {'pass':>17} {'path':>7} {'time s':>9} {'peak MB':>9} {'speed-up':>9} {'max |diff|':>11}")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, d_model {args.d_model}, "
+        f"{args.heads} heads, batch {args.batch}"
+    )
+    print(
+        f"{'tokens':>8} {'pass':>17} {'path':>7} {'time s':>9} {'peak MB':>9} {'speed-up':>9} {'max |diff|':>11}"
+    )
     for side in args.sizes:
         common = (args.repeats, args.d_model, args.heads, args.batch)
         direct = run("direct", side, False, *common)
@@ -71,10 +89,14 @@ def main() -> None:
         diff = float(abs(direct[2] - flex[2]).max())
         label = f"{side}x{side}"
         print(f"{label:>8} {'forward':>17} {'direct':>7} {direct[0]:9.3f} {direct[1]:9.0f} {'':>9} {'':>11}")
-        print(f"{label:>8} {'forward':>17} {'flex':>7} {flex[0]:9.3f} {flex[1]:9.0f} {direct[0] / flex[0]:8.2f}x {diff:11.2e}")
+        print(
+            f"{label:>8} {'forward':>17} {'flex':>7} {flex[0]:9.3f} {flex[1]:9.0f} {direct[0] / flex[0]:8.2f}x {diff:11.2e}"
+        )
         backward = run("direct", side, True, *common)
-        print(f"{label:>8} {'forward+backward':>17} {'direct':>7} {backward[0]:9.3f} {backward[1]:9.0f} "
-              f"{'(flex: no CPU backward)' if not torch.cuda.is_available() else ''}")
+        print(
+            f"{label:>8} {'forward+backward':>17} {'direct':>7} {backward[0]:9.3f} {backward[1]:9.0f} "
+            f"{'(flex: no CPU backward)' if not torch.cuda.is_available() else ''}"
+        )
 
 
 if __name__ == "__main__":
