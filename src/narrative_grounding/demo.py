@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import logging
 import math
 import os
@@ -119,8 +118,6 @@ def training_arguments(args: argparse.Namespace) -> argparse.Namespace:
         "--report_to", "none",
         "--logging_steps", "25",
         "--seed", str(args.seed),
-        # an 8 x 8 communicator grid: materialised LPA is cheap, while the flex kernel would be compiled
-        "--config_overrides", json.dumps({"lpa_implementation": "direct"}),
     ]  # fmt: skip
     if args.data_dir:
         argv += ["--synthetic_dir", str(args.data_dir)]

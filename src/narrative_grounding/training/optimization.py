@@ -138,7 +138,9 @@ def build_scheduler(
     if name == "paper-step":
         return torch.optim.lr_scheduler.LambdaLR(optimizer, PaperStepSchedule(steps_per_epoch))
     if name == "cosine":
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupCosineSchedule(warmup_ratio, num_training_steps))
+        return torch.optim.lr_scheduler.LambdaLR(
+            optimizer, WarmupCosineSchedule(warmup_ratio, num_training_steps)
+        )
     if name == "one-cycle":
         max_lrs = [group["lr"] for group in optimizer.param_groups]
         return torch.optim.lr_scheduler.OneCycleLR(
