@@ -28,8 +28,8 @@ from narrative_grounding.modeling.heads_drmn import (
     drmn_level_strides,
     pixel_centres,
     select_top_pixels,
-    sine_position_embedding,
 )
+from narrative_grounding.modeling.position_encoding import sine_position_embedding
 
 
 def drmn_config(**overrides) -> PngConfig:

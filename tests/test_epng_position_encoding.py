@@ -11,8 +11,8 @@ from tiny_models import make_inputs, tiny_config, tiny_model
 
 from narrative_grounding import PngConfig, PngForPanopticNarrativeGrounding
 from narrative_grounding.modeling.attention import LocalityPerceptiveAttention
-from narrative_grounding.modeling.heads_drmn import sine_position_embedding
 from narrative_grounding.modeling.heads_epng import CommunicatorLayer, PixelSelfAttention
+from narrative_grounding.modeling.position_encoding import sine_position_embedding
 
 
 def test_default_is_lpa_and_unknown_value_is_rejected_by_name():

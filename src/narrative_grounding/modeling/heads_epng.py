@@ -14,7 +14,7 @@ from torch import nn
 
 from .attention import CrossAttention, LocalityPerceptiveAttention
 from .head_output import GroundingHeadOutput
-from .heads_drmn import sine_position_embedding
+from .position_encoding import sine_position_embedding
 
 
 class PixelSelfAttention(nn.Module):
