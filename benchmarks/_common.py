@@ -10,6 +10,7 @@ import multiprocessing as mp
 import os
 import platform
 import resource
+import shlex
 import time
 import traceback
 from collections.abc import Callable
@@ -147,7 +148,7 @@ def invoking_command() -> str:
             arguments.append(argument)
     script = Path(sys.argv[0])
     name = f"benchmarks/{script.name}" if script.parent.name == "benchmarks" else str(script)
-    return " ".join(["python", name, *arguments])
+    return shlex.join(["python", name, *arguments])
 
 
 def write_json(path: str | Path | None, record: dict[str, Any]) -> None:

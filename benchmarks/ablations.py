@@ -275,6 +275,7 @@ def merge_records(records: list[dict]) -> dict:
                 rows.append({**row, "label": label})
         merged["groups"][group] = {"rows": rows, "verdict": verdict(group, rows)}
     merged["wall_seconds"] = max(record["wall_seconds"] for record in records)
+    merged["command"] = " ; ".join(record["command"] for record in records if "command" in record)
     return merged
 
 

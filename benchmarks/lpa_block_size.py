@@ -5,8 +5,9 @@ On CPU, inductor's flex-attention kernel tiles queries and keys by the block mas
 GEMM followed by the score modifier and an online-softmax rescale, so larger kv tiles mean larger GEMMs and
 fewer rescales. This script runs EPNG's LPA score modifier (the one of modeling/attention.py: the score
 times the per-head scale times the clamped squared grid distance) through the compiled flex attention with
-a full block mask of each `--block-sizes` setting, interleaving the settings in every round so that load
-on the machine hits them alike, and compares every output with the direct (materialised) LPA.
+a full block mask of each `--block-sizes` setting, interleaving the settings (and the direct, materialised
+LPA) in every round so that load on the machine hits them alike, and compares every output with the
+direct LPA.
 
     python benchmarks/lpa_block_size.py                       # 40x40 and 80x80, d 768, 8 heads, batch 1
     python benchmarks/lpa_block_size.py --sides 20 --rounds 2 --block-sizes default 128x128 128xN
@@ -102,10 +103,15 @@ def main(argv: list[str] | None = None) -> dict:
                     "compile_s": compile_s,
                     "max_abs_diff": float((output - reference).abs().max()),
                 }
+            # the direct path (materialised N x N scores, matmul + softmax) for comparison
+            settings["direct"] = {"mask": None, "times": [], "compile_s": 0.0, "max_abs_diff": 0.0}
             for _ in range(args.rounds):  # interleaved: every setting sees the same load
-                for setting in settings.values():
+                for text, setting in settings.items():
                     start = time.perf_counter()
-                    compiled(query, key, value, score_mod=score_mod, block_mask=setting["mask"])
+                    if text == "direct":
+                        direct_lpa(query, key, value, prior_scale, side, clamp)
+                    else:
+                        compiled(query, key, value, score_mod=score_mod, block_mask=setting["mask"])
                     setting["times"].append(time.perf_counter() - start)
         default_time = None
         for text, setting in settings.items():

@@ -97,9 +97,7 @@ def load_stored(name: str, results_dir: Path) -> dict | None:
     if name == "ablations":
         from ablations import merge_records
 
-        merged = merge_records(records)
-        merged["command"] = " ; ".join(record["command"] for record in records)
-        return merged
+        return merge_records(records)
     if name == "inference":
         merged = dict(records[0])
         merged["rows"] = [row for record in records for row in record["rows"]]
