@@ -32,11 +32,14 @@ def measure(
         num_heads=heads,
         distance_clamp=2.0,
         distance_form="squared",
-        implementation=implementation,
+        implementation="direct" if implementation == "projections" else implementation,
     )
     x = torch.randn(batch, side * side, d_model, requires_grad=backward)
 
     def step():
+        if implementation == "projections":  # the qkv and output projections both paths share
+            with torch.no_grad():
+                return module.out_proj(module.qkv(x)[..., :d_model])
         if backward:
             module(x, side, side).sum().backward()
         else:
@@ -91,6 +94,12 @@ def main() -> None:
         print(f"{label:>8} {'forward':>17} {'direct':>7} {direct[0]:9.3f} {direct[1]:9.0f} {'':>9} {'':>11}")
         print(
             f"{label:>8} {'forward':>17} {'flex':>7} {flex[0]:9.3f} {flex[1]:9.0f} {direct[0] / flex[0]:8.2f}x {diff:11.2e}"
+        )
+        shared = run("projections", side, False, *common)[0]
+        core_ratio = (direct[0] - shared) / max(flex[0] - shared, 1e-9)
+        print(
+            f"{label:>8} {'forward':>17} {'qkv+out':>7} {shared:9.3f} {'':>9} "
+            f"attention core (time minus the shared projections): {core_ratio:.2f}x"
         )
         backward = run("direct", side, True, *common)
         print(
