@@ -13,7 +13,8 @@ What each switch does, and why it is safe:
   inductor's freezing below may treat the weights as constants.
 - `channels_last`: the visual encoder's weights and its input images in NHWC layout, which oneDNN
   convolutions on CPU run without reordering every activation.
-- `compile`: `torch.compile` of the visual encoder, the text encoder and the head, each in place
+- `compile`: `torch.compile` of the visual encoder, the text encoder and the head (not DRMN's by default:
+  see `compile_head`), each in place
   (`Module.compile`: parameter names and `save_pretrained` are unchanged). The model's own input checks stay
   eager (they read tensor values to write error messages, which would break a graph). With
   `inductor_freezing`, inductor folds the frozen batch norms into the convolutions and pre-packs the weights
@@ -36,6 +37,9 @@ import torch
 from torch import nn
 
 COMPILED_PARTS = ("visual_encoder", "text_encoder", "head")
+# Heads left eager by default: inductor lowers DRMN's `grid_sample` (deformable attention) to a generic gather
+# loop that ran the paper-size head 1.9x slower than eager on CPU (docs/benchmarks.md).
+EAGER_HEADS_BY_DEFAULT = ("drmn",)
 
 
 def _images_to_channels_last(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
@@ -49,6 +53,7 @@ def optimize_for_inference(
     compile: bool = True,
     channels_last: bool = True,
     inductor_freezing: bool = True,
+    compile_head: bool | None = None,
     dynamic: bool | None = None,
 ) -> nn.Module:
     """Prepare a `PngForPanopticNarrativeGrounding` for fast inference, in place, and return it.
@@ -60,6 +65,8 @@ def optimize_for_inference(
         channels_last: NHWC weights and inputs for the visual encoder's convolutions.
         inductor_freezing: let inductor treat the frozen weights as constants (batch-norm folding, oneDNN
             weight pre-packing). Only with `compile`; takes effect under `torch.inference_mode()`/`no_grad()`.
+        compile_head: compile the grounding head too. None (default): yes for EPNG, no for DRMN, whose
+            compiled deformable sampling is slower than eager on CPU.
         dynamic: forwarded to `torch.compile` (None: specialise first, go dynamic on a shape change).
 
     Returns the same model object.
@@ -81,11 +88,15 @@ def optimize_for_inference(
         model.visual_encoder.register_forward_pre_hook(_images_to_channels_last)
     if compile:
         options = {"freezing": True} if inductor_freezing else None
+        if compile_head is None:
+            compile_head = getattr(model.config, "grounding_head", None) not in EAGER_HEADS_BY_DEFAULT
         for name in COMPILED_PARTS:
-            getattr(model, name).compile(dynamic=dynamic, options=options)
+            if name != "head" or compile_head:
+                getattr(model, name).compile(dynamic=dynamic, options=options)
     # Recorded so that a second call fails clearly instead of stacking hooks and compilations.
     model._inference_optimization = {
         "compile": compile,
+        "compile_head": bool(compile and compile_head),
         "channels_last": channels_last,
         "inductor_freezing": inductor_freezing and compile,
     }
