@@ -4,6 +4,7 @@ the Hugging Face way."""
 from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoProcessor
 
 from .factory import available_variants, create_model, load_config, load_variant
+from .inference_optimization import optimize_for_inference
 from .modeling.configuration_png import PngConfig
 from .modeling.image_processing_png import PngBatchFeature, PngImageProcessor
 from .modeling.modeling_png import PngForPanopticNarrativeGrounding, PngOutput, PngPreTrainedModel
@@ -36,4 +37,5 @@ __all__ = [
     "create_model",
     "load_config",
     "load_variant",
+    "optimize_for_inference",
 ]

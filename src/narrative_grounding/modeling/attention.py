@@ -16,7 +16,6 @@ distance. Two implementations compute the same thing:
 from __future__ import annotations
 
 import math
-from functools import cache
 
 import torch
 import torch.nn.functional as F
@@ -50,10 +49,16 @@ def grid_distance(
 FLEX_MIN_TOKENS = 1024
 
 
-@cache
+_COMPILED_FLEX_ATTENTION = None
+
+
 def _compiled_flex_attention():
-    # One compiled kernel per process; dynamo re-specialises per shape as needed.
-    return torch.compile(_flex_attention, dynamic=False)
+    # One compiled kernel per process, made on first use (a functools.cache here makes dynamo warn whenever
+    # a model holding LPA is compiled); dynamo re-specialises per shape as needed.
+    global _COMPILED_FLEX_ATTENTION
+    if _COMPILED_FLEX_ATTENTION is None:
+        _COMPILED_FLEX_ATTENTION = torch.compile(_flex_attention, dynamic=False)
+    return _COMPILED_FLEX_ATTENTION
 
 
 def flex_attention_available() -> bool:
