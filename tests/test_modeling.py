@@ -223,3 +223,14 @@ def test_token_mask_length_mismatch_is_a_clear_error():
     inputs["phrase_token_mask"] = inputs["phrase_token_mask"][..., :10]
     with pytest.raises(ValueError, match="num_tokens=16"):
         model(**inputs)
+
+
+def test_misspelled_argument_is_a_clear_error():
+    model = tiny_model()
+    inputs = make_inputs([2], with_labels=True)
+    inputs["phrase_masks"] = inputs.pop("labels")
+    with pytest.raises(TypeError, match="phrase_masks"):
+        model(**inputs)
+    with pytest.raises(TypeError, match="output_attentions"):
+        model(**make_inputs([2]), output_attentions=True)
+    model(**make_inputs([2]), output_attentions=False)

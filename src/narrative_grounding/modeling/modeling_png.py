@@ -36,6 +36,8 @@ from .visual_encoder import VisualEncoder, build_timm_backbone
 GROUNDING_HEADS = {"epng": EpngHead, "drmn": DrmnHead}
 
 INPUT_STRIDE_MULTIPLE = 32  # the coarsest FPN level is stride 32
+# transformers utilities may pass these; accepted only when they ask for nothing.
+IGNORABLE_FLAGS = ("output_attentions", "output_hidden_states")
 
 
 @dataclass
@@ -204,6 +206,13 @@ class PngForPanopticNarrativeGrounding(PngPreTrainedModel):
             The item counts the loss terms are normalised by (see `losses.loss_counts`), e.g. all-reduced over
             processes and divided by the number of processes. Defaults to this batch's counts.
         """
+        # Outputs this model does not produce may be asked for only as "no"; any other keyword is a typo
+        # (e.g. `phrase_masks=`) that would otherwise be silently ignored.
+        unknown = sorted(k for k, v in kwargs.items() if k not in IGNORABLE_FLAGS or v)
+        if unknown:
+            raise TypeError(
+                f"PngForPanopticNarrativeGrounding.forward() got unexpected or unsupported arguments {unknown}"
+            )
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         phrase_mask = self._check_inputs(pixel_values, input_ids, phrase_token_mask, phrase_mask, labels)
 
