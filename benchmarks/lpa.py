@@ -1,7 +1,9 @@
 """LPA: fused (flex_attention, compiled) vs direct (materialised N x N) time and peak memory.
 
 Paper sizes: d_model 768, 8 heads, batch 2, at 40x40 (640x640 input) and 80x80 tokens. Forward for both
-paths; forward + backward for the paths that support it here (flex has no CPU backward in torch 2.15).
+paths, as the whole module (qkv projection, attention, output projection) and as the attention core alone
+(eqs. 3-6 on given q, k, v: the part the two paths compute differently); forward + backward for the paths
+that support it here (flex has no CPU backward in torch 2.15).
 Peak memory is the largest growth of the resident set during the timed calls, sampled by a thread
 (benchmarks/_common.ResidentPeak), in a child process per measurement so that paths share nothing.
 Run: python benchmarks/lpa.py [--sizes 40 80] [--repeats 3]
@@ -24,7 +26,15 @@ from _common import ResidentPeak, return_freed_memory_at_once  # noqa: E402
 
 
 def measure(
-    queue, implementation: str, side: int, backward: bool, repeats: int, d_model: int, heads: int, batch: int
+    queue,
+    implementation: str,
+    scope: str,
+    side: int,
+    backward: bool,
+    repeats: int,
+    d_model: int,
+    heads: int,
+    batch: int,
 ):
     torch.manual_seed(0)
     module = LocalityPerceptiveAttention(
@@ -32,19 +42,22 @@ def measure(
         num_heads=heads,
         distance_clamp=2.0,
         distance_form="squared",
-        implementation="direct" if implementation == "projections" else implementation,
+        implementation=implementation,
     )
     x = torch.randn(batch, side * side, d_model, requires_grad=backward)
+    with torch.no_grad():
+        qkv = module.qkv(x).view(batch, side * side, 3, heads, d_model // heads)
+        query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # as LocalityPerceptiveAttention.forward
 
     def step():
-        if implementation == "projections":  # the qkv and output projections both paths share
-            with torch.no_grad():
-                return module.out_proj(module.qkv(x)[..., :d_model])
         if backward:
             module(x, side, side).sum().backward()
-        else:
-            with torch.no_grad():
+            return None
+        with torch.no_grad():
+            if scope == "module":
                 return module(x, side, side)
+            attend = module._flex if implementation == "flex" else module._direct
+            return attend(query, key, value, side, side)
 
     return_freed_memory_at_once()
     step()  # warm-up (and compilation for flex)
@@ -58,11 +71,11 @@ def measure(
     queue.put((seconds, peak_mb, None if backward else output.numpy()))
 
 
-def run(implementation, side, backward, repeats, d_model, heads, batch):
+def run(implementation, scope, side, backward, repeats, d_model, heads, batch):
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     process = ctx.Process(
-        target=measure, args=(queue, implementation, side, backward, repeats, d_model, heads, batch)
+        target=measure, args=(queue, implementation, scope, side, backward, repeats, d_model, heads, batch)
     )
     process.start()
     seconds, peak_mb, output = queue.get()
@@ -87,24 +100,23 @@ def main() -> None:
     )
     for side in args.sizes:
         common = (args.repeats, args.d_model, args.heads, args.batch)
-        direct = run("direct", side, False, *common)
-        flex = run("flex", side, False, *common)
-        diff = float(abs(direct[2] - flex[2]).max())
         label = f"{side}x{side}"
-        print(f"{label:>8} {'forward':>17} {'direct':>7} {direct[0]:9.3f} {direct[1]:9.0f} {'':>9} {'':>11}")
-        print(
-            f"{label:>8} {'forward':>17} {'flex':>7} {flex[0]:9.3f} {flex[1]:9.0f} {direct[0] / flex[0]:8.2f}x {diff:11.2e}"
-        )
-        shared = run("projections", side, False, *common)[0]
-        core_ratio = (direct[0] - shared) / max(flex[0] - shared, 1e-9)
-        print(
-            f"{label:>8} {'forward':>17} {'qkv+out':>7} {shared:9.3f} {'':>9} "
-            f"attention core (time minus the shared projections): {core_ratio:.2f}x"
-        )
-        backward = run("direct", side, True, *common)
+        for scope in ("module", "core"):
+            direct = run("direct", scope, side, False, *common)
+            flex = run("flex", scope, side, False, *common)
+            diff = float(abs(direct[2] - flex[2]).max())
+            name = f"forward ({scope})"
+            print(f"{label:>8} {name:>17} {'direct':>7} {direct[0]:9.3f} {direct[1]:9.0f} {'':>9} {'':>11}")
+            print(
+                f"{label:>8} {name:>17} {'flex':>7} {flex[0]:9.3f} {flex[1]:9.0f} "
+                f"{direct[0] / flex[0]:8.2f}x {diff:11.2e}",
+                flush=True,
+            )
+        backward = run("direct", "module", side, True, *common)
         print(
             f"{label:>8} {'forward+backward':>17} {'direct':>7} {backward[0]:9.3f} {backward[1]:9.0f} "
-            f"{'(flex: no CPU backward)' if not torch.cuda.is_available() else ''}"
+            f"{'(flex: no CPU backward)' if not torch.cuda.is_available() else ''}",
+            flush=True,
         )
 
 

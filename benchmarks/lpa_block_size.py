@@ -1,13 +1,13 @@
 """LPA on flex attention (CPU): how the block size of the block mask changes speed, with exactness checked.
 
 On CPU, inductor's flex-attention kernel tiles queries and keys by the block mask's BLOCK_SIZE
-(q split x kv split; without a block mask flex uses a full mask of 128 x 128 blocks). Each tile is a small
-GEMM followed by the score modifier and an online-softmax rescale, so larger kv tiles mean larger GEMMs and
-fewer rescales. This script runs EPNG's LPA score modifier (the one of modeling/attention.py: the score
-times the per-head scale times the clamped squared grid distance) through the compiled flex attention with
-a full block mask of each `--block-sizes` setting, interleaving the settings (and the direct, materialised
-LPA) in every round so that load on the machine hits them alike, and compares every output with the
-direct LPA.
+(q split x kv split; without a block mask the whole N x N of a head is one tile). Each tile is a small
+GEMM followed by the score modifier and an online-softmax rescale, so larger kv tiles mean larger GEMMs
+and fewer rescales, smaller ones stay in cache. This script runs EPNG's LPA score modifier
+(modeling/attention.locality_prior_score_mod) through the compiled flex attention with a block mask of
+full tiles (modeling/attention.dense_block_mask) of each `--block-sizes` setting, interleaving the
+settings (and the direct, materialised LPA) in every round so that load on the machine hits them alike,
+and compares every output with the direct LPA.
 
     python benchmarks/lpa_block_size.py                       # 40x40 and 80x80, d 768, 8 heads, batch 1
     python benchmarks/lpa_block_size.py --sides 20 --rounds 2 --block-sizes default 128x128 128xN
@@ -21,24 +21,16 @@ import time
 from pathlib import Path
 
 import torch
-from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+from torch.nn.attention.flex_attention import flex_attention
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine_description, print_machine, write_json  # noqa: E402
 
-from narrative_grounding.modeling.attention import grid_distance  # noqa: E402
-
-
-def lpa_score_mod(prior_scale: torch.Tensor, width: int, clamp: float):
-    """EPNG's LPA prior as a flex score modifier (the released code's squared distance, clamped)."""
-
-    def multiply_by_locality_prior(score, batch, head, q_idx, kv_idx):
-        dy = q_idx // width - kv_idx // width
-        dx = q_idx % width - kv_idx % width
-        distance = (dy * dy + dx * dx).to(score.dtype).clamp(max=clamp)
-        return score * (prior_scale[head] * distance)
-
-    return multiply_by_locality_prior
+from narrative_grounding.modeling.attention import (  # noqa: E402
+    dense_block_mask,
+    grid_distance,
+    locality_prior_score_mod,
+)
 
 
 def direct_lpa(query, key, value, prior_scale, side: int, clamp: float) -> torch.Tensor:
@@ -62,7 +54,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument(
         "--block-sizes",
         nargs="+",
-        default=["default", "128x128", "64xN", "128xN", "256xN", "128x512", "256x256"],
+        default=["default", "64x512", "128x128", "64xN", "128xN", "128x512", "64x256", "256x256"],
         help="QxKV block sizes of the full block mask; N = all keys; 'default' = no block mask",
     )
     parser.add_argument("--d-model", type=int, default=768)
@@ -83,17 +75,13 @@ def main(argv: list[str] | None = None) -> dict:
         shape = (args.batch, args.heads, tokens, args.d_model // args.heads)
         query, key, value = (torch.randn(shape) for _ in range(3))
         prior_scale = 1.0 + 0.1 * torch.randn(args.heads)
-        score_mod = lpa_score_mod(prior_scale, side, clamp)
+        score_mod = locality_prior_score_mod(prior_scale, side, clamp=clamp, form="squared")
         with torch.inference_mode():
             reference = direct_lpa(query, key, value, prior_scale, side, clamp)
             settings = {}
             for text in args.block_sizes:
                 block = parse_block(text, tokens)
-                mask = None
-                if block is not None:
-                    mask = create_block_mask(
-                        lambda b, h, q, kv: q >= 0, None, None, tokens, tokens, device="cpu", BLOCK_SIZE=block
-                    )
+                mask = None if block is None else dense_block_mask(tokens, "cpu", block)
                 start = time.perf_counter()
                 output = compiled(query, key, value, score_mod=score_mod, block_mask=mask)
                 compile_s = time.perf_counter() - start

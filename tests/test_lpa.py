@@ -7,7 +7,13 @@ import math
 import pytest
 import torch
 
-from narrative_grounding.modeling.attention import FLEX_MIN_TOKENS, LocalityPerceptiveAttention, grid_distance
+from narrative_grounding.modeling.attention import (
+    DENSE_BLOCK_SIZE,
+    FLEX_MIN_TOKENS,
+    LocalityPerceptiveAttention,
+    grid_distance,
+    locality_prior_score_mod,
+)
 
 
 def lpa_by_the_equations(module: LocalityPerceptiveAttention, x: torch.Tensor, height: int, width: int):
@@ -84,6 +90,28 @@ def test_prior_scale_receives_gradients():
 def test_flex_path_equals_direct_path(form):
     direct = make_lpa(form, "direct")
     flex = make_lpa(form, "flex")
-    x = torch.randn(2, 8 * 6, 32)
-    with torch.no_grad():
-        torch.testing.assert_close(flex(x, 8, 6), direct(x, 8, 6), atol=1e-4, rtol=1e-4)
+    # 8 x 6 fits one tile; 37 x 41 spans several tiles of DENSE_BLOCK_SIZE with ragged last ones.
+    for height, width in [(8, 6), (37, 41)]:
+        assert height * width < DENSE_BLOCK_SIZE[0] or height * width % DENSE_BLOCK_SIZE[1] != 0
+        x = torch.randn(2, height * width, 32)
+        with torch.no_grad():
+            torch.testing.assert_close(flex(x, height, width), direct(x, height, width), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("form", ["squared", "euclidean"])
+@pytest.mark.parametrize("height, width", [(3, 7), (40, 40), (97, 211), (1, 4099)])
+def test_score_mod_grid_positions_are_exact(form, height, width):
+    """The score modifier finds rows and columns in float arithmetic: it must equal integer div/mod exactly."""
+    prior_scale = torch.tensor([1.0, 0.5])
+    score_mod = locality_prior_score_mod(prior_scale, width, clamp=2.0, form=form)
+    num_pixels = height * width
+    generator = torch.Generator().manual_seed(0)
+    q_idx = torch.randint(num_pixels, (5000,), generator=generator)
+    kv_idx = torch.cat([torch.randint(num_pixels, (4000,), generator=generator), q_idx[:1000] + 1])
+    kv_idx = kv_idx.clamp(max=num_pixels - 1)
+    q_idx = q_idx.repeat(2)[: kv_idx.numel()]
+    squared = ((q_idx // width - kv_idx // width) ** 2 + (q_idx % width - kv_idx % width) ** 2).float()
+    expected = (squared if form == "squared" else squared.sqrt()).clamp(max=2.0)
+    for head in (0, 1):
+        got = score_mod(torch.ones(kv_idx.numel()), torch.tensor(0), torch.tensor(head), q_idx, kv_idx)
+        torch.testing.assert_close(got, prior_scale[head] * expected, atol=0, rtol=0)

@@ -22,9 +22,10 @@ import torch.nn.functional as F
 from torch import nn
 
 try:  # flex_attention appeared in torch 2.5; older torch keeps the direct path.
+    from torch.nn.attention.flex_attention import BlockMask
     from torch.nn.attention.flex_attention import flex_attention as _flex_attention
 except ImportError:  # pragma: no cover - exercised only on old torch
-    _flex_attention = None
+    BlockMask = _flex_attention = None
 
 
 def grid_distance(
@@ -59,6 +60,53 @@ def _compiled_flex_attention():
     if _COMPILED_FLEX_ATTENTION is None:
         _COMPILED_FLEX_ATTENTION = torch.compile(_flex_attention, dynamic=False)
     return _COMPILED_FLEX_ATTENTION
+
+
+# Every pair of pixels attends (the prior scales scores, it masks none), so the block mask only tiles the work.
+# Without one the CPU kernel takes the whole N x N score matrix of a head as one tile (10 MB at 40 x 40, out of
+# cache); tiles of 128 x 128 ran 13% faster at 40 x 40 than none, 7-8% faster than 64 x 512 or 128 x 512
+# (benchmarks/lpa_block_size.py).
+DENSE_BLOCK_SIZE = (128, 128)
+
+
+def dense_block_mask(
+    num_tokens: int, device: torch.device | str = "cpu", block_size: tuple[int, int] = DENSE_BLOCK_SIZE
+) -> BlockMask:
+    """A flex-attention BlockMask over num_tokens x num_tokens whose tiles are all full (no mask evaluated)."""
+    q_block, kv_block = block_size
+    q_blocks, kv_blocks = -(-num_tokens // q_block), -(-num_tokens // kv_block)
+    kv_indices = torch.arange(kv_blocks, device=device, dtype=torch.int32).expand(1, 1, q_blocks, kv_blocks)
+    return BlockMask.from_kv_blocks(
+        kv_num_blocks=torch.zeros(1, 1, q_blocks, device=device, dtype=torch.int32),  # no partial tiles
+        kv_indices=torch.zeros_like(kv_indices),
+        full_kv_num_blocks=torch.full((1, 1, q_blocks), kv_blocks, device=device, dtype=torch.int32),
+        full_kv_indices=kv_indices.contiguous(),
+        BLOCK_SIZE=block_size,
+        seq_lengths=(num_tokens, num_tokens),
+    )
+
+
+def locality_prior_score_mod(prior_scale: torch.Tensor, width: int, *, clamp: float, form: str):
+    """EPNG's LPA prior (eqs. 3-5) as a flex-attention score modifier for pixels in row-major order on a grid
+    `width` pixels wide: score * prior_scale[head] * clamped distance ("squared" or "euclidean")."""
+    squared_form = form == "squared"
+    inverse_width = 1.0 / width
+
+    def multiply_by_locality_prior(score, batch, head, q_idx, kv_idx):
+        # Grid row and column of both pixels in float arithmetic: a row is floor((index + 0.5) / width),
+        # exact for grids below 2^24 pixels because (index + 0.5) / width is at least 0.5 / width away from an
+        # integer. Inside the fused loop, integer division and modulo cost ~1.5x the whole kernel on CPU and
+        # row/column lookup tables (gathers) ~12% of it.
+        q_pos, kv_pos = q_idx.to(torch.float32), kv_idx.to(torch.float32)
+        q_row = torch.floor((q_pos + 0.5) * inverse_width)
+        kv_row = torch.floor((kv_pos + 0.5) * inverse_width)
+        dy = q_row - kv_row
+        dx = (q_pos - q_row * width) - (kv_pos - kv_row * width)
+        squared = dy * dy + dx * dx
+        distance = squared if squared_form else squared.sqrt()
+        return score * (prior_scale[head] * distance.clamp(max=clamp).to(score.dtype))
+
+    return multiply_by_locality_prior
 
 
 def flex_attention_available() -> bool:
@@ -128,27 +176,14 @@ class LocalityPerceptiveAttention(nn.Module):
         return scores.softmax(dim=-1) @ value  # B x Hd x N x Dh, eq. 6
 
     def _flex(self, query, key, value, height: int, width: int) -> torch.Tensor:
-        prior_scale = self.prior_scale.to(query.dtype)
-        clamp, squared_form = self.distance_clamp, self.distance_form == "squared"
-        # Row / column of every pixel looked up by index: integer division and modulo of the indices inside
-        # the score modifier cost ~1.5x the whole kernel on CPU; these two N-vectors cost nothing.
-        rows, cols = torch.meshgrid(
-            torch.arange(height, device=query.device, dtype=torch.float32),
-            torch.arange(width, device=query.device, dtype=torch.float32),
-            indexing="ij",
+        score_mod = locality_prior_score_mod(
+            self.prior_scale.to(query.dtype), width, clamp=self.distance_clamp, form=self.distance_form
         )
-        rows, cols = rows.flatten(), cols.flatten()  # N each
-
-        def multiply_by_locality_prior(score, batch, head, q_idx, kv_idx):
-            dy = rows[q_idx] - rows[kv_idx]
-            dx = cols[q_idx] - cols[kv_idx]
-            squared = dy * dy + dx * dx
-            distance = squared if squared_form else squared.sqrt()
-            return score * (prior_scale[head] * distance.clamp(max=clamp).to(score.dtype))
-
         # The CPU kernel is ~1.5x slower on the strided views that unbind() of the fused qkv leaves.
         query, key, value = query.contiguous(), key.contiguous(), value.contiguous()
-        return _compiled_flex_attention()(query, key, value, score_mod=multiply_by_locality_prior)
+        # On CUDA flex attention picks its own tiling.
+        block_mask = dense_block_mask(query.shape[-2], query.device) if query.device.type == "cpu" else None
+        return _compiled_flex_attention()(query, key, value, score_mod=score_mod, block_mask=block_mask)
 
 
 class CrossAttention(nn.Module):
@@ -185,9 +220,12 @@ class CrossAttention(nn.Module):
 
 
 __all__ = [
+    "DENSE_BLOCK_SIZE",
     "FLEX_MIN_TOKENS",
     "CrossAttention",
     "LocalityPerceptiveAttention",
+    "dense_block_mask",
     "flex_attention_available",
     "grid_distance",
+    "locality_prior_score_mod",
 ]

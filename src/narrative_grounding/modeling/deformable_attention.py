@@ -39,20 +39,27 @@ def multi_scale_deformable_sampling(
     if len(value_levels) != num_levels:
         raise ValueError(f"{len(value_levels)} value levels for sampling locations over {num_levels} levels")
     head_dim = value_levels[0].shape[2]
-    grids = (2.0 * sampling_locations - 1.0).transpose(
-        1, 2
-    )  # B x Hd x Q x L x K x 2; grid_sample reads [-1, 1]
-    weights = attention_weights.transpose(1, 2)  # B x Hd x Q x L x K
+    # grid_sample reads [-1, 1]. Points go first and queries last (B x Hd x L x K x Q x 2), so each point's
+    # samples come out as one contiguous (B * Hd) x Dh x Q block that is weighted and added into the output in
+    # place: multiplying the whole (B * Hd) x Dh x Q x K sample tensor by the weights and summing over K
+    # wrote and read it twice more: 0.63 s instead of 0.33 s for one encoder layer of a 640 x 640 image (34,000
+    # queries, 8 heads, 4 levels x 4 points, 2 CPU cores).
+    grids = (2.0 * sampling_locations - 1.0).permute(0, 2, 3, 4, 1, 5)  # B x Hd x L x K x Q x 2
+    weights = attention_weights.permute(0, 2, 3, 4, 1)  # B x Hd x L x K x Q
     output = None
     for level, value in enumerate(value_levels):
         value = value.flatten(0, 1)  # (B * Hd) x Dh x H_l x W_l (copies a strided view once)
-        grid = grids[:, :, :, level].flatten(0, 1)  # (B * Hd) x Q x K x 2
+        grid = grids[:, :, level].flatten(0, 1)  # (B * Hd) x K x Q x 2
         sampled = F.grid_sample(
             value, grid, mode="bilinear", padding_mode="zeros", align_corners=False
-        )  # (B * Hd) x Dh x Q x K
-        level_weights = weights[:, :, :, level].flatten(0, 1)  # (B * Hd) x Q x K
-        weighted = (sampled * level_weights[:, None]).sum(dim=-1)  # (B * Hd) x Dh x Q
-        output = weighted if output is None else output + weighted
+        )  # (B * Hd) x Dh x K x Q
+        level_weights = weights[:, :, level].flatten(0, 1)  # (B * Hd) x K x Q
+        for point in range(num_points):
+            point_weights = level_weights[:, None, point]  # (B * Hd) x 1 x Q
+            if output is None:
+                output = sampled[:, :, point] * point_weights  # (B * Hd) x Dh x Q
+            else:
+                output = output.addcmul_(sampled[:, :, point], point_weights)
     return output.view(batch, num_heads, head_dim, num_queries).permute(0, 3, 1, 2)  # B x Q x Hd x Dh
 
 
