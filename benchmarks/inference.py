@@ -12,8 +12,14 @@ For EPNG and DRMN at paper sizes (`epng-r101-bert-base`, `drmn-r101-bert-base`: 
   issue's >= 50% target;
 - for the fast path (`optimize_for_inference`: torch.compile with inductor freezing + channels-last), the
   compile time (first call), the speed-up over eager and the largest |difference| of the mask logits.
-Eager is the model as a user runs it: `model.eval()` under `torch.no_grad()` (EPNG's LPA then already takes
-its flex-attention path); the fast path runs under `torch.inference_mode()`.
+Three paths:
+- plain: none of the fast-path techniques: `model.eval()` under `torch.no_grad()`, EPNG's LPA on its direct
+  (materialised N x N) form, BERT on transformers' eager attention; the issue's "eager model";
+- eager: the model as a user gets it from `from_pretrained`: as plain, but LPA takes its flex-attention path
+  (`lpa_implementation="auto"` without gradients) and BERT uses SDPA;
+- fast: eager + `optimize_for_inference` (torch.compile with inductor freezing, channels-last) under
+  `torch.inference_mode()`.
+Speed-ups of the fast path are given against both plain (the target) and eager.
 
 Inputs: `--tokens` WordPiece tokens (230, the PNG limit) and `--phrases` phrases (15) per narrative.
 
@@ -57,7 +63,11 @@ def _measure(
     from narrative_grounding.training.loading import processor_for_variant
 
     torch.manual_seed(0)
-    model = create_model(VARIANTS[head]).eval()
+    if path == "plain":
+        model = create_model(VARIANTS[head], lpa_implementation="direct").eval()
+        model.text_encoder.bert.set_attn_implementation("eager")
+    else:
+        model = create_model(VARIANTS[head]).eval()
     processor = processor_for_variant("epng-tiny")  # post-processing does not depend on the tokenizer
     inputs = random_model_inputs(
         batch, image_size, tokens=tokens, phrases=phrases, vocab_size=model.config.text_config.vocab_size
@@ -120,7 +130,9 @@ def main(argv: list[str] | None = None) -> dict:
     )
     parser.add_argument("--heads", nargs="+", choices=sorted(VARIANTS), default=["epng", "drmn"])
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 12])
-    parser.add_argument("--paths", nargs="+", choices=("eager", "fast"), default=["eager", "fast"])
+    parser.add_argument(
+        "--paths", nargs="+", choices=("plain", "eager", "fast"), default=["plain", "eager", "fast"]
+    )
     parser.add_argument(
         "--repeats",
         type=int,
@@ -141,7 +153,7 @@ def main(argv: list[str] | None = None) -> dict:
     matmul = matmul_gflops(args.matmul_size, repeats=3)
     print(f"dense float32 matmul ({args.matmul_size}^3): {matmul:.1f} GFLOP/s")
     grid = args.image_size // 16
-    rows, eager_masks = [], {}
+    rows, reference_masks = [], {}
     for head in args.heads:
         flops = head_flops(load_config(VARIANTS[head]), grid, args.phrases)["total"]
         for batch in args.batch_sizes:
@@ -162,10 +174,10 @@ def main(argv: list[str] | None = None) -> dict:
                 )
                 result["matmul_gflops"] = matmul  # the limit of this run, beside each row for merged reports
                 result["head_matmul_fraction"] = result["head_gflops"] / matmul
-                if masks is not None and path == "eager":
-                    eager_masks[head] = masks
-                if masks is not None and path == "fast" and head in eager_masks:
-                    reference = eager_masks[head]
+                if masks is not None and path == "plain":
+                    reference_masks[head] = masks
+                if masks is not None and path != "plain" and head in reference_masks:
+                    reference = reference_masks[head]
                     result["max_abs_diff"] = float(np.abs(masks - reference).max())
                     result["max_abs_logit"] = float(np.abs(reference).max())
                     result["within_tolerance"] = bool(
@@ -176,15 +188,18 @@ def main(argv: list[str] | None = None) -> dict:
                     result["mask_agreement"] = float(((masks > 0) == (reference > 0)).mean())
                 rows.append(result)
                 print(_format_row(result), flush=True)
-    for row in rows:  # speed-up of the fast path, same head and batch, same run
-        eager = [
-            r
-            for r in rows
-            if r["path"] == "eager" and r["head"] == row["head"] and r["batch"] == row["batch"]
-        ]
-        if row["path"] == "fast" and eager:
-            row["speedup"] = eager[0]["latency_s"] / row["latency_s"]
-            row["head_speedup"] = eager[0]["head_s"] / row["head_s"]
+    for row in rows:  # speed-ups of the fast path, same head and batch, same run
+        if row["path"] != "fast":
+            continue
+        for baseline in ("plain", "eager"):
+            base = [
+                r
+                for r in rows
+                if r["path"] == baseline and r["head"] == row["head"] and r["batch"] == row["batch"]
+            ]
+            if base:
+                row[f"speedup_vs_{baseline}"] = base[0]["latency_s"] / row["latency_s"]
+                row[f"head_speedup_vs_{baseline}"] = base[0]["head_s"] / row["head_s"]
     record = {
         "machine": machine,
         "matmul_gflops": matmul,
@@ -217,12 +232,15 @@ def format_table(record: dict) -> str:
         f"{record['phrases']} phrases; % of matmul: of the dense matmul measured right before each row",
         "",
         "| head | batch | path | backbone s | text s | head s | post s | latency s | img/s | head GFLOP/s "
-        "(% of matmul) | peak RSS MiB | first call s | speed-up | max abs diff (max abs logit) |",
+        "(% of matmul) | peak RSS MiB | first call s | speed-up vs plain / eager | max abs diff vs plain "
+        "(max abs logit) |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in record["rows"]:
         diff = f"{row['max_abs_diff']:.1e} ({row['max_abs_logit']:.1f})" if "max_abs_diff" in row else ""
-        speedup = f"{row['speedup']:.2f}x" if "speedup" in row else ""
+        speedup = " / ".join(
+            f"{row[key]:.2f}x" for key in ("speedup_vs_plain", "speedup_vs_eager") if key in row
+        )
         lines.append(
             f"| {row['head']} | {row['batch']} | {row['path']} | {row['backbone_s']:.3f} | {row['text_s']:.3f} | "
             f"{row['head_s']:.3f} | {row['post_s']:.3f} | {row['latency_s']:.3f} | {row['images_per_s']:.2f} | "

@@ -20,6 +20,7 @@ from narrative_grounding.modeling.deformable_attention import (
     MultiScaleDeformableAttention,
     initial_sampling_pattern,
     multi_scale_deformable_sampling,
+    multi_scale_deformable_sampling_by_gathering,
 )
 from narrative_grounding.modeling.head_output import GroundingHeadOutput
 from narrative_grounding.modeling.heads_drmn import (
@@ -160,6 +161,35 @@ def test_grid_sample_sampling_equals_the_direct_loop_values_and_gradients():
     for fast_grad, slow_grad in zip(fast_grads, slow_grads, strict=True):
         torch.testing.assert_close(fast_grad, slow_grad, atol=1e-12, rtol=1e-10)
     assert locations.grad is None and all(g.abs().sum() > 0 for g in fast_grads)
+
+
+def test_gather_sampling_equals_the_direct_loop():
+    """The form compiled inference graphs use: same values, channels-last input, samples outside included."""
+    generator = torch.Generator().manual_seed(1)
+    batch, queries, heads, head_dim, points = 2, 5, 2, 3, 3
+    values = [
+        torch.randn(batch, heads, head_dim, h, w, generator=generator, dtype=torch.float64)
+        for h, w in LEVEL_SHAPES
+    ]
+    locations = (
+        torch.rand(
+            batch, queries, heads, len(LEVEL_SHAPES), points, 2, generator=generator, dtype=torch.float64
+        )
+        * 1.4
+        - 0.2
+    )
+    locations[0, 0, 0, 0, 0] = torch.tensor([0.0, 1.0], dtype=torch.float64)  # exactly on the map's edges
+    weights = torch.rand(
+        batch, queries, heads, len(LEVEL_SHAPES), points, generator=generator, dtype=torch.float64
+    )
+    channels_last = [  # B x (H * W) x Hd x Dh, as a value projection lays them out
+        value.permute(0, 3, 4, 1, 2).reshape(batch, h * w, heads, head_dim)
+        for value, (h, w) in zip(values, LEVEL_SHAPES, strict=True)
+    ]
+    gathered = multi_scale_deformable_sampling_by_gathering(channels_last, LEVEL_SHAPES, locations, weights)
+    torch.testing.assert_close(gathered, loop_sampling(values, locations, weights), atol=1e-12, rtol=1e-10)
+    with pytest.raises(ValueError, match="2 value levels and 3 level shapes"):
+        multi_scale_deformable_sampling_by_gathering(channels_last[:2], LEVEL_SHAPES, locations, weights)
 
 
 def test_deformable_attention_module_equals_the_direct_loop_values_and_gradients():

@@ -43,13 +43,14 @@ def test_channels_last_alone_matches_eager_and_keeps_the_checkpoint_format(tmp_p
         torch.testing.assert_close(reloaded(**inputs).pred_masks, eager.pred_masks, **TOLERANCE)
 
 
-def test_drmn_head_stays_eager_by_default():
+def test_compile_head_switch():
     model = optimize_for_inference(tiny_model(grounding_head="drmn", drmn_hidden_dim=32, drmn_top_k=8))
-    assert model._inference_optimization["compile_head"] is False
-    assert model.head._compiled_call_impl is None
-    assert model.visual_encoder._compiled_call_impl is not None
-    epng = optimize_for_inference(tiny_model())
-    assert epng._inference_optimization["compile_head"] is True
+    assert model._inference_optimization["compile_head"] is True
+    assert model.head._compiled_call_impl is not None
+    eager_head = optimize_for_inference(tiny_model(), compile_head=False)
+    assert eager_head._inference_optimization["compile_head"] is False
+    assert eager_head.head._compiled_call_impl is None
+    assert eager_head.visual_encoder._compiled_call_impl is not None
 
 
 def test_rejects_a_second_optimisation_and_other_models():
@@ -66,8 +67,8 @@ def test_compiled_fast_path_matches_eager(head):
     overrides = {} if head == "epng" else {"grounding_head": "drmn", "drmn_hidden_dim": 32, "drmn_top_k": 8}
     model = tiny_model(**overrides)
     inputs = make_inputs([3, 1], height=64, width=96)
-    # compile_head=True: the compiled head is checked for both heads (DRMN's is eager by default)
-    eager, fast, fast_model = _eager_and_fast(model, inputs, compile_head=True)
+    # DRMN's compiled head samples by fused gathers, its eager head by grid_sample: both must agree.
+    eager, fast, fast_model = _eager_and_fast(model, inputs)
     torch.testing.assert_close(fast.pred_masks, eager.pred_masks, **TOLERANCE)
     for eager_aux, fast_aux in zip(eager.auxiliary_masks, fast.auxiliary_masks, strict=True):
         torch.testing.assert_close(fast_aux, eager_aux, **TOLERANCE)

@@ -13,9 +13,11 @@ What each switch does, and why it is safe:
   inductor's freezing below may treat the weights as constants.
 - `channels_last`: the visual encoder's weights and its input images in NHWC layout, which oneDNN
   convolutions on CPU run without reordering every activation.
-- `compile`: `torch.compile` of the visual encoder, the text encoder and the head (not DRMN's by default:
-  see `compile_head`), each in place
-  (`Module.compile`: parameter names and `save_pretrained` are unchanged). The model's own input checks stay
+- `compile`: `torch.compile` of the visual encoder, the text encoder and the head (`compile_head`), each in
+  place (`Module.compile`: parameter names and `save_pretrained` are unchanged). In a compiled inference
+  graph DRMN's deformable attention samples by explicit gathers that inductor fuses with the weighting
+  (`multi_scale_deformable_sampling_by_gathering`) instead of `grid_sample`, whose lowering ran slower
+  than eager. The model's own input checks stay
   eager (they read tensor values to write error messages, which would break a graph). With
   `inductor_freezing`, inductor folds the frozen batch norms into the convolutions and pre-packs the weights
   for oneDNN; it needs `torch.inference_mode()` / `torch.no_grad()` at call time, as above.
@@ -37,9 +39,6 @@ import torch
 from torch import nn
 
 COMPILED_PARTS = ("visual_encoder", "text_encoder", "head")
-# Heads left eager by default: inductor lowers DRMN's `grid_sample` (deformable attention) to a generic gather
-# loop that ran the paper-size head 1.9x slower than eager on CPU (docs/benchmarks.md).
-EAGER_HEADS_BY_DEFAULT = ("drmn",)
 
 
 def _images_to_channels_last(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
@@ -53,7 +52,7 @@ def optimize_for_inference(
     compile: bool = True,
     channels_last: bool = True,
     inductor_freezing: bool = True,
-    compile_head: bool | None = None,
+    compile_head: bool = True,
     dynamic: bool | None = None,
 ) -> nn.Module:
     """Prepare a `PngForPanopticNarrativeGrounding` for fast inference, in place, and return it.
@@ -65,8 +64,8 @@ def optimize_for_inference(
         channels_last: NHWC weights and inputs for the visual encoder's convolutions.
         inductor_freezing: let inductor treat the frozen weights as constants (batch-norm folding, oneDNN
             weight pre-packing). Only with `compile`; takes effect under `torch.inference_mode()`/`no_grad()`.
-        compile_head: compile the grounding head too. None (default): yes for EPNG, no for DRMN, whose
-            compiled deformable sampling is slower than eager on CPU.
+        compile_head: compile the grounding head too (off: the head runs eager, e.g. to avoid its
+            compilation time, about a minute for the paper-size DRMN head on 2 CPU cores).
         dynamic: forwarded to `torch.compile` (None: specialise first, go dynamic on a shape change).
 
     Returns the same model object.
@@ -88,8 +87,6 @@ def optimize_for_inference(
         model.visual_encoder.register_forward_pre_hook(_images_to_channels_last)
     if compile:
         options = {"freezing": True} if inductor_freezing else None
-        if compile_head is None:
-            compile_head = getattr(model.config, "grounding_head", None) not in EAGER_HEADS_BY_DEFAULT
         for name in COMPILED_PARTS:
             if name != "head" or compile_head:
                 getattr(model, name).compile(dynamic=dynamic, options=options)

