@@ -105,6 +105,21 @@ def test_predict_one_image_png_masks_and_overlay(saved, tmp_path) -> None:
     assert overlay.width == 80 and overlay.height > 48
 
 
+@pytest.mark.slow
+def test_predict_fast_gives_the_same_masks(saved, tmp_path) -> None:
+    folder, _, _ = saved
+    picture().save(tmp_path / "bear.jpg")
+    argv = ["--model", str(folder), "--image", str(tmp_path / "bear.jpg"), "--format", "rle", "--no-overlay"]
+    argv += ["--narrative", NARRATIVE, "--phrases", *PHRASES]
+    assert predict([*argv, "--output", str(tmp_path / "eager")]) == 0
+    assert predict([*argv, "--output", str(tmp_path / "fast"), "--fast"]) == 0
+    eager, fast = (
+        json.loads((tmp_path / name / "predictions.jsonl").read_text()) for name in ("eager", "fast")
+    )
+    assert fast["masks"] == eager["masks"]
+    np.testing.assert_allclose(fast["scores"], eager["scores"], atol=1e-5)
+
+
 def test_predict_jsonl_and_folder_with_rle(saved, tmp_path) -> None:
     folder, _, _ = saved
     images = tmp_path / "images"

@@ -59,6 +59,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--max-length", type=int, help="WordPiece tokens per sequence (processor default)")
     parser.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1, ...)")
+    parser.add_argument(
+        "--fast",
+        action="store_true",
+        help="optimize_for_inference (torch.compile + channels-last): same masks, faster once compiled; "
+        "compiling costs up to a minute or two per new input shape, so it pays off on many records",
+    )
     parser.set_defaults(func=run)
 
 
@@ -151,6 +157,14 @@ def run(args: argparse.Namespace) -> int:
     if not (model_dir / "config.json").is_file():
         raise FileNotFoundError(f"--model {model_dir} is not a saved model folder (no config.json)")
     model = PngForPanopticNarrativeGrounding.from_pretrained(str(model_dir)).to(args.device).eval()
+    # inference_mode for the compiled graphs (inductor's weight freezing needs it); no_grad keeps eager
+    # tensors usable by anything that might still want them.
+    no_gradients = torch.no_grad
+    if args.fast:
+        from .inference_optimization import optimize_for_inference
+
+        optimize_for_inference(model)
+        no_gradients = torch.inference_mode
     processor = PngProcessor.from_pretrained(args.processor or str(model_dir))
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
@@ -167,7 +181,7 @@ def run(args: argparse.Namespace) -> int:
                 )
             except ValueError as error:
                 raise ValueError(f"record {record['id']} ({record['image']}): {error}") from error
-            with torch.no_grad():
+            with no_gradients():
                 outputs = model(**inputs.to(args.device))
             result = processor.post_process_panoptic_narrative_grounding(
                 outputs, threshold=args.threshold, inputs=inputs, return_rle=args.format == "rle"
