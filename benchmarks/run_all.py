@@ -102,6 +102,12 @@ def load_stored(name: str, results_dir: Path) -> dict | None:
         merged = dict(records[0])
         merged["rows"] = [row for record in records for row in record["rows"]]
         merged["command"] = " ; ".join(record["command"] for record in records)
+        machines = [record.get("machine", {}) for record in records]
+        merged["machine"] = dict(
+            machines[0],
+            date_utc=" and ".join(str(machine.get("date_utc")) for machine in machines),
+            load_average=" and ".join(str(machine.get("load_average")) for machine in machines),
+        )
         return merged
     raise ValueError(f"several stored results for {name} ({[str(p) for p in paths]}); keep one")
 
