@@ -98,6 +98,20 @@ def test_flex_path_equals_direct_path(form):
             torch.testing.assert_close(flex(x, height, width), direct(x, height, width), atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.slow
+def test_flex_path_serves_many_grid_sizes_fused(recwarn):
+    """More grid sizes than torch's recompile limit (8): still the fused kernel (torch warns when flex
+    attention falls back to its unfused form) and still equal to the direct path."""
+    direct = make_lpa("squared", "direct")
+    flex = make_lpa("squared", "flex")
+    for height in range(4, 14):
+        width = height + 3
+        x = torch.randn(1, height * width, 32)
+        with torch.no_grad():
+            torch.testing.assert_close(flex(x, height, width), direct(x, height, width), atol=1e-4, rtol=1e-4)
+    assert not [w for w in recwarn if "unfused implementation" in str(w.message)]
+
+
 @pytest.mark.parametrize("form", ["squared", "euclidean"])
 @pytest.mark.parametrize("height, width", [(3, 7), (40, 40), (97, 211), (1, 4099)])
 def test_score_mod_grid_positions_are_exact(form, height, width):
