@@ -6,13 +6,15 @@ paths, as the whole module (qkv projection, attention, output projection) and as
 that support it here (flex has no CPU backward in torch 2.15).
 Peak memory is the largest growth of the resident set during the timed calls, sampled by a thread
 (benchmarks/_common.ResidentPeak), in a child process per measurement so that paths share nothing.
-Run: python benchmarks/lpa.py [--sizes 40 80] [--repeats 3]
+Times are medians over --rounds processes per path (direct and flex alternating) x --repeats calls each.
+Run: python benchmarks/lpa.py [--sizes 40 80] [--repeats 3] [--rounds 3]
 """
 
 from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -61,11 +63,12 @@ def measure(
 
     return_freed_memory_at_once()
     step()  # warm-up (and compilation for flex)
+    seconds = []
     with ResidentPeak() as peak:
-        start = time.perf_counter()
         for _ in range(repeats):
+            start = time.perf_counter()
             output = step()
-        seconds = (time.perf_counter() - start) / repeats
+            seconds.append(time.perf_counter() - start)
     peak_mb = peak.peak_mb
     # numpy, not a tensor: a tensor would cross the queue as a shared-memory handle of a dead process.
     queue.put((seconds, peak_mb, None if backward else output.numpy()))
@@ -86,7 +89,10 @@ def run(implementation, scope, side, backward, repeats, d_model, heads, batch):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--sizes", type=int, nargs="+", default=[40, 80])
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=3, help="timed calls per process")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="processes per path, direct and flex alternating"
+    )
     parser.add_argument("--d-model", type=int, default=768)
     parser.add_argument("--heads", type=int, default=8)
     parser.add_argument("--batch", type=int, default=2)
@@ -96,25 +102,37 @@ def main() -> None:
         f"{args.heads} heads, batch {args.batch}"
     )
     print(
-        f"{'tokens':>8} {'pass':>17} {'path':>7} {'time s':>9} {'peak MB':>9} {'speed-up':>9} {'max |diff|':>11}"
+        f"{'tokens':>8} {'pass':>17} {'path':>7} {'median s':>9} {'peak MB':>9} {'speed-up':>9} {'max |diff|':>11} "
+        "range s"
     )
+    outputs = {}
     for side in args.sizes:
         common = (args.repeats, args.d_model, args.heads, args.batch)
         label = f"{side}x{side}"
         for scope in ("module", "core"):
-            direct = run("direct", scope, side, False, *common)
-            flex = run("flex", scope, side, False, *common)
-            diff = float(abs(direct[2] - flex[2]).max())
+            times = {"direct": [], "flex": []}
+            peaks = {"direct": 0.0, "flex": 0.0}
+            for _ in range(args.rounds):  # alternating processes: both paths see the same machine state
+                for path in ("direct", "flex"):
+                    seconds, peak_mb, output = run(path, scope, side, False, *common)
+                    times[path] += seconds
+                    peaks[path] = max(peaks[path], peak_mb)
+                    outputs[path] = output
+            diff = float(abs(outputs["direct"] - outputs["flex"]).max())
+            direct, flex = statistics.median(times["direct"]), statistics.median(times["flex"])
             name = f"forward ({scope})"
-            print(f"{label:>8} {name:>17} {'direct':>7} {direct[0]:9.3f} {direct[1]:9.0f} {'':>9} {'':>11}")
             print(
-                f"{label:>8} {name:>17} {'flex':>7} {flex[0]:9.3f} {flex[1]:9.0f} "
-                f"{direct[0] / flex[0]:8.2f}x {diff:11.2e}",
+                f"{label:>8} {name:>17} {'direct':>7} {direct:9.3f} {peaks['direct']:9.0f} {'':>9} {'':>11} "
+                f"{min(times['direct']):.3f}-{max(times['direct']):.3f}"
+            )
+            print(
+                f"{label:>8} {name:>17} {'flex':>7} {flex:9.3f} {peaks['flex']:9.0f} {direct / flex:8.2f}x "
+                f"{diff:11.2e} {min(times['flex']):.3f}-{max(times['flex']):.3f}",
                 flush=True,
             )
-        backward = run("direct", "module", side, True, *common)
+        seconds, peak_mb, _ = run("direct", "module", side, True, *common)
         print(
-            f"{label:>8} {'forward+backward':>17} {'direct':>7} {backward[0]:9.3f} {backward[1]:9.0f} "
+            f"{label:>8} {'forward+backward':>17} {'direct':>7} {statistics.median(seconds):9.3f} {peak_mb:9.0f} "
             f"{'(flex: no CPU backward)' if not torch.cuda.is_available() else ''}",
             flush=True,
         )
