@@ -48,8 +48,7 @@ def measure(
     )
     x = torch.randn(batch, side * side, d_model, requires_grad=backward)
     with torch.no_grad():
-        qkv = module.qkv(x).view(batch, side * side, 3, heads, d_model // heads)
-        query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # as LocalityPerceptiveAttention.forward
+        query, key, value = module.project_heads(x)
 
     def step():
         if backward:

@@ -161,11 +161,17 @@ class LocalityPerceptiveAttention(nn.Module):
             return "direct"  # "FlexAttention does not support backward on CPU" (torch 2.15)
         return "flex"
 
+    def project_heads(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Query, key and value of a B x N x D sequence, each B x Hd x N x Dh (views of one projection)."""
+        batch, num_pixels, _ = hidden_states.shape
+        qkv = self.qkv(hidden_states).view(batch, num_pixels, 3, self.num_heads, self.head_dim)
+        query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        return query, key, value
+
     def forward(self, hidden_states: torch.Tensor, height: int, width: int) -> torch.Tensor:
         """hidden_states: B x N x D with N = height * width (row-major). Returns B x N x D."""
         batch, num_pixels, d_model = hidden_states.shape
-        qkv = self.qkv(hidden_states).view(batch, num_pixels, 3, self.num_heads, self.head_dim)
-        query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each B x Hd x N x Dh
+        query, key, value = self.project_heads(hidden_states)  # each B x Hd x N x Dh
         if self.resolve_implementation(hidden_states) == "flex":
             attended = self._flex(query, key, value, height, width)
         else:
