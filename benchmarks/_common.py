@@ -53,8 +53,31 @@ def load_average() -> tuple[float, float, float]:
     return os.getloadavg()
 
 
+def library_versions() -> dict[str, str]:
+    """The versions a figure depends on: the same code ran 2x slower on one torch release than on the next, so
+    every row carries them and figures measured on different versions are never merged silently."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    versions = {}
+    for package in ("torch", "torchvision", "timm", "transformers"):
+        try:
+            versions[package] = version(package)
+        except PackageNotFoundError:
+            versions[package] = "not installed"
+    return versions
+
+
+def versions_line(versions: dict[str, str]) -> str:
+    return ", ".join(f"{package} {number}" for package, number in versions.items())
+
+
+def print_versions() -> None:
+    """One line naming the library versions and the thread count, printed before a benchmark's figures."""
+    print(f"{versions_line(library_versions())}, {torch.get_num_threads()} torch threads", flush=True)
+
+
 def machine_description() -> dict[str, Any]:
-    """CPU model, cores, memory, torch version, date and load: printed with every table."""
+    """CPU model, cores, threads, memory, library versions, date and load: printed with every table."""
     cpu = platform.processor() or "unknown"
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -76,6 +99,7 @@ def machine_description() -> dict[str, Any]:
         "torch_threads": torch.get_num_threads(),
         "memory_gib": memory_gib,
         "torch": torch.__version__,
+        "versions": library_versions(),
         "python": platform.python_version(),
         "date_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "load_average": [round(value, 2) for value in load_average()],
@@ -162,7 +186,7 @@ def write_json(path: str | Path | None, record: dict[str, Any]) -> None:
 def print_machine(machine: dict[str, Any]) -> None:
     print(
         f"{machine['cpu']}, {machine['cores']} cores ({machine['torch_threads']} torch threads), "
-        f"{machine['memory_gib']} GiB, torch {machine['torch']}, {machine['date_utc']}, "
+        f"{machine['memory_gib']} GiB, {versions_line(machine['versions'])}, {machine['date_utc']}, "
         f"load average {machine['load_average']}"
     )
 

@@ -23,11 +23,15 @@ import json
 import multiprocessing as mp
 import os
 import statistics
+import sys
 import threading
 import time
 from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import print_versions  # noqa: E402
 
 HEAD_VARIANTS = {"epng": "epng-r101-bert-base", "drmn": "drmn-r101-bert-base"}
 TINY_VARIANTS = {"epng": "epng-tiny", "drmn": "drmn-tiny"}
@@ -266,6 +270,7 @@ def main() -> None:
         "--train-args", nargs=argparse.REMAINDER, default=[], help="further arguments for the training script"
     )
     args = parser.parse_args()
+    print_versions()
     report = {}
     if not args.skip_speed:
         report["speed"] = run_speed(args)

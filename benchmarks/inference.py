@@ -44,6 +44,7 @@ from _common import (  # noqa: E402
     print_machine,
     random_model_inputs,
     run_in_child,
+    versions_line,
     write_json,
 )
 from flops import head_flops  # noqa: E402
@@ -236,13 +237,15 @@ def format_table(record: dict) -> str:
         "(max abs logit) |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    mixed_versions = len({versions_line(row["versions"]) for row in record["rows"] if "versions" in row}) > 1
     for row in record["rows"]:
         diff = f"{row['max_abs_diff']:.1e} ({row['max_abs_logit']:.1f})" if "max_abs_diff" in row else ""
+        path = f"{row['path']} ({versions_line(row['versions'])})" if mixed_versions else row["path"]
         speedup = " / ".join(
             f"{row[key]:.2f}x" for key in ("speedup_vs_plain", "speedup_vs_eager") if key in row
         )
         lines.append(
-            f"| {row['head']} | {row['batch']} | {row['path']} | {row['backbone_s']:.3f} | {row['text_s']:.3f} | "
+            f"| {row['head']} | {row['batch']} | {path} | {row['backbone_s']:.3f} | {row['text_s']:.3f} | "
             f"{row['head_s']:.3f} | {row['post_s']:.3f} | {row['latency_s']:.3f} | {row['images_per_s']:.2f} | "
             f"{row['head_gflops']:.1f} ({100 * row['head_matmul_fraction']:.0f}%) | {row['peak_rss_mb']:.0f} | "
             f"{row['first_call_s']:.1f} | {speedup} | {diff} |"

@@ -24,7 +24,7 @@ import torch
 from narrative_grounding.modeling.attention import LocalityPerceptiveAttention
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import ResidentPeak, return_freed_memory_at_once  # noqa: E402
+from _common import ResidentPeak, library_versions, return_freed_memory_at_once, versions_line  # noqa: E402
 
 
 def measure(
@@ -97,7 +97,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=2)
     args = parser.parse_args()
     print(
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads, d_model {args.d_model}, "
+        f"{versions_line(library_versions())}, {torch.get_num_threads()} threads, d_model {args.d_model}, "
         f"{args.heads} heads, batch {args.batch}"
     )
     print(

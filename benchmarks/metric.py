@@ -14,11 +14,16 @@ from __future__ import annotations
 
 import argparse
 import resource
+import sys
 import time
+from pathlib import Path
 
 import torch
 
 from narrative_grounding.metrics import AverageRecall
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import print_versions  # noqa: E402
 
 
 def peak_rss_mib() -> float:
@@ -50,6 +55,7 @@ def main() -> None:
     )
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
+    print_versions()
 
     generator = torch.Generator().manual_seed(0)
     metric = AverageRecall()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import sys
 import time
 from pathlib import Path
 
@@ -21,6 +22,9 @@ from transformers import AutoTokenizer
 
 from narrative_grounding.modeling.image_processing_png import PngImageProcessor
 from narrative_grounding.modeling.processing_png import PngProcessor
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import print_versions  # noqa: E402
 
 TOKENIZER_DIR = (
     Path(__file__).resolve().parents[1] / "src" / "narrative_grounding" / "hub_configs" / "tokenizer-tiny"
@@ -71,6 +75,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=50)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     args = parser.parse_args()
+    print_versions()
     if args.threads:
         torch.set_num_threads(args.threads)
     data, text = jpeg_bytes(), narrative()

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine_description  # noqa: E402
+from _common import machine_description, versions_line  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -84,28 +84,57 @@ def run_other(name: str, arguments: list[str], results_dir: Path) -> dict:
     return record
 
 
-def load_stored(name: str, results_dir: Path) -> dict | None:
+def record_versions(record: dict) -> dict[str, str]:
+    """The library versions a stored record was measured on (records older than version tracking name only
+    torch)."""
+    machine = record.get("machine", {})
+    return machine.get("versions") or {"torch": str(machine.get("torch", "unknown"))}
+
+
+def check_same_versions(name: str, paths: list[Path], records: list[dict], allow_mixed: bool) -> None:
+    """Refuse to merge partial runs measured on different library versions into one table, unless asked to;
+    then every merged row keeps its own versions and the report says the table mixes them."""
+    distinct = {versions_line(record_versions(record)) for record in records}
+    if len(distinct) > 1 and not allow_mixed:
+        listing = "; ".join(
+            f"{path.name}: {versions_line(record_versions(record))}"
+            for path, record in zip(paths, records, strict=True)
+        )
+        raise ValueError(
+            f"the stored results of {name} were measured on different library versions ({listing}); re-measure "
+            "them on one set of versions, or pass --allow-mixed-versions to merge them with each row labelled"
+        )
+
+
+def load_stored(name: str, results_dir: Path, *, allow_mixed_versions: bool = False) -> dict | None:
     """The stored results of a benchmark: `<name>.json`, or several `<name>_*.json` of partial runs (run at
     different times or in parallel) merged: inference rows are concatenated (each row keeps the matmul limit
-    of its own run), ablation groups combined."""
+    and the library versions of its own run), ablation groups combined. Runs on different library versions
+    are merged only with `allow_mixed_versions`."""
     paths = sorted(results_dir.glob(f"{name}.json")) or sorted(results_dir.glob(f"{name}_*.json"))
     records = [json.loads(path.read_text()) for path in paths]
     if not records:
         return None
     if len(records) == 1:
         return records[0]
+    check_same_versions(name, paths, records, allow_mixed_versions)
     if name == "ablations":
         from ablations import merge_records
 
         return merge_records(records)
     if name == "inference":
         merged = dict(records[0])
-        merged["rows"] = [row for record in records for row in record["rows"]]
+        merged["rows"] = [
+            dict(row, versions=record_versions(record)) for record in records for row in record["rows"]
+        ]
         merged["command"] = " ; ".join(record["command"] for record in records)
         machines = [record.get("machine", {}) for record in records]
         merged["machine"] = dict(
             machines[0],
             date_utc=" and ".join(str(machine.get("date_utc")) for machine in machines),
+            versions_note=" and ".join(
+                sorted({versions_line(record_versions(record)) for record in records})
+            ),
             load_average=" and ".join(str(machine.get("load_average")) for machine in machines),
         )
         return merged
@@ -270,14 +299,17 @@ def markdown(results: dict, others: dict, machine: dict, notes: str = "") -> str
         "",
         f"- CPU: {machine['cpu']}, {machine['cores']} cores ({machine['torch_threads']} torch threads), "
         f"{machine['memory_gib']} GiB memory",
-        f"- torch {machine['torch']}, Python {machine['python']}",
+        f"- {versions_line(machine['versions'])}, Python {machine['python']} (the report's writer; each table "
+        "below names the versions it was measured on)",
         f"- report written {machine['date_utc']}; load average at the end {machine['load_average']}",
     ]
     for name, record in results.items():
         measured = record.get("machine", {})
         if measured:
+            versions = measured.get("versions_note") or versions_line(record_versions(record))
             lines.append(
-                f"- {name}: measured {measured.get('date_utc')}, load average at its start "
+                f"- {name}: measured {measured.get('date_utc')} on {versions}, "
+                f"{measured.get('torch_threads')} torch threads, load average at its start "
                 f"{measured.get('load_average')}"
             )
     if notes:
@@ -293,7 +325,19 @@ def markdown(results: dict, others: dict, machine: dict, notes: str = "") -> str
         "ablations": ablations_table,
     }
     for name, record in results.items():
-        lines += ["", f"## {name}", "", f"`{record['command']}`", "", details[name](record)]
+        measured = record.get("machine", {})
+        versions = measured.get("versions_note") or versions_line(record_versions(record))
+        mixed = " (MIXED: rows measured on different versions)" if " and " in versions else ""
+        lines += [
+            "",
+            f"## {name}",
+            "",
+            f"`{record['command']}`",
+            "",
+            f"Measured on {versions}{mixed}, {measured.get('torch_threads')} torch threads.",
+            "",
+            details[name](record),
+        ]
     for name, record in others.items():
         lines += [
             "",
@@ -326,6 +370,11 @@ def main(argv: list[str] | None = None) -> None:
         "--results-dir", default="runs/benchmarks", help="JSON results and logs (runs/ is git-ignored)"
     )
     parser.add_argument("--reuse", action="store_true", help="use stored results instead of measuring")
+    parser.add_argument(
+        "--allow-mixed-versions",
+        action="store_true",
+        help="with --reuse: merge partial runs measured on different library versions (each row labelled)",
+    )
     parser.add_argument("--output", default="docs/benchmarks.md")
     parser.add_argument(
         "--extra",
@@ -348,7 +397,7 @@ def main(argv: list[str] | None = None) -> None:
     results, others = {}, {}
     for name in names:
         if args.reuse:
-            stored = load_stored(name, results_dir)
+            stored = load_stored(name, results_dir, allow_mixed_versions=args.allow_mixed_versions)
             if stored is not None:
                 results[name] = stored
             continue

@@ -77,3 +77,22 @@ def local_hub():
 
 
 # ===================================================================================== end local Hub
+
+
+# =====================================================================================================
+# Resolved versions: the libraries our figures depend on, named at the start of every test log, quiet
+# runs (CI's `pytest -q`) included: a fresh install resolves whatever the registry offers within
+# pyproject.toml's ranges.
+# =====================================================================================================
+def pytest_sessionstart(session: pytest.Session) -> None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    resolved = []
+    for package in ("torch", "torchvision", "timm", "transformers", "datasets", "accelerate", "evaluate"):
+        try:
+            resolved.append(f"{package} {version(package)}")
+        except PackageNotFoundError:
+            resolved.append(f"{package} not installed")
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.write_line("resolved versions: " + ", ".join(resolved))
