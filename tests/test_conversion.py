@@ -37,6 +37,7 @@ from narrative_grounding.conversion import (
     read_detectron2_checkpoint,
 )
 from narrative_grounding.conversion.panoptic_fpn import panoptic_fpn_overrides
+from narrative_grounding.factory import load_variant
 from narrative_grounding.modeling.text_encoder import TextEncoder
 
 # A narrow bottleneck ResNet (blocks 1, 1, 2, 1; widths 8..64, outputs 32..256) and a 16-channel FPN.
@@ -107,11 +108,11 @@ class Stem(nn.Module):
 
 
 class ResNet(nn.Module):
-    def __init__(self, stem_channels: int = 64) -> None:
+    def __init__(self, blocks_per_stage=BLOCKS, widths=WIDTHS, stem_channels: int = 64) -> None:
         super().__init__()
         self.stem = Stem(stem_channels)
         in_channels = stem_channels
-        for index, (blocks, width) in enumerate(zip(BLOCKS, WIDTHS, strict=True)):
+        for index, (blocks, width) in enumerate(zip(blocks_per_stage, widths, strict=True)):
             stride = 1 if index == 0 else 2
             stage = nn.Sequential()
             for block in range(blocks):
@@ -131,12 +132,12 @@ class ResNet(nn.Module):
 class ResNetFPN(nn.Module):
     """detectron2's FPN(bottom_up=ResNet, in_features=res2..res5, norm="", fuse_type="sum")."""
 
-    def __init__(self) -> None:
+    def __init__(self, blocks_per_stage=BLOCKS, widths=WIDTHS, channels: int = FPN_CHANNELS) -> None:
         super().__init__()
-        self.bottom_up = ResNet()
-        for stage, width in zip((2, 3, 4, 5), WIDTHS, strict=True):
-            self.add_module(f"fpn_lateral{stage}", nn.Conv2d(4 * width, FPN_CHANNELS, 1))
-            self.add_module(f"fpn_output{stage}", nn.Conv2d(FPN_CHANNELS, FPN_CHANNELS, 3, padding=1))
+        self.bottom_up = ResNet(blocks_per_stage, widths)
+        for stage, width in zip((2, 3, 4, 5), widths, strict=True):
+            self.add_module(f"fpn_lateral{stage}", nn.Conv2d(4 * width, channels, 1))
+            self.add_module(f"fpn_output{stage}", nn.Conv2d(channels, channels, 3, padding=1))
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         features = self.bottom_up(x)
@@ -332,7 +333,6 @@ def test_stride_in_1x1_needs_bottleneck_blocks():
 def test_converted_variant_equals_the_converter_settings():
     """The shipped variant and `convert panoptic-fpn --variant epng-r101-bert-base` agree."""
     from narrative_grounding.conversion.panoptic_fpn import DETECTRON2_IMAGE_PROCESSOR
-    from narrative_grounding.factory import load_variant
 
     shipped = load_config("epng-r101-panoptic-fpn-bert-base").to_dict()
     converted = load_config("epng-r101-bert-base", **panoptic_fpn_overrides()).to_dict()
@@ -394,6 +394,21 @@ def test_text_layer_averaging_matches_bert_hidden_states():
         match=r"text_layers_to_average \(4\) exceeds BERT's 3",
     ):
         load_config("epng-tiny", text_layers_to_average=4, text_config={"num_hidden_layers": 2})
+
+
+def test_pretrained_bert_with_too_few_layers_for_the_averaging_is_refused(tmp_path):
+    from transformers import BertConfig, BertModel
+
+    BertModel(
+        BertConfig(
+            vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64
+        )
+    ).save_pretrained(tmp_path / "bert")
+    config = load_config("epng-tiny", text_layers_to_average=3)  # valid for the variant's 2-layer BERT
+    with pytest.raises(ValueError, match=r"text_layers_to_average \(3\) exceeds the 2 hidden states"):
+        PngForPanopticNarrativeGrounding.from_pretrained_encoders(
+            config, text_model_name_or_path=str(tmp_path / "bert")
+        )
 
 
 # ------------------------------------------------------------------------------------------------ EPNG
@@ -525,3 +540,33 @@ def test_epng_map_accepts_pre_013_torchvision_fpn_names(epng_source):
         result.state_dict["visual_encoder.neck.lateral.0.weight"],
         legacy["vs_backbone.fpn.inner_blocks.0.weight"],
     )
+
+
+def test_full_size_resnet101_panoptic_fpn_converts(tmp_path):
+    """detectron2's R101-FPN key set (res4 with 23 blocks, FPN 256) into the shipped variant, end to end."""
+    reference = ResNetFPN((3, 4, 23, 3), (64, 128, 256, 512), channels=256).eval()
+    randomise(reference, seed=4)
+    model_dict = {f"backbone.{k}": v.numpy() for k, v in reference.state_dict().items()}
+    path = tmp_path / "model_final_cafdb1.pkl"
+    path.write_bytes(pickle.dumps({"model": model_dict, "__author__": "test"}))
+    tiny_tokenizer = str(load_variant("epng-tiny").tokenizer)
+    converted = convert_panoptic_fpn(
+        path,
+        tokenizer=tiny_tokenizer,
+        config_overrides={
+            "text_config": {
+                "num_hidden_layers": 3,
+                "hidden_size": 64,
+                "num_attention_heads": 2,
+                "intermediate_size": 128,
+                "vocab_size": 128,
+            }
+        },
+    )
+    assert len(converted.result.mapped) == len(model_dict) == len(converted.model.visual_encoder.state_dict())
+    image = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(5)) * 50
+    with torch.no_grad():
+        ours = converted.model.eval().visual_encoder(image)
+        theirs = reference(image)
+    for stride, expected in zip((4, 8, 16, 32), theirs, strict=True):
+        torch.testing.assert_close(ours[stride], expected, atol=1e-5, rtol=1e-5)
