@@ -570,3 +570,39 @@ def test_full_size_resnet101_panoptic_fpn_converts(tmp_path):
         theirs = reference(image)
     for stride, expected in zip((4, 8, 16, 32), theirs, strict=True):
         torch.testing.assert_close(ours[stride], expected, atol=1e-5, rtol=1e-5)
+
+
+def test_key_map_rows_extend_with_config_switches():
+    """How a switch of ours completes a map: a row with `when` before the row that reports the key missing."""
+    from types import SimpleNamespace
+
+    from narrative_grounding.conversion import KeyRule
+
+    rules = (
+        KeyRule(r"block\.(\d)\.extra_norm\.(weight)", r"layers.\1.second_norm.\2", when=lambda c: c.released),
+        KeyRule(r"block\.(\d)\.extra_norm\.weight", None, requires="a second norm (released=True)"),
+        KeyRule(r"block\.(\d)\.q", r"layers.\1.qkv", part=(0, 2)),
+        KeyRule(r"block\.(\d)\.k", r"layers.\1.qkv", part=(1, 2)),
+    )
+    source = {
+        "block.0.extra_norm.weight": torch.ones(2),
+        "block.0.q": torch.zeros(1, 2),
+        "block.0.k": torch.ones(1, 2),
+    }
+    target = {"layers.0.qkv": torch.empty(2, 2)}
+    result = convert_state_dict(
+        source, rules, target, config=SimpleNamespace(released=False), allow_unrepresented=True
+    )
+    assert result.unrepresented == {"block.0.extra_norm.weight": "a second norm (released=True)"}
+    assert torch.equal(result.state_dict["layers.0.qkv"], torch.tensor([[0.0, 0.0], [1.0, 1.0]]))
+
+    target["layers.0.second_norm.weight"] = torch.empty(2)
+    result = convert_state_dict(source, rules, target, config=SimpleNamespace(released=True))
+    assert not result.unrepresented and torch.equal(
+        result.state_dict["layers.0.second_norm.weight"], torch.ones(2)
+    )
+
+    with pytest.raises(KeyMapError, match=r"layers.0.qkv: parts \[1\] of 2 missing"):
+        convert_state_dict({"block.0.q": torch.zeros(1, 2)}, rules, {"layers.0.qkv": torch.empty(2, 2)})
+    with pytest.raises(ValueError, match="without a reason"):
+        KeyRule(r"x", None)
