@@ -1,13 +1,14 @@
 """Named model variants (open_clip style): one JSON file per variant in `hub_configs/`, one factory.
 
 A variant file holds the `PngConfig` keyword arguments under "config", the tokenizer (a Hub id such as
-"bert-base-uncased", or a folder name inside hub_configs/) and the input image size.
+"bert-base-uncased", or a folder name inside hub_configs/), the input image size and, optionally, further
+`PngImageProcessor` settings under "image_processor" (e.g. the BGR, 0..255 input of detectron2 weights).
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ class ModelVariant:
     tokenizer: str  # Hub id or absolute path of a local tokenizer folder
     image_size: int
     description: str
+    image_processor: dict[str, Any] = field(default_factory=dict)  # PngImageProcessor keyword arguments
 
 
 def available_variants() -> list[str]:
@@ -58,6 +60,7 @@ def load_variant(name_or_path: str | Path) -> ModelVariant:
         tokenizer=tokenizer,
         image_size=int(record["image_size"]),
         description=record.get("_description", ""),
+        image_processor=dict(record.get("image_processor", {})),
     )
 
 

@@ -49,10 +49,18 @@ class PngConfig(PreTrainedConfig):
         `"epng"` (Locality-Perceptive Attention + SAL) or `"drmn"` (deformable encoder + multi-round
         top-k matching).
     text_layers_to_average (`int`, defaults to 1):
-        Token features are the mean of BERT's last `text_layers_to_average` hidden states (EPNG's released
-        code precomputes the mean of the last 4).
+        Token features are the mean of BERT's last `text_layers_to_average` hidden states. EPNG's released code
+        precomputes the mean of the last 4 (of a frozen BERT); PNG and PPMN use the last layer alone (1) and
+        fine-tune BERT. Must not exceed the number of hidden states (`num_hidden_layers + 1`, the embeddings
+        included).
     freeze_text_encoder (`bool`, defaults to `True`):
         Keep BERT frozen (and in eval mode) as in the papers.
+    backbone_stride_in_1x1 (`bool`, defaults to `False`):
+        Put the stride of the first bottleneck of each ResNet stage in its 1x1 convolution (detectron2's
+        `MODEL.RESNETS.STRIDE_IN_1X1`, true for its MSRA-initialised models such as the COCO Panoptic FPN that
+        PNG, PPMN and EPNG* start from) instead of the 3x3 one (timm and torchvision). Same weights, different features:
+        set it for weights converted from detectron2 (`narrative-grounding convert panoptic-fpn` does).
+        Needs a bottleneck ResNet (ResNet-50/101/152).
     backbone_trainable_stages (`int`, defaults to 2):
         How many of the last ResNet stages train (EPNG: the last two). 0 freezes the whole backbone; 4 or
         more trains every stage and the stem.
@@ -102,6 +110,11 @@ class PngConfig(PreTrainedConfig):
     # Visual encoder
     fpn_channels: int = 256
     backbone_trainable_stages: int = 2
+    # --- Visual encoder conventions of converted weights (detectron2 / torchvision) ---
+    # True for MSRA-initialised ResNets (detectron2's STRIDE_IN_1X1, e.g. its COCO Panoptic FPN): the first
+    # bottleneck of each stage strides in its 1x1 convolution instead of timm's 3x3.
+    backbone_stride_in_1x1: bool = False
+    # --- end visual encoder conventions ---
 
     # Text encoder
     text_layers_to_average: int = 1
@@ -201,6 +214,14 @@ class PngConfig(PreTrainedConfig):
         # --- end DRMN head validation ---
         if self.text_layers_to_average < 1:
             raise ValueError(f"text_layers_to_average must be >= 1, got {self.text_layers_to_average}")
+        # --- text layer averaging bound ---
+        hidden_states = getattr(self.text_config, "num_hidden_layers", None)
+        if hidden_states is not None and self.text_layers_to_average > hidden_states + 1:
+            raise ValueError(
+                f"text_layers_to_average ({self.text_layers_to_average}) exceeds BERT's {hidden_states + 1} hidden "
+                f"states (text_config.num_hidden_layers={hidden_states} layers plus the embeddings)"
+            )
+        # --- end text layer averaging bound ---
         if self.backbone_trainable_stages < 0:
             raise ValueError(f"backbone_trainable_stages must be >= 0, got {self.backbone_trainable_stages}")
         out_indices = list(getattr(self.backbone_config, "out_indices", None) or [])

@@ -31,14 +31,17 @@ from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from transformers.processing_utils import ImagesKwargs
 
 SIZE_DIVISOR = 32  # pixel_values height and width must be multiples of the coarsest FPN stride
+CHANNEL_ORDERS = ("RGB", "BGR")
 
 
 class PngImagesKwargs(ImagesKwargs, total=False):
     """keep_aspect_ratio: fit the image inside `size` (height/width) without distorting it, then pad.
-    apply_exif_orientation: rotate/flip PIL images (and image files) as their EXIF Orientation tag says."""
+    apply_exif_orientation: rotate/flip PIL images (and image files) as their EXIF Orientation tag says.
+    channel_order: "RGB" or "BGR", the order of the channels in `pixel_values` (and of image_mean/std)."""
 
     keep_aspect_ratio: bool | None
     apply_exif_orientation: bool | None
+    channel_order: str | None
 
 
 class PngBatchFeature(BatchFeature):
@@ -228,6 +231,9 @@ class PngImageProcessor(TorchvisionBackend):
         pad_size (`dict`, optional): pad every image to this size (a multiple of 32) instead of the batch's
             largest, e.g. for fixed-shape training batches.
         apply_exif_orientation (`bool`, defaults to `True`).
+        channel_order (`str`, defaults to `"RGB"`): channel order of `pixel_values`, and of `image_mean` /
+            `image_std`. `"BGR"` for weights converted from detectron2, which expects BGR on the 0..255 scale:
+            `do_rescale=False`, `image_mean=[103.53, 116.28, 123.675]`, `image_std=[1.0, 1.0, 1.0]`.
 
     Returns a `PngBatchFeature` with
         pixel_values: float B x 3 x H x W (H, W multiples of 32), pixel_mask: long B x H x W (1 = real pixel),
@@ -241,6 +247,7 @@ class PngImageProcessor(TorchvisionBackend):
     default_to_square = True
     keep_aspect_ratio = False
     apply_exif_orientation = True
+    channel_order = "RGB"
     resample = PILImageResampling.BILINEAR
     do_resize = True
     do_rescale = True
@@ -331,11 +338,15 @@ class PngImageProcessor(TorchvisionBackend):
         image_std: Sequence[float] | None = None,
         do_pad: bool | None = True,
         pad_size: SizeDict | None = None,
+        channel_order: str | None = None,
         return_tensors: str | None = None,
         device: Any = None,
         **kwargs: Any,
     ) -> PngBatchFeature:
         keep_aspect_ratio = self.keep_aspect_ratio if keep_aspect_ratio is None else keep_aspect_ratio
+        channel_order = self.channel_order if channel_order is None else channel_order
+        if channel_order not in CHANNEL_ORDERS:
+            raise ValueError(f"channel_order must be one of {CHANNEL_ORDERS}, got {channel_order!r}")
         resized, resized_masks, metadata = [], [], []
         for i, image in enumerate(images):
             if device is not None:
@@ -348,6 +359,8 @@ class PngImageProcessor(TorchvisionBackend):
                 image = self.resize(
                     image[None], SizeDict(height=target[0], width=target[1]), resample=resample
                 )[0]
+            if channel_order == "BGR":  # decoded images are RGB; image_mean / image_std are in BGR order then
+                image = image.flip(0)
             resized.append(
                 _rescale_and_normalize(image, do_rescale, rescale_factor, do_normalize, image_mean, image_std)
             )

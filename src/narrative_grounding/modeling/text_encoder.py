@@ -19,6 +19,14 @@ class TextEncoder(nn.Module):
         super().__init__()
         self.bert = BertModel(config.text_config, add_pooling_layer=False)
         self.layers_to_average = config.text_layers_to_average
+        # Checked here too: a text_config swapped in after validation (from_pretrained_encoders) would
+        # otherwise let hidden_states[-k:] silently average fewer layers than asked.
+        num_states = config.text_config.num_hidden_layers + 1  # the embeddings and every layer
+        if self.layers_to_average > num_states:
+            raise ValueError(
+                f"text_layers_to_average ({self.layers_to_average}) exceeds the {num_states} hidden states of "
+                f"the {config.text_config.num_hidden_layers}-layer BERT"
+            )
 
     def forward(
         self,

@@ -24,8 +24,32 @@ def build_timm_backbone(backbone_config, *, pretrained: bool = False, **timm_kwa
     return TimmBackbone(backbone_config, pretrained=pretrained, **model_args, **timm_kwargs)
 
 
+def move_stride_to_1x1(backbone: nn.Module, stage_names: list[str]) -> None:
+    """Make the first bottleneck of each stage stride in its 1x1 convolution rather than its 3x3 one.
+
+    detectron2's MSRA-initialised ResNets (`MODEL.RESNETS.STRIDE_IN_1X1 = True`, its default, used by the COCO
+    Panoptic FPN) stride in `conv1` (1x1); timm and torchvision stride in `conv2` (3x3). The weights have the
+    same shapes either way, so only the strides move. Output sizes are unchanged: a 1x1 stride-2 convolution
+    without padding and a 3x3 stride-2 one with padding 1 both give ceil(H / 2).
+    """
+    for stage_name in stage_names:
+        first_block = getattr(backbone, stage_name)[0]
+        conv1, conv2 = getattr(first_block, "conv1", None), getattr(first_block, "conv2", None)
+        if getattr(first_block, "conv3", None) is None or conv1 is None or conv1.kernel_size != (1, 1):
+            raise ValueError(
+                f"backbone_stride_in_1x1 needs bottleneck blocks (1x1, 3x3, 1x1; ResNet-50/101/152), but "
+                f"{stage_name}.0 is a {type(first_block).__name__}"
+            )
+        if conv2.stride != (1, 1):
+            conv1.stride, conv2.stride = conv2.stride, (1, 1)
+
+
 class FeaturePyramidNeck(nn.Module):
-    """FPN (Lin et al. 2017): 1x1 lateral convs, top-down nearest-neighbour sum, 3x3 output convs."""
+    """FPN (Lin et al. 2017): 1x1 lateral convs, top-down nearest-neighbour sum, 3x3 output convs.
+
+    The same computation as detectron2's FPN with `FPN.NORM = ""` and `FUSE_TYPE = "sum"` (biased convolutions,
+    no norm); its extra max-pooled P6 level feeds only its RPN and is not built here.
+    """
 
     def __init__(self, in_channels: list[int], out_channels: int) -> None:
         super().__init__()
@@ -53,7 +77,13 @@ class VisualEncoder(nn.Module):
                 f"backbone {config.backbone_config.backbone!r} with out_indices {config.backbone_config.out_indices} "
                 f"gives strides {reductions}; the FPN neck needs strides {FPN_STRIDES}"
             )
+        if config.backbone_stride_in_1x1:
+            move_stride_to_1x1(self.backbone._backbone, self.stage_names())
         self.neck = FeaturePyramidNeck(channels, config.fpn_channels)
+
+    def stage_names(self) -> list[str]:
+        """The timm module names of the four stages the FPN reads (e.g. layer1..layer4)."""
+        return [info["module"] for info in self.backbone._backbone.feature_info.get_dicts()]
 
     def forward(self, pixel_values: torch.Tensor) -> dict[int, torch.Tensor]:
         """pixel_values: B x 3 x H x W (H, W multiples of 32). Returns stride -> B x C x H/s x W/s."""
@@ -62,9 +92,7 @@ class VisualEncoder(nn.Module):
 
     def set_trainable_stages(self, num_stages: int) -> None:
         """Train only the last `num_stages` ResNet stages (EPNG: 2); the neck always trains."""
-        stage_names = [
-            info["module"] for info in self.backbone._backbone.feature_info.get_dicts()
-        ]  # layer1..4
+        stage_names = self.stage_names()  # layer1..4
         trainable = set(stage_names[len(stage_names) - num_stages :]) if num_stages > 0 else set()
         train_all = num_stages >= len(stage_names)
         for name, parameter in self.backbone._backbone.named_parameters():

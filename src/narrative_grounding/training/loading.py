@@ -15,7 +15,7 @@ def is_variant_name(source: str) -> bool:
 
 
 def processor_for_variant(name: str) -> Any:
-    """A new `PngProcessor` for a named variant: its tokenizer and input size."""
+    """A new `PngProcessor` for a named variant: its tokenizer, input size and image processor settings."""
     from transformers import AutoTokenizer
 
     from ..modeling.image_processing_png import PngImageProcessor
@@ -23,7 +23,9 @@ def processor_for_variant(name: str) -> Any:
 
     variant = load_variant(name)
     tokenizer = AutoTokenizer.from_pretrained(variant.tokenizer)
-    image_processor = PngImageProcessor(size={"height": variant.image_size, "width": variant.image_size})
+    image_processor = PngImageProcessor(
+        **{"size": {"height": variant.image_size, "width": variant.image_size}, **variant.image_processor}
+    )
     return PngProcessor(image_processor=image_processor, tokenizer=tokenizer)
 
 

@@ -1,0 +1,118 @@
+"""``narrative-grounding convert panoptic-fpn | epng``: foreign checkpoints -> model folders."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``convert`` sub-command (with one sub-command per source format)."""
+    convert = subparsers.add_parser(
+        "convert",
+        help="convert detectron2's Panoptic FPN or an EPNG checkpoint into a from_pretrained model folder",
+        description="Turn a foreign checkpoint into a model folder (config, safetensors weights, processor) "
+        "that PngForPanopticNarrativeGrounding.from_pretrained, training/train.py --model and the Hub take.",
+    )
+    formats = convert.add_subparsers(dest="source_format", required=True, metavar="FORMAT")
+
+    panoptic = formats.add_parser(
+        "panoptic-fpn",
+        help="detectron2's COCO Panoptic FPN (model_final_cafdb1.pkl) as the visual encoder",
+        description="Map backbone.bottom_up.* and backbone.fpn_* of a detectron2 model zoo pickle into the "
+        "ResNet + FPN visual encoder; RPN, ROI and semantic heads are dropped. The config gets detectron2's "
+        "stride-in-1x1 and frozen norms, the processor its BGR 0..255 normalisation.",
+    )
+    panoptic.add_argument("checkpoint", help="detectron2 .pkl file, e.g. model_final_cafdb1.pkl")
+    panoptic.add_argument("output_dir")
+    panoptic.add_argument(
+        "--variant", default="epng-r101-panoptic-fpn-bert-base", help="model variant to build"
+    )
+    _common_arguments(panoptic)
+    panoptic.set_defaults(func=_convert_panoptic_fpn)
+
+    epng = formats.add_parser(
+        "epng",
+        help="a checkpoint of the EPNG authors' code (Mr-Neko/EPNG) as an epng model",
+        description="Map an EPNG MainModule state dict (or train_net.py checkpoint) onto the epng head and "
+        "the visual encoder; BERT comes from --text-model.",
+    )
+    epng.add_argument("checkpoint", help="EPNG checkpoint (.pth) saved by the authors' train_net.py")
+    epng.add_argument("output_dir")
+    epng.add_argument("--variant", default="epng-r101-bert-base", help="model variant to build")
+    epng.add_argument(
+        "--allow-unrepresented",
+        action="store_true",
+        help="convert even though some tensors (the released code's extra LayerNorms) have no counterpart; "
+        "the model then differs from the authors'",
+    )
+    _common_arguments(epng)
+    epng.set_defaults(func=_convert_epng)
+
+
+def _common_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--text-model",
+        help="BERT weights for the text encoder (Hub id or folder, e.g. bert-base-uncased); "
+        "without it the text encoder is randomly initialised",
+    )
+    parser.add_argument("--tokenizer", help="tokenizer (default: --text-model, then the variant's)")
+    parser.add_argument("--config-overrides", help="JSON object of PngConfig fields to override")
+
+
+def _overrides(args: argparse.Namespace) -> dict:
+    if not args.config_overrides:
+        return {}
+    try:
+        overrides = json.loads(args.config_overrides)
+    except json.JSONDecodeError as error:
+        raise SystemExit(f"--config-overrides is not valid JSON: {error}") from error
+    if not isinstance(overrides, dict):
+        raise SystemExit("--config-overrides must be a JSON object")
+    return overrides
+
+
+def _report(converted, args: argparse.Namespace) -> int:
+    print(converted.result.summary())
+    if not args.text_model:
+        print("note: no --text-model given: the text encoder is randomly initialised", file=sys.stderr)
+    print(f"wrote {args.output_dir}")
+    return 0
+
+
+def _convert_panoptic_fpn(args: argparse.Namespace) -> int:
+    from .converters import convert_panoptic_fpn
+
+    try:
+        converted = convert_panoptic_fpn(
+            args.checkpoint,
+            args.output_dir,
+            variant=args.variant,
+            text_model_name_or_path=args.text_model,
+            tokenizer=args.tokenizer,
+            config_overrides=_overrides(args),
+        )
+    except (ValueError, FileNotFoundError) as error:
+        print(f"convert panoptic-fpn: {error}", file=sys.stderr)
+        return 1
+    return _report(converted, args)
+
+
+def _convert_epng(args: argparse.Namespace) -> int:
+    from .converters import convert_epng
+
+    try:
+        converted = convert_epng(
+            args.checkpoint,
+            args.output_dir,
+            variant=args.variant,
+            text_model_name_or_path=args.text_model,
+            tokenizer=args.tokenizer,
+            config_overrides=_overrides(args),
+            allow_unrepresented=args.allow_unrepresented,
+        )
+    except (ValueError, FileNotFoundError) as error:
+        print(f"convert epng: {error}", file=sys.stderr)
+        return 1
+    return _report(converted, args)
