@@ -4,19 +4,41 @@ A model is a visual encoder (a timm ResNet through transformers' `TimmBackboneCo
 neck), a text encoder (BERT, `BertConfig`) and a grounding head (`"epng"` or `"drmn"`) with its
 hyper-parameters. Named variants live as JSON files in `hub_configs/`.
 
+The task's pipeline travels with the configuration: `save_pretrained` writes `pipeline_png.py` (and the
+processor modules it imports) beside config.json and names it under `custom_pipelines`, which is what
+transformers' `pipeline(..., trust_remote_code=True)` reads.
+
 This file is copied into Hub repositories for `trust_remote_code`: it imports only third-party
 packages and sibling modules of this folder.
 """
 
 from __future__ import annotations
 
+import copy
+import os
+import shutil
+from pathlib import Path
+from typing import Any, ClassVar
+
 from huggingface_hub.dataclasses import strict
 from transformers import BertConfig, PreTrainedConfig, TimmBackboneConfig
 from transformers.configuration_utils import SubConfigSpec
+from transformers.dynamic_module_utils import get_relative_import_files
 
 GROUNDING_HEADS = ("epng", "drmn")
 LPA_DISTANCE_FORMS = ("squared", "euclidean")
 LPA_IMPLEMENTATIONS = ("auto", "flex", "direct")
+
+# The pipeline saved with every model, as transformers' `pipeline()` reads it from config.json: the class as
+# "module.Class" of the repository, the model classes as names in `transformers` (AutoModel follows the
+# config's auto_map to the repository's modeling code). The module is this folder's pipeline_png.py.
+PIPELINE_TASK = "panoptic-narrative-grounding"
+PIPELINE_MODULE_FILE = "pipeline_png.py"
+CUSTOM_PIPELINE = {
+    "impl": "pipeline_png.PanopticNarrativeGroundingPipeline",
+    "pt": ["AutoModel"],
+    "type": "multimodal",
+}
 
 # ResNet-101 stages 1-4 (strides 4, 8, 16, 32): the FPN neck reads all four.
 DEFAULT_BACKBONE = {"backbone": "resnet101", "out_indices": [1, 2, 3, 4], "freeze_batch_norm_2d": True}
@@ -89,6 +111,9 @@ class PngConfig(PreTrainedConfig):
     """
 
     model_type = "panoptic_narrative_grounding"
+    # Set by the installed package when it registers PIPELINE_TASK with transformers in this process
+    # (`narrative_grounding.pipeline`). See `__post_init__`.
+    pipeline_registered_in_process: ClassVar[bool] = False
     sub_configs_defaults = {
         "backbone_config": SubConfigSpec(
             config_class=TimmBackboneConfig, model_type="timm_backbone", init_kwargs=DEFAULT_BACKBONE
@@ -151,6 +176,19 @@ class PngConfig(PreTrainedConfig):
     layer_norm_eps: float = 1e-5
 
     def __post_init__(self, **kwargs):
+        # transformers' pipeline() sends any task that config.custom_pipelines names to the repository's copy
+        # of the pipeline, and refuses it without trust_remote_code, even where the task is registered
+        # in-process. Where the installed package registered the task, this (installed) class leaves the
+        # entry out so that the installed pipeline and model serve, as AutoModel prefers installed code
+        # unless trust_remote_code=True (which loads the repository's copy of this class, which keeps it).
+        # save_pretrained writes the entry again.
+        custom_pipelines = kwargs.pop("custom_pipelines", None) or {}
+        if type(self).pipeline_registered_in_process:
+            custom_pipelines = {
+                task: entry for task, entry in custom_pipelines.items() if task != PIPELINE_TASK
+            }
+        if custom_pipelines:
+            kwargs["custom_pipelines"] = custom_pipelines
         # A plain dict names a timm model: complete it so that `{"backbone": "resnet50"}` is enough.
         if isinstance(self.backbone_config, dict):
             self.backbone_config = {
@@ -159,6 +197,56 @@ class PngConfig(PreTrainedConfig):
                 **self.backbone_config,
             }
         super().__post_init__(**kwargs)
+
+    def save_pretrained(
+        self, save_directory: str | os.PathLike, push_to_hub: bool = False, **kwargs: Any
+    ) -> None:
+        """`PreTrainedConfig.save_pretrained`, plus the pipeline: `pipeline_png.py` and the modules it imports
+        are copied beside config.json and `custom_pipelines` names it, so that every saved or pushed model
+        (a model's save_pretrained saves its config here) runs with `pipeline(..., trust_remote_code=True)`.
+
+        The pipeline is written where the configuration's own module is (a class registered for the Auto
+        classes) and its module is at hand: a copy of this file loaded from a repository without the pipeline
+        saves no `custom_pipelines` entry rather than one naming a file that is not there.
+        """
+        pipeline_files = self._pipeline_module_files()
+        others = {
+            task: entry
+            for task, entry in (getattr(self, "custom_pipelines", None) or {}).items()
+            if task != PIPELINE_TASK
+        }
+        # A copy: transformers' pipeline() rewrites the entry it reads in place (class names -> classes).
+        entries = {**others, PIPELINE_TASK: copy.deepcopy(CUSTOM_PIPELINE)} if pipeline_files else others
+        had_entries = hasattr(self, "custom_pipelines")
+        previous = getattr(self, "custom_pipelines", None)
+        if entries:
+            self.custom_pipelines = entries
+        elif had_entries:
+            del self.custom_pipelines
+        try:
+            super().save_pretrained(save_directory)
+        finally:
+            if had_entries:
+                self.custom_pipelines = previous
+            elif hasattr(self, "custom_pipelines"):
+                del self.custom_pipelines
+        for source in pipeline_files:
+            shutil.copyfile(source, Path(save_directory) / source.name)
+        if push_to_hub:
+            # The base class uploads the files its own save changed; the pipeline files come after it, so push
+            # the way `push_to_hub` does: save everything to a fresh folder and upload it.
+            repo_id = kwargs.pop("repo_id", str(save_directory).rstrip(os.path.sep).split(os.path.sep)[-1])
+            self.push_to_hub(repo_id, **kwargs)
+
+    def _pipeline_module_files(self) -> list[Path]:
+        """The pipeline module and the sibling modules it imports, when all are at hand; else []."""
+        if self._auto_class is None:
+            return []
+        module = Path(__file__).with_name(PIPELINE_MODULE_FILE)
+        if not module.is_file():
+            return []
+        files = [module, *(Path(name) for name in get_relative_import_files(module))]
+        return files if all(path.is_file() for path in files) else []
 
     def validate_architecture(self) -> None:
         """Called by `@strict` after init: reject inconsistent settings with a message naming the field."""
