@@ -19,7 +19,7 @@ from huggingface_hub import HfApi
 from transformers import AutoTokenizer, pipeline
 
 import narrative_grounding.pipeline  # noqa: F401  (registers the task in this process)
-from narrative_grounding import PngConfig, create_model, load_config
+from narrative_grounding import PngConfig, available_variants, create_model, load_config
 from narrative_grounding.modeling.configuration_png import CUSTOM_PIPELINE, PIPELINE_TASK
 from narrative_grounding.modeling.image_processing_png import PngImageProcessor
 from narrative_grounding.modeling.processing_png import PngProcessor
@@ -103,6 +103,11 @@ def test_config_alone_carries_the_pipeline(tmp_path) -> None:
     }  # unchanged
     assert PIPELINE_FILES <= {path.name for path in tmp_path.iterdir()}
     assert "from .configuration_png import" in (tmp_path / "pipeline_png.py").read_text()
+    for name in available_variants():  # every named variant, as published
+        load_config(name).save_pretrained(tmp_path / name)
+        config_json = json.loads((tmp_path / name / "config.json").read_text())
+        assert config_json["custom_pipelines"] == {PIPELINE_TASK: CUSTOM_PIPELINE}, name
+        assert PIPELINE_FILES <= {path.name for path in (tmp_path / name).iterdir()}, name
 
 
 def test_pipeline_save_pretrained_writes_model_pipeline_and_processor(trained, tmp_path) -> None:
@@ -183,6 +188,11 @@ TRANSFORMERS_ONLY = textwrap.dedent(
             "pipeline": inferred(image, narrative, phrases)["masks"],
             "pipeline_task": named(image, text=narrative, phrases=phrases)["masks"],
         }}
+        if index == 0:  # a transformers-only user's own save carries the pipeline on
+            model.save_pretrained(f"{{out_dir}}/resaved")
+            processor.save_pretrained(f"{{out_dir}}/resaved")
+            resaved = pipeline(model=f"{{out_dir}}/resaved", trust_remote_code=True)
+            results["resaved_pipeline"] = resaved(image, narrative, phrases)["masks"]
         torch.save(results, f"{{out_dir}}/masks-{{index}}.pt")
     assert not any(name.startswith("narrative_grounding") for name in sys.modules if sys.modules[name])
     print("OK")
@@ -215,8 +225,10 @@ def test_transformers_alone_runs_the_saved_and_the_pushed_checkpoint(trained, lo
     )
     assert done.returncode == 0 and "OK" in done.stdout, done.stderr[-4000:]
     assert "Do you wish to run the custom code" not in done.stdout + done.stderr  # nothing asked twice
+    assert PIPELINE_FILES <= {path.name for path in (tmp_path / "resaved").iterdir()}
     for index in (0, 1):
         results = torch.load(tmp_path / f"masks-{index}.pt")
+        assert len(results) == (4 if index == 0 else 3)
         for name, masks in results.items():
             assert torch.equal(masks, expected), (index, name)
 
@@ -226,7 +238,9 @@ def test_config_push_uploads_the_pipeline(local_hub, tmp_path) -> None:
     pushed = f"{local_hub.namespace}/epng-tiny-config-{uuid.uuid4().hex[:8]}"
     config.push_to_hub(pushed)
     saved_and_pushed = f"{local_hub.namespace}/epng-tiny-config-{uuid.uuid4().hex[:8]}"
-    config.save_pretrained(tmp_path, push_to_hub=True, repo_id=saved_and_pushed)
+    config.save_pretrained(
+        str(tmp_path), push_to_hub=True, repo_id=saved_and_pushed
+    )  # transformers wants a str here
     for repo_id in (pushed, saved_and_pushed):
         assert PIPELINE_FILES | {"config.json"} <= set(HfApi().list_repo_files(repo_id)), repo_id
     assert PIPELINE_FILES <= {path.name for path in tmp_path.iterdir()}

@@ -4,7 +4,7 @@ A model is a visual encoder (a timm ResNet through transformers' `TimmBackboneCo
 neck), a text encoder (BERT, `BertConfig`) and a grounding head (`"epng"` or `"drmn"`) with its
 hyper-parameters. Named variants live as JSON files in `hub_configs/`.
 
-The task's pipeline travels with the configuration: `save_pretrained` writes `pipeline_png.py` (and the
+The task's pipeline travels with the configuration: `save_pretrained` copies `pipeline_png.py` (and the
 processor modules it imports) beside config.json and names it under `custom_pipelines`, which is what
 transformers' `pipeline(..., trust_remote_code=True)` reads.
 
@@ -16,14 +16,18 @@ from __future__ import annotations
 
 import copy
 import os
-import shutil
-from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from huggingface_hub.dataclasses import strict
 from transformers import BertConfig, PreTrainedConfig, TimmBackboneConfig
 from transformers.configuration_utils import SubConfigSpec
-from transformers.dynamic_module_utils import get_relative_import_files
+
+if TYPE_CHECKING:
+    # Never executed, but read: transformers finds the files a module needs by the pattern of its relative
+    # imports (dynamic_module_utils.get_relative_imports), so this line makes the pipeline module, and the
+    # processor modules it imports, travel with this file: copied by save_pretrained beside config.json and
+    # fetched with it by a trust_remote_code load, whose copy of this class then saves them again.
+    from .pipeline_png import PanopticNarrativeGroundingPipeline  # noqa: F401
 
 GROUNDING_HEADS = ("epng", "drmn")
 LPA_DISTANCE_FORMS = ("squared", "euclidean")
@@ -33,7 +37,6 @@ LPA_IMPLEMENTATIONS = ("auto", "flex", "direct")
 # "module.Class" of the repository, the model classes as names in `transformers` (AutoModel follows the
 # config's auto_map to the repository's modeling code). The module is this folder's pipeline_png.py.
 PIPELINE_TASK = "panoptic-narrative-grounding"
-PIPELINE_MODULE_FILE = "pipeline_png.py"
 CUSTOM_PIPELINE = {
     "impl": "pipeline_png.PanopticNarrativeGroundingPipeline",
     "pt": ["AutoModel"],
@@ -198,55 +201,26 @@ class PngConfig(PreTrainedConfig):
             }
         super().__post_init__(**kwargs)
 
-    def save_pretrained(
-        self, save_directory: str | os.PathLike, push_to_hub: bool = False, **kwargs: Any
-    ) -> None:
-        """`PreTrainedConfig.save_pretrained`, plus the pipeline: `pipeline_png.py` and the modules it imports
-        are copied beside config.json and `custom_pipelines` names it, so that every saved or pushed model
-        (a model's save_pretrained saves its config here) runs with `pipeline(..., trust_remote_code=True)`.
+    def save_pretrained(self, save_directory: str | os.PathLike, **kwargs: Any) -> None:
+        """`PreTrainedConfig.save_pretrained`, with `custom_pipelines` naming the pipeline that travels with
+        the configuration, so that every saved or pushed model (a model's save_pretrained and push_to_hub
+        save its config here) runs with `pipeline(..., trust_remote_code=True)`.
 
-        The pipeline is written where the configuration's own module is (a class registered for the Auto
-        classes) and its module is at hand: a copy of this file loaded from a repository without the pipeline
-        saves no `custom_pipelines` entry rather than one naming a file that is not there.
+        The module files themselves are copied by transformers with this file's own (for a class registered
+        for the Auto classes, as the package's is and a copy loaded with trust_remote_code is): they are its
+        relative imports, see the `TYPE_CHECKING` block at the top.
         """
-        pipeline_files = self._pipeline_module_files()
-        others = {
-            task: entry
-            for task, entry in (getattr(self, "custom_pipelines", None) or {}).items()
-            if task != PIPELINE_TASK
-        }
-        # A copy: transformers' pipeline() rewrites the entry it reads in place (class names -> classes).
-        entries = {**others, PIPELINE_TASK: copy.deepcopy(CUSTOM_PIPELINE)} if pipeline_files else others
-        had_entries = hasattr(self, "custom_pipelines")
         previous = getattr(self, "custom_pipelines", None)
-        if entries:
-            self.custom_pipelines = entries
-        elif had_entries:
-            del self.custom_pipelines
+        if self._auto_class is not None:
+            # A copy: transformers' pipeline() rewrites the entry it reads in place (class names -> classes).
+            self.custom_pipelines = {**(previous or {}), PIPELINE_TASK: copy.deepcopy(CUSTOM_PIPELINE)}
         try:
-            super().save_pretrained(save_directory)
+            super().save_pretrained(save_directory, **kwargs)
         finally:
-            if had_entries:
+            if previous is not None:
                 self.custom_pipelines = previous
             elif hasattr(self, "custom_pipelines"):
                 del self.custom_pipelines
-        for source in pipeline_files:
-            shutil.copyfile(source, Path(save_directory) / source.name)
-        if push_to_hub:
-            # The base class uploads the files its own save changed; the pipeline files come after it, so push
-            # the way `push_to_hub` does: save everything to a fresh folder and upload it.
-            repo_id = kwargs.pop("repo_id", str(save_directory).rstrip(os.path.sep).split(os.path.sep)[-1])
-            self.push_to_hub(repo_id, **kwargs)
-
-    def _pipeline_module_files(self) -> list[Path]:
-        """The pipeline module and the sibling modules it imports, when all are at hand; else []."""
-        if self._auto_class is None:
-            return []
-        module = Path(__file__).with_name(PIPELINE_MODULE_FILE)
-        if not module.is_file():
-            return []
-        files = [module, *(Path(name) for name in get_relative_import_files(module))]
-        return files if all(path.is_file() for path in files) else []
 
     def validate_architecture(self) -> None:
         """Called by `@strict` after init: reject inconsistent settings with a message naming the field."""
