@@ -110,12 +110,17 @@ def test_config_alone_carries_the_pipeline(tmp_path) -> None:
         assert PIPELINE_FILES <= {path.name for path in (tmp_path / name).iterdir()}, name
 
 
-def test_pipeline_save_pretrained_writes_model_pipeline_and_processor(trained, tmp_path) -> None:
+def test_pipeline_save_pretrained_and_push_write_model_pipeline_and_processor(
+    trained, tmp_path, local_hub
+) -> None:
     folder, model, processor = trained
     grounder = pipeline(PIPELINE_TASK, model=model, processor=processor)
     grounder.save_pretrained(tmp_path)
     names = {path.name for path in tmp_path.iterdir()}
     assert PIPELINE_FILES | {"model.safetensors", "processor_config.json", "tokenizer.json"} <= names
+    repo_id = f"{local_hub.namespace}/epng-tiny-pipe-{uuid.uuid4().hex[:8]}"
+    grounder.push_to_hub(repo_id)
+    assert names - {"README.md"} <= set(HfApi().list_repo_files(repo_id))
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["custom_pipelines"][PIPELINE_TASK] == CUSTOM_PIPELINE
     image = picture()
