@@ -129,6 +129,10 @@ def test_model_card_has_model_index_and_loading_code(tmp_path):
     )
     assert "| Average Recall | 81.2 |" in card.text and "| AR plural | - |" in card.text
     assert "PngForPanopticNarrativeGrounding.from_pretrained" in card.text
+    # the transformers-only way comes first
+    assert card.text.index('pipeline("panoptic-narrative-grounding"') < card.text.index(
+        "from narrative_grounding import"
+    )
 
 
 def test_hub_pusher_failure_warns_and_retries_without_raising(tmp_path, caplog):

@@ -72,6 +72,7 @@ def test_push_to_hub_every_epoch_and_load_back(tmp_path, local_hub):
         "model.safetensors",
         "README.md",
         "modeling_png.py",
+        "pipeline_png.py",
         "processor_config.json",
     } <= files
     assert not any(name.startswith(("checkpoints/", "logs/")) for name in files), files  # no accelerate state
@@ -86,10 +87,12 @@ def test_push_to_hub_every_epoch_and_load_back(tmp_path, local_hub):
     # A user without the package: the modules come from the repo (trust_remote_code).
     code = (
         "import sys; sys.modules['narrative_grounding'] = None\n"  # make importing the package fail
-        "from transformers import AutoModel, AutoProcessor\n"
+        "from transformers import AutoModel, AutoProcessor, pipeline\n"
         f"model = AutoModel.from_pretrained({repo_id!r}, trust_remote_code=True)\n"
         f"processor = AutoProcessor.from_pretrained({repo_id!r}, trust_remote_code=True)\n"
         "assert type(model).__module__.startswith('transformers_modules'), type(model).__module__\n"
+        f"grounder = pipeline(model={repo_id!r}, trust_remote_code=True)\n"
+        "assert type(grounder).__name__ == 'PanopticNarrativeGroundingPipeline', type(grounder)\n"
         "print('RESULT', type(model).__name__, type(processor).__name__, sum(p.numel() for p in model.parameters()))\n"
     )
     done = subprocess.run(

@@ -4,19 +4,44 @@ A model is a visual encoder (a timm ResNet through transformers' `TimmBackboneCo
 neck), a text encoder (BERT, `BertConfig`) and a grounding head (`"epng"` or `"drmn"`) with its
 hyper-parameters. Named variants live as JSON files in `hub_configs/`.
 
+The task's pipeline travels with the configuration: `save_pretrained` copies `pipeline_png.py` (and the
+processor modules it imports) beside config.json and names it under `custom_pipelines`, which is what
+transformers' `pipeline(..., trust_remote_code=True)` reads.
+
 This file is copied into Hub repositories for `trust_remote_code`: it imports only third-party
 packages and sibling modules of this folder.
 """
 
 from __future__ import annotations
 
+import copy
+import os
+from typing import TYPE_CHECKING, Any, ClassVar
+
 from huggingface_hub.dataclasses import strict
 from transformers import BertConfig, PreTrainedConfig, TimmBackboneConfig
 from transformers.configuration_utils import SubConfigSpec
 
+if TYPE_CHECKING:
+    # Never executed, but read: transformers finds the files a module needs by the pattern of its relative
+    # imports (dynamic_module_utils.get_relative_imports), so this line makes the pipeline module, and the
+    # processor modules it imports, travel with this file: copied by save_pretrained beside config.json and
+    # fetched with it by a trust_remote_code load, whose copy of this class then saves them again.
+    from .pipeline_png import PanopticNarrativeGroundingPipeline  # noqa: F401
+
 GROUNDING_HEADS = ("epng", "drmn")
 LPA_DISTANCE_FORMS = ("squared", "euclidean")
 LPA_IMPLEMENTATIONS = ("auto", "flex", "direct")
+
+# The pipeline saved with every model, as transformers' `pipeline()` reads it from config.json: the class as
+# "module.Class" of the repository, the model classes as names in `transformers` (AutoModel follows the
+# config's auto_map to the repository's modeling code). The module is this folder's pipeline_png.py.
+PIPELINE_TASK = "panoptic-narrative-grounding"
+CUSTOM_PIPELINE = {
+    "impl": "pipeline_png.PanopticNarrativeGroundingPipeline",
+    "pt": ["AutoModel"],
+    "type": "multimodal",
+}
 
 # ResNet-101 stages 1-4 (strides 4, 8, 16, 32): the FPN neck reads all four.
 DEFAULT_BACKBONE = {"backbone": "resnet101", "out_indices": [1, 2, 3, 4], "freeze_batch_norm_2d": True}
@@ -97,6 +122,9 @@ class PngConfig(PreTrainedConfig):
     """
 
     model_type = "panoptic_narrative_grounding"
+    # Set by the installed package when it registers PIPELINE_TASK with transformers in this process
+    # (`narrative_grounding.pipeline`). See `__post_init__`.
+    pipeline_registered_in_process: ClassVar[bool] = False
     sub_configs_defaults = {
         "backbone_config": SubConfigSpec(
             config_class=TimmBackboneConfig, model_type="timm_backbone", init_kwargs=DEFAULT_BACKBONE
@@ -164,6 +192,19 @@ class PngConfig(PreTrainedConfig):
     layer_norm_eps: float = 1e-5
 
     def __post_init__(self, **kwargs):
+        # transformers' pipeline() sends any task that config.custom_pipelines names to the repository's copy
+        # of the pipeline, and refuses it without trust_remote_code, even where the task is registered
+        # in-process. Where the installed package registered the task, this (installed) class leaves the
+        # entry out so that the installed pipeline and model serve, as AutoModel prefers installed code
+        # unless trust_remote_code=True (which loads the repository's copy of this class, which keeps it).
+        # save_pretrained writes the entry again.
+        custom_pipelines = kwargs.pop("custom_pipelines", None) or {}
+        if type(self).pipeline_registered_in_process:
+            custom_pipelines = {
+                task: entry for task, entry in custom_pipelines.items() if task != PIPELINE_TASK
+            }
+        if custom_pipelines:
+            kwargs["custom_pipelines"] = custom_pipelines
         # A plain dict names a timm model: complete it so that `{"backbone": "resnet50"}` is enough.
         if isinstance(self.backbone_config, dict):
             self.backbone_config = {
@@ -172,6 +213,27 @@ class PngConfig(PreTrainedConfig):
                 **self.backbone_config,
             }
         super().__post_init__(**kwargs)
+
+    def save_pretrained(self, save_directory: str | os.PathLike, **kwargs: Any) -> None:
+        """`PreTrainedConfig.save_pretrained`, with `custom_pipelines` naming the pipeline that travels with
+        the configuration, so that every saved or pushed model (a model's save_pretrained and push_to_hub
+        save its config here) runs with `pipeline(..., trust_remote_code=True)`.
+
+        The module files themselves are copied by transformers with this file's own (for a class registered
+        for the Auto classes, as the package's is and a copy loaded with trust_remote_code is): they are its
+        relative imports, see the `TYPE_CHECKING` block at the top.
+        """
+        previous = getattr(self, "custom_pipelines", None)
+        if self._auto_class is not None:
+            # A copy: transformers' pipeline() rewrites the entry it reads in place (class names -> classes).
+            self.custom_pipelines = {**(previous or {}), PIPELINE_TASK: copy.deepcopy(CUSTOM_PIPELINE)}
+        try:
+            super().save_pretrained(save_directory, **kwargs)
+        finally:
+            if previous is not None:
+                self.custom_pipelines = previous
+            elif hasattr(self, "custom_pipelines"):
+                del self.custom_pipelines
 
     def validate_architecture(self) -> None:
         """Called by `@strict` after init: reject inconsistent settings with a message naming the field."""

@@ -210,9 +210,13 @@ class PngProcessor(ProcessorMixin):
     def _get_arguments_from_pretrained(cls, pretrained_model_name_or_path, processor_dict=None, **kwargs):
         # Load the sub-processors by class rather than through the Auto registries, so that a saved processor
         # loads offline whether the package is installed or this file came from a Hub repository.
-        kwargs.pop("trust_remote_code", None)
+        trust_remote_code = kwargs.pop("trust_remote_code", None)
         image_processor = PngImageProcessor.from_pretrained(pretrained_model_name_or_path, **kwargs)
-        tokenizer = AutoTokenizer.from_pretrained(pretrained_model_name_or_path, **kwargs)
+        # AutoTokenizer reads the folder's config.json first; where a model is saved beside the processor, that
+        # config names custom code, and without the caller's answer transformers would prompt for it.
+        tokenizer = AutoTokenizer.from_pretrained(
+            pretrained_model_name_or_path, trust_remote_code=trust_remote_code, **kwargs
+        )
         return [image_processor, tokenizer]
 
     # ------------------------------------------------------------------------------------------ encoding
@@ -233,7 +237,7 @@ class PngProcessor(ProcessorMixin):
 
         Args:
             images: one image or a list (PIL, numpy, torch or file paths; see `PngImageProcessor`).
-            text: one narrative or a list, one per image.
+            text: one narrative or a list, one per image (`narrative=` is accepted as an alias).
             phrases: for one narrative a list of phrases, for a list of narratives a list of such lists. A
                 phrase is a string (matched in order through the narrative) or a (start, end) character span.
             phrase_masks: optional ground truth, per image the masks of its phrases (P_i x H x W, in the same
@@ -248,6 +252,10 @@ class PngProcessor(ProcessorMixin):
         `labels` (B x P x H x W, with `phrase_masks`), and `metadata` (per sample: text, phrases, spans,
         phrase_kept, original_size, resized_size).
         """
+        if "narrative" in images_kwargs:  # the pipeline's name for the text, accepted as an alias
+            if text is not None:
+                raise TypeError("give the narrative once: as text= or as its alias narrative=, not both")
+            text = images_kwargs.pop("narrative")
         if return_tensors not in (None, "pt"):
             raise ValueError(
                 f"return_tensors must be 'pt' (or None, which also gives torch tensors), got {return_tensors!r}"

@@ -92,6 +92,20 @@ def build_model_card(
         "",
         "## How to use",
         "",
+        "With transformers alone (the model, processor and pipeline code ship in this repository):",
+        "",
+        "```python",
+        "from transformers import pipeline",
+        "",
+        f'grounder = pipeline("panoptic-narrative-grounding", model="{load_from}", trust_remote_code=True)',
+        'result = grounder(image, narrative, ["a black bear", "this tree"])',
+        "result['masks']  # bool (num_phrases, H, W) at the image's size",
+        "```",
+        "",
+        "`AutoModel.from_pretrained(repo, trust_remote_code=True)` and "
+        "`AutoProcessor.from_pretrained(repo, trust_remote_code=True)` give the model and processor. "
+        "With the `narrative_grounding` package installed:",
+        "",
         "```python",
         "from narrative_grounding import PngForPanopticNarrativeGrounding, PngProcessor",
         "",
@@ -101,9 +115,6 @@ def build_model_card(
         "outputs = model(**inputs)",
         "masks = processor.post_process_panoptic_narrative_grounding(outputs, target_sizes=[image.size[::-1]])[0]['masks']",
         "```",
-        "",
-        "Without the package installed: `AutoModel.from_pretrained(repo, trust_remote_code=True)` and "
-        "`AutoProcessor.from_pretrained(repo, trust_remote_code=True)`.",
     ]
     if config_summary:
         lines += ["", "## Model", ""]
