@@ -393,7 +393,7 @@ def test_binary_mask_at_another_size_is_resized_under_original() -> None:
 
 
 def test_accelerator_reduction_equals_the_cpu_one() -> None:
-    from narrative_grounding.metrics.mask_counts import _stack_counts, _stack_counts_torch
+    from narrative_grounding.metrics.average_recall.average_recall import _stack_counts, _stack_counts_torch
 
     generator = torch.Generator().manual_seed(12)
     prediction = torch.rand(5, 30, 40, generator=generator) < 0.4
