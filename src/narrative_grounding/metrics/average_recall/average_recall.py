@@ -730,6 +730,12 @@ class CountingMetric(evaluate.Metric, metaclass=abc.ABCMeta):
         }
         super().__init__(config_name=protocol, **kwargs)
 
+    def count_features(self) -> dict[str, datasets.Value]:
+        """The per-phrase count columns of the Arrow cache: masks never reach it. float64 holds pixel
+        counts exactly (below 2**53) and the soft counts of "soft256"."""
+        dtype = "int64" if self.integer_counts else "float64"
+        return {name: datasets.Value(dtype) for name in ("intersections", "unions", "reference_areas")}
+
     def _input_names(self) -> dict[str, str]:
         return {**MASK_AND_COUNT_INPUTS, **self.phrase_inputs}
 
@@ -899,13 +905,9 @@ class AverageRecall(CountingMetric):
             description=_DESCRIPTION,
             citation=_CITATION,
             inputs_description=_KWARGS_DESCRIPTION,
-            # counts only: masks never reach the Arrow cache (see CountingMetric); float64 holds
-            # pixel counts exactly (below 2**53) and the soft counts of "soft256"
             features=datasets.Features(
                 {
-                    "intersections": datasets.Value("float64"),
-                    "unions": datasets.Value("float64"),
-                    "reference_areas": datasets.Value("float64"),
+                    **self.count_features(),
                     "is_thing": datasets.Value("bool"),
                     "num_segments": datasets.Value("int64"),
                 }

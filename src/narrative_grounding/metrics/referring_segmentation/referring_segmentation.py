@@ -83,13 +83,7 @@ class ReferringSegmentation(CountingMetric):
             description=_DESCRIPTION,
             citation=_CITATION,
             inputs_description=_KWARGS_DESCRIPTION,
-            features=datasets.Features(
-                {
-                    "intersections": datasets.Value("int64"),
-                    "unions": datasets.Value("int64"),
-                    "reference_areas": datasets.Value("int64"),
-                }
-            ),
+            features=datasets.Features(self.count_features()),
             reference_urls=["https://arxiv.org/abs/2306.00968"],
         )
 
