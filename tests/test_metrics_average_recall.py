@@ -442,3 +442,17 @@ def test_impossible_counts_and_options_are_rejected() -> None:
         AverageRecall(config_name="stride8")
     with pytest.raises(ValueError, match="nothing to evaluate"):
         AverageRecall().compute()
+
+
+def test_unknown_names_are_type_errors_that_keep_what_was_added() -> None:
+    truth = np.ones((4, 4), dtype=bool)
+    metric = AverageRecall()
+    metric.add(prediction=truth, reference=truth, is_thing=True, num_segments=1)
+    with pytest.raises(TypeError, match=r"unknown inputs \['predictions'\].*'prediction'"):
+        metric.add(predictions=truth, reference=truth, is_thing=True, num_segments=1)
+    with pytest.raises(TypeError, match=r"unknown inputs \['is_things'\]"):
+        metric.add_batch(predictions=[truth], references=[truth], is_things=[True], num_segments=[1])
+    # a misspelt option is caught before evaluate reads (and empties) its cache
+    with pytest.raises(TypeError, match=r"unknown arguments \['integraton'\].*'integration'"):
+        metric.compute(integraton="official")
+    assert metric.compute()["num_phrases"] == 1
