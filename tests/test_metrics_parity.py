@@ -246,3 +246,119 @@ def test_protocol_names_are_checked_per_metric() -> None:
     with pytest.raises(ValueError, match="Unknown evaluation protocol"):
         ReferringSegmentation(config_name="soft256")
     assert ReferringSegmentation(config_name="stride4_padded").protocol == "stride4_padded"
+
+
+# ---------------------------------------------------------------- whole published pipelines
+def published_iou(prediction: torch.Tensor, truth: torch.Tensor) -> float:
+    """The published IoU: sums of products in floating point, 0 / 0 left as nan."""
+    prediction, truth = prediction.double(), truth.double()
+    product = prediction * truth
+    return (product.sum() / (prediction + truth - product).sum()).item()
+
+
+def random_case(seed: int, count: int = 12):
+    """Low-resolution probability maps quantised to 1/8 (so that resized values hit 0.5 exactly) and
+    ground truths of differing image sizes, two of them empty."""
+    generator = torch.Generator().manual_seed(seed)
+    predictions, references = [], []
+    for index in range(count):
+        height, width = (int(v) for v in torch.randint(24, 72, (2,), generator=generator))
+        low = torch.randint(0, 9, (max(2, height // 8), max(2, width // 8)), generator=generator) / 8.0
+        truth = torch.rand(height, width, generator=generator) < 0.15
+        truth[height // 4 : height // 2, width // 3 : width // 2] = True
+        if index in (3, 7):
+            truth[:] = False
+            if index == 7:
+                low = torch.zeros_like(low)  # and an empty prediction: the published 0 / 0
+        predictions.append(low)
+        references.append(truth)
+    is_thing = [bool(i % 2) for i in range(count)]
+    num_segments = [1 + i % 3 for i in range(count)]
+    return predictions, references, is_thing, num_segments
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_epng_pipeline_end_to_end(seed: int) -> None:
+    predictions, references, is_thing, num_segments = random_case(seed)
+    # EPNG val.py: probabilities resized bilinearly to the image size, `>= 0.5`, IoU, official sum
+    ious = []
+    for low, truth in zip(predictions, references, strict=True):
+        resized = F.interpolate(low[None, None], size=truth.shape, mode="bilinear")[0, 0]
+        ious.append(published_iou((resized >= 0.5).float(), truth.float()))
+    assert np.isnan(ious[7]) and ious[3] == 0.0
+    metric = AverageRecall(inclusive_threshold=True)
+    results = metric.compute(
+        predictions=predictions,
+        references=references,
+        is_thing=is_thing,
+        num_segments=num_segments,
+        integration="official",
+        empty_ground_truth="miss",
+    )
+    assert results["average_recall"] == pytest.approx(published_official_area(ious), abs=1e-12)
+    things = [iou for iou, thing in zip(ious, is_thing, strict=True) if thing]
+    assert results["average_recall_things"] == pytest.approx(published_official_area(things), abs=1e-12)
+    # the case has ties, so the default `> 0.5` gives another number
+    strict = AverageRecall().compute(
+        predictions=predictions,
+        references=references,
+        is_thing=is_thing,
+        num_segments=num_segments,
+        integration="official",
+        empty_ground_truth="miss",
+    )
+    assert abs(strict["average_recall"] - results["average_recall"]) > 1e-9
+
+
+def test_ppmn_pipeline_end_to_end() -> None:
+    predictions, references, is_thing, num_segments = random_case(2)
+    short_side, max_size = 40, 64  # a small detectron2 resize so the test stays fast
+    ious, padded_predictions = [], []
+    for low, truth in zip(predictions, references, strict=True):
+        height, width = truth.shape
+        scale = short_side / min(height, width)
+        if max(height, width) * scale > max_size:
+            scale = max_size / max(height, width)
+        input_size = (int(height * scale + 0.5), int(width * scale + 0.5))
+        padded = tuple(-(-side // 32) * 32 for side in input_size)
+        # the model's stride-4 output on the padded input, then > 0.5
+        output = F.interpolate(low[None, None], size=(padded[0] // 4, padded[1] // 4), mode="bilinear")[0, 0]
+        padded_predictions.append(output)
+        gt = F.interpolate(truth.float()[None, None], size=input_size, mode="bilinear")
+        gt = F.pad(gt, (0, padded[1] - input_size[1], 0, padded[0] - input_size[0]))
+        gt = F.interpolate(gt, scale_factor=0.25, mode="bilinear")[0, 0] > 0
+        ious.append(published_iou((output > 0.5).float(), gt.float()))
+    metric = AverageRecall("stride4_padded", stride4_short_side=short_side, stride4_max_size=max_size)
+    results = metric.compute(
+        predictions=padded_predictions,
+        references=references,
+        is_thing=is_thing,
+        num_segments=num_segments,
+        integration="official",
+        empty_ground_truth="miss",
+    )
+    assert results["average_recall"] == pytest.approx(published_official_area(ious), abs=1e-12)
+
+
+def test_png_baseline_pipeline_end_to_end() -> None:
+    predictions, references, is_thing, num_segments = random_case(3)
+    ious, proposals = [], []
+    for low, truth in zip(predictions, references, strict=True):
+        # a binary proposal at the image size; rounded at 256 x 256, back to the image size as floats
+        proposal = F.interpolate(low[None, None], size=truth.shape, mode="bilinear")[0, 0] > 0.5
+        proposals.append(proposal)
+        p = torch.round(F.interpolate(proposal.float()[None, None], size=(256, 256), mode="bilinear"))
+        t = F.interpolate(truth.float()[None, None], size=(256, 256), mode="bilinear")
+        p = F.interpolate(p, size=truth.shape, mode="bilinear")[0, 0]
+        t = F.interpolate(t, size=truth.shape, mode="bilinear")[0, 0]
+        ious.append(published_iou(p, t))
+    metric = AverageRecall("soft256")
+    results = metric.compute(
+        predictions=proposals,
+        references=references,
+        is_thing=is_thing,
+        num_segments=num_segments,
+        integration="official",
+        empty_ground_truth="miss",
+    )
+    assert results["average_recall"] == pytest.approx(published_official_area(ious), abs=1e-9)
