@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from narrative_grounding.metrics import (
     AVERAGE_RECALL_PATH,
+    PROTOCOLS,
     AverageRecall,
     ReferringSegmentation,
     average_recall_from_counts,
@@ -362,3 +363,16 @@ def test_png_baseline_pipeline_end_to_end() -> None:
         empty_ground_truth="miss",
     )
     assert results["average_recall"] == pytest.approx(published_official_area(ious), abs=1e-9)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_counts_on_cuda_equal_the_cpu_ones(protocol: str) -> None:
+    predictions, references, _, _ = random_case(4)
+    options = {"short_side": 40, "max_size": 64, "inclusive_threshold": True}
+    on_cpu = mask_counts(predictions, references, protocol, **options)
+    on_cuda = mask_counts(
+        [p.cuda() for p in predictions], [r.cuda() for r in references], protocol, **options
+    )
+    for name, values in on_cpu.items():
+        np.testing.assert_allclose(on_cuda[name], values, rtol=1e-6, err_msg=name)
