@@ -393,7 +393,7 @@ def test_binary_mask_at_another_size_is_resized_under_original() -> None:
 
 
 def test_accelerator_reduction_equals_the_cpu_one() -> None:
-    from narrative_grounding.metrics.mask_counts import _stack_counts, _stack_counts_torch
+    from narrative_grounding.metrics.average_recall.average_recall import _stack_counts, _stack_counts_torch
 
     generator = torch.Generator().manual_seed(12)
     prediction = torch.rand(5, 30, 40, generator=generator) < 0.4
@@ -442,3 +442,17 @@ def test_impossible_counts_and_options_are_rejected() -> None:
         AverageRecall(config_name="stride8")
     with pytest.raises(ValueError, match="nothing to evaluate"):
         AverageRecall().compute()
+
+
+def test_unknown_names_are_type_errors_that_keep_what_was_added() -> None:
+    truth = np.ones((4, 4), dtype=bool)
+    metric = AverageRecall()
+    metric.add(prediction=truth, reference=truth, is_thing=True, num_segments=1)
+    with pytest.raises(TypeError, match=r"unknown inputs \['predictions'\].*'prediction'"):
+        metric.add(predictions=truth, reference=truth, is_thing=True, num_segments=1)
+    with pytest.raises(TypeError, match=r"unknown inputs \['is_things'\]"):
+        metric.add_batch(predictions=[truth], references=[truth], is_things=[True], num_segments=[1])
+    # a misspelt option is caught before evaluate reads (and empties) its cache
+    with pytest.raises(TypeError, match=r"unknown arguments \['integraton'\].*'integration'"):
+        metric.compute(integraton="official")
+    assert metric.compute()["num_phrases"] == 1

@@ -7,21 +7,30 @@ Each metric is an `evaluate` module (a folder whose .py has the folder's name) t
 >>> from narrative_grounding.metrics import AVERAGE_RECALL_PATH
 >>> metric = evaluate.load(AVERAGE_RECALL_PATH)            # or evaluate.load(path, "stride4")
 
-The definitions live in `functional` and are shared by every path, so a training loop that has
-gathered per-phrase IoUs or counts can call `average_recall_from_ious` / `..._from_counts` and
-get exactly the numbers the module gives.
+The Average Recall module is one self-contained file (it loads where this package is not
+installed, e.g. from a Hub repository); its definitions are re-exported here, so a training loop
+that has gathered per-phrase IoUs or counts can call `average_recall_from_ious` / `..._from_counts`
+and get exactly the numbers the module gives.
 """
 
 from pathlib import Path
 
-from .average_recall.average_recall import AverageRecall
-from .functional import (
+from .average_recall.average_recall import (
+    EMPTY_GROUND_TRUTH_POLICIES,
+    INTEGRATIONS,
+    PROTOCOLS,
+    AverageRecall,
+    CountingMetric,
     average_recall_from_counts,
     average_recall_from_ious,
+    evaluation_size,
+    mask_counts,
+    resize_for_protocol,
+)
+from .referring_segmentation.referring_segmentation import (
+    ReferringSegmentation,
     referring_segmentation_from_counts,
 )
-from .mask_counts import evaluation_size, mask_counts, resize_for_protocol
-from .referring_segmentation.referring_segmentation import ReferringSegmentation
 
 #: Folder to pass to `evaluate.load` for Average Recall.
 AVERAGE_RECALL_PATH = str(Path(__file__).parent / "average_recall")
@@ -30,8 +39,12 @@ REFERRING_SEGMENTATION_PATH = str(Path(__file__).parent / "referring_segmentatio
 
 __all__ = [
     "AVERAGE_RECALL_PATH",
+    "EMPTY_GROUND_TRUTH_POLICIES",
+    "INTEGRATIONS",
+    "PROTOCOLS",
     "REFERRING_SEGMENTATION_PATH",
     "AverageRecall",
+    "CountingMetric",
     "ReferringSegmentation",
     "average_recall_from_counts",
     "average_recall_from_ious",

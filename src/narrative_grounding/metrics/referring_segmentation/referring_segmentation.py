@@ -3,8 +3,9 @@
 For single-expression grounding: RefCOCO / RefCOCO+ / RefCOCOg (every expression has a target,
 as in EPNG's zero-shot study) and GRES / gRefCOCO (expressions may have no target). Load it with
 `evaluate.load(narrative_grounding.metrics.REFERRING_SEGMENTATION_PATH)` or use the class
-`narrative_grounding.metrics.ReferringSegmentation`. The definitions are in
-`narrative_grounding.metrics.functional.referring_segmentation_from_counts`.
+`narrative_grounding.metrics.ReferringSegmentation`. It builds on the Average Recall module's
+`CountingMetric` (masks reduced to counts under the same protocols), so it needs the installed
+package; its definitions are in `referring_segmentation_from_counts` below.
 """
 
 from __future__ import annotations
@@ -14,12 +15,19 @@ from typing import Any
 
 import datasets
 import evaluate
+import numpy as np
 
-from narrative_grounding.metrics.base import CountingMetric
-from narrative_grounding.metrics.functional import (
-    DEFAULT_PRECISION_THRESHOLDS,
-    referring_segmentation_from_counts,
+from narrative_grounding.metrics.average_recall.average_recall import (
+    BINARY_PROTOCOLS,
+    CountingMetric,
+    as_1d,
+    check_lengths,
+    first_indices,
+    validate_counts,
 )
+
+DEFAULT_PRECISION_THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+
 
 _CITATION = """\
 @inproceedings{liu2023gres,
@@ -37,7 +45,7 @@ cumulative intersection over cumulative union over all expressions. gIoU: mean p
 IoU where a no-target expression scores 1 if its prediction is empty, else 0. precision_at_t:
 fraction of target expressions with IoU >= t. N-acc / T-acc: fraction of no-target expressions
 predicted empty / of target expressions predicted non-empty. Config name = evaluation protocol
-("original" default, or "stride4").
+("original" default, "stride4" or "stride4_padded").
 """
 
 _KWARGS_DESCRIPTION = """
@@ -65,83 +73,19 @@ Examples:
 class ReferringSegmentation(CountingMetric):
     """Referring-segmentation metrics; construction arguments are those of `CountingMetric`."""
 
+    # binary masks only: N-acc / T-acc ask whether a prediction is empty, which soft maps never are
+    protocols = BINARY_PROTOCOLS
+    integer_counts = True
+    requires_reference_areas = True
+
     def _info(self) -> evaluate.MetricInfo:
         return evaluate.MetricInfo(
             description=_DESCRIPTION,
             citation=_CITATION,
             inputs_description=_KWARGS_DESCRIPTION,
-            features=datasets.Features(
-                {
-                    "intersections": datasets.Value("int64"),
-                    "unions": datasets.Value("int64"),
-                    "reference_areas": datasets.Value("int64"),
-                }
-            ),
+            features=datasets.Features(self.count_features()),
             reference_urls=["https://arxiv.org/abs/2306.00968"],
         )
-
-    def add_batch(
-        self,
-        *,
-        predictions: Any = None,
-        references: Any = None,
-        intersections: Any = None,
-        unions: Any = None,
-        reference_areas: Any = None,
-    ) -> None:
-        """Adds a batch of expressions, reducing masks to pixel counts at once."""
-        columns = self._counts(
-            predictions, references, intersections, unions, reference_areas, require_reference_areas=True
-        )
-        self._write(columns)
-
-    def add(
-        self,
-        *,
-        prediction: Any = None,
-        reference: Any = None,
-        intersection: Any = None,
-        union: Any = None,
-        reference_area: Any = None,
-    ) -> None:
-        """Adds one expression (the singular form of `add_batch`)."""
-
-        def one(value: Any) -> list[Any] | None:
-            return None if value is None else [value]
-
-        self.add_batch(
-            predictions=one(prediction),
-            references=one(reference),
-            intersections=one(intersection),
-            unions=one(union),
-            reference_areas=one(reference_area),
-        )
-
-    def compute(
-        self,
-        *,
-        predictions: Any = None,
-        references: Any = None,
-        intersections: Any = None,
-        unions: Any = None,
-        reference_areas: Any = None,
-        precision_thresholds: Sequence[float] = DEFAULT_PRECISION_THRESHOLDS,
-    ) -> dict[str, Any] | None:
-        """Adds the given expressions (if any), then computes the metrics over every one added.
-
-        Returns the results dict on process 0 and None on the others (evaluate's convention).
-        """
-        given = (predictions, references, intersections, unions, reference_areas)
-        if any(value is not None for value in given):
-            self.add_batch(
-                predictions=predictions,
-                references=references,
-                intersections=intersections,
-                unions=unions,
-                reference_areas=reference_areas,
-            )
-        self._check_something_added()
-        return super().compute(precision_thresholds=tuple(precision_thresholds))
 
     def _compute(
         self,
@@ -154,3 +98,70 @@ class ReferringSegmentation(CountingMetric):
         return referring_segmentation_from_counts(
             intersections, unions, reference_areas, precision_thresholds=precision_thresholds
         )
+
+
+def referring_segmentation_from_counts(
+    intersections: Sequence[int] | np.ndarray,
+    unions: Sequence[int] | np.ndarray,
+    reference_areas: Sequence[int] | np.ndarray,
+    precision_thresholds: Sequence[float] = DEFAULT_PRECISION_THRESHOLDS,
+) -> dict[str, Any]:
+    """Referring-segmentation metrics (RefCOCO family, GRES) from per-expression pixel counts.
+
+    An expression is "no-target" when its ground truth is empty (`reference_areas == 0`), and its
+    prediction is "empty" when it has no pixel (`unions - reference_areas + intersections == 0`).
+
+    Args:
+        intersections: `E` counts |pred AND gt|.
+        unions: `E` counts |pred OR gt|.
+        reference_areas: `E` counts |gt|.
+        precision_thresholds: IoU thresholds of the `precision_at_<t>` entries.
+
+    Returns:
+        `miou`: mean IoU over target expressions; `ciou`: sum of intersections / sum of unions over
+        all expressions (a no-target expression adds its predicted pixels to the union);
+        `giou`: mean over all expressions of the IoU, where a no-target expression scores 1 when
+        its prediction is empty and 0 otherwise; `precision_at_<t>`: fraction of target
+        expressions with IoU >= t; `n_acc`: fraction of no-target expressions predicted empty;
+        `t_acc`: fraction of target expressions predicted non-empty; and the counts
+        `num_expressions`, `num_target`, `num_no_target`. A value with no expression to average
+        over is nan.
+    """
+    intersections = as_1d(intersections, "intersections", int)
+    unions = as_1d(unions, "unions", int)
+    reference_areas = as_1d(reference_areas, "reference_areas", int)
+    check_lengths(intersections=intersections, unions=unions, reference_areas=reference_areas)
+    if (reference_areas < 0).any():
+        bad = np.flatnonzero(reference_areas < 0)
+        raise ValueError(f"Expressions {first_indices(bad)} have a negative (or unknown) ground-truth area.")
+    validate_counts(intersections, unions, reference_areas)
+    thresholds = [float(t) for t in precision_thresholds]
+    if any(not 0.0 <= t <= 1.0 for t in thresholds):
+        raise ValueError(f"`precision_thresholds` must lie in [0, 1], got {thresholds}.")
+
+    has_target = reference_areas > 0
+    prediction_areas = unions - reference_areas + intersections
+    predicted_empty = prediction_areas == 0
+    ious = np.zeros(len(unions), dtype=np.float64)
+    ious[has_target] = intersections[has_target] / unions[has_target]
+    target_ious = ious[has_target]
+    # gIoU (GRES): a correct "nothing" answer to a no-target expression is a perfect score
+    generalized = np.where(has_target, ious, predicted_empty.astype(np.float64))
+    total_union = int(unions.sum())
+
+    def _mean(values: np.ndarray) -> float:
+        return float(np.mean(values, dtype=np.float64)) if len(values) else float("nan")
+
+    results: dict[str, Any] = {
+        "miou": _mean(target_ious),
+        "ciou": float(int(intersections.sum()) / total_union) if total_union else float("nan"),
+        "giou": _mean(generalized),
+    }
+    for threshold in thresholds:
+        results[f"precision_at_{threshold:g}"] = _mean((target_ious >= threshold).astype(np.float64))
+    results["n_acc"] = _mean(predicted_empty[~has_target].astype(np.float64))
+    results["t_acc"] = _mean((~predicted_empty[has_target]).astype(np.float64))
+    results["num_expressions"] = len(unions)
+    results["num_target"] = int(has_target.sum())
+    results["num_no_target"] = int((~has_target).sum())
+    return results
