@@ -12,19 +12,17 @@ from __future__ import annotations
 import argparse
 import io
 import time
-from pathlib import Path
 
 import numpy as np
 import PIL.Image
 import torch
 from transformers import AutoTokenizer
 
+from narrative_grounding.factory import variant_path
 from narrative_grounding.modeling.image_processing_png import PngImageProcessor
 from narrative_grounding.modeling.processing_png import PngProcessor
 
-TOKENIZER_DIR = (
-    Path(__file__).resolve().parents[1] / "src" / "narrative_grounding" / "hub_configs" / "tokenizer-tiny"
-)
+TOKENIZER_DIR = variant_path("epng-tiny")  # the tiny tokenizer ships in the tiny variants' folders
 SENTENCES = [
     "In this picture we can see a woman standing on the road and holding a red umbrella.",
     "Behind her there are two cars parked near the building, and a man is walking with a dog.",

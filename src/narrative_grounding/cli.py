@@ -17,13 +17,15 @@ COMMAND_MODULES = (
     "narrative_grounding.predict",  # predict
     "narrative_grounding.evaluation",  # evaluate
     "narrative_grounding.demo",  # demo: the Quickstart's main job
+    "narrative_grounding.variants_cli",  # variants, publish
 )
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="narrative-grounding",
-        description="Panoptic Narrative Grounding: data preparation, prediction, evaluation and the demo.",
+        description="Panoptic Narrative Grounding: data preparation, prediction, evaluation, the demo and the "
+        "model variants.",
     )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module_name in COMMAND_MODULES:
