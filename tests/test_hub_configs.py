@@ -169,6 +169,15 @@ def test_convert_legacy_variant_with_a_shipped_tokenizer(tmp_path: Path) -> None
     convert_legacy_variant(tmp_path / "drmn-test.json", tmp_path / "out", overwrite=True)
 
 
+def test_convert_legacy_variant_naming_the_former_tiny_tokenizer_folder(tmp_path: Path) -> None:
+    (tmp_path / "drmn-former.json").write_text(json.dumps(_legacy_record(tokenizer="tokenizer-tiny")))
+    folder = convert_legacy_variant(tmp_path / "drmn-former.json", tmp_path / "out")
+    for name in ("tokenizer.json", "vocab.txt"):
+        assert (folder / name).read_bytes() == (HUB_CONFIGS_DIR / "epng-tiny" / name).read_bytes()
+    assert "# drmn-former" in (folder / "README.md").read_text()
+    assert load_config(folder).text_config.vocab_size == 3978
+
+
 def test_convert_legacy_variant_with_a_hub_tokenizer_and_bad_files(tmp_path: Path) -> None:
     record = _legacy_record(tokenizer="bert-base-uncased", _expected_results="AR 12.3 somewhere.")
     (tmp_path / "hub.json").write_text(json.dumps(record))

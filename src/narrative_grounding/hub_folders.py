@@ -23,6 +23,10 @@ from typing import Any
 from .factory import HUB_CONFIGS_DIR, load_config, ships_tokenizer, variant_path
 from .modeling.configuration_png import PngConfig
 
+#: Tokenizer folders of the former layout, now shipped inside a variant's folder.
+FORMER_TOKENIZER_FOLDERS = {"tokenizer-tiny": "epng-tiny"}
+#: What a shipped tokenizer consists of (copied as the tokenizer build writes them).
+SHIPPED_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
 #: config entries that name module files of the repository (transformers' auto classes, custom pipelines).
 CODE_ENTRIES = ("auto_map", "custom_pipelines")
 LICENSE = "apache-2.0"
@@ -284,6 +288,8 @@ def convert_legacy_variant(
     kwargs = json.loads(json.dumps(record["config"]))  # deep copy
     text = kwargs.setdefault("text_config", {})
     tokenizer_folder = json_path.parent / record["tokenizer"]
+    if not tokenizer_folder.is_dir() and record["tokenizer"] in FORMER_TOKENIZER_FOLDERS:
+        tokenizer_folder = variant_path(FORMER_TOKENIZER_FOLDERS[record["tokenizer"]])
     tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_folder)) if tokenizer_folder.is_dir() else None
     if "vocab_size" not in text:
         if tokenizer is None:
@@ -313,9 +319,9 @@ def convert_legacy_variant(
     save_model_folder(target, config, processor, card=card, with_code=False)
     if tokenizer is not None:
         # the tokenizer files exactly as shipped (vocab.txt included), not as re-serialised by the processor
-        for path in tokenizer_folder.iterdir():
-            if path.is_file():
-                shutil.copy2(path, target / path.name)
+        for name in SHIPPED_TOKENIZER_FILES:
+            if (tokenizer_folder / name).is_file():
+                shutil.copy2(tokenizer_folder / name, target / name)
     return target
 
 

@@ -2,7 +2,7 @@
 
 A model is a visual encoder (a timm ResNet through transformers' `TimmBackboneConfig`, plus an FPN
 neck), a text encoder (BERT, `BertConfig`) and a grounding head (`"epng"` or `"drmn"`) with its
-hyper-parameters. Named variants live as JSON files in `hub_configs/`.
+hyper-parameters. Named variants live as folders (saved configs) in `hub_configs/`.
 
 This file is copied into Hub repositories for `trust_remote_code`: it imports only third-party
 packages and sibling modules of this folder.
