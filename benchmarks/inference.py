@@ -58,10 +58,9 @@ def _measure(
     head: str, batch: int, path: str, image_size: int, tokens: int, phrases: int, repeats: int
 ) -> dict:
     """Runs in a child process: build the model, warm up, time the stages and end to end."""
-    from narrative_grounding import create_model
+    from narrative_grounding import create_model, load_processor
     from narrative_grounding.inference_optimization import optimize_for_inference
     from narrative_grounding.modeling.text_encoder import pool_phrases
-    from narrative_grounding.training.loading import processor_for_variant
 
     torch.manual_seed(0)
     if path == "plain":
@@ -69,7 +68,7 @@ def _measure(
         model.text_encoder.bert.set_attn_implementation("eager")
     else:
         model = create_model(VARIANTS[head]).eval()
-    processor = processor_for_variant("epng-tiny")  # post-processing does not depend on the tokenizer
+    processor = load_processor("epng-tiny")  # post-processing does not depend on the tokenizer
     inputs = random_model_inputs(
         batch, image_size, tokens=tokens, phrases=phrases, vocab_size=model.config.text_config.vocab_size
     )

@@ -20,15 +20,14 @@ import PIL.Image
 import torch
 from transformers import AutoTokenizer
 
+from narrative_grounding.factory import variant_path
 from narrative_grounding.modeling.image_processing_png import PngImageProcessor
 from narrative_grounding.modeling.processing_png import PngProcessor
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import print_versions  # noqa: E402
 
-TOKENIZER_DIR = (
-    Path(__file__).resolve().parents[1] / "src" / "narrative_grounding" / "hub_configs" / "tokenizer-tiny"
-)
+TOKENIZER_DIR = variant_path("epng-tiny")  # the tiny tokenizer ships in the tiny variants' folders
 SENTENCES = [
     "In this picture we can see a woman standing on the road and holding a red umbrella.",
     "Behind her there are two cars parked near the building, and a man is walking with a dog.",

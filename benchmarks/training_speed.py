@@ -76,12 +76,12 @@ def _pipeline(data_dir: str, input_size: int, workers: int, batch: int, limit: i
     """Runs in a child process: one pass of the DataLoader over `limit` training rows."""
     from torch.utils.data import DataLoader
 
+    from narrative_grounding import load_processor
     from narrative_grounding.data import load_png_dataset
     from narrative_grounding.modeling.image_processing_png import PngImageProcessor
     from narrative_grounding.training import PngCollator
-    from narrative_grounding.training.loading import processor_for_variant
 
-    processor = processor_for_variant("epng-tiny")
+    processor = load_processor("epng-tiny")
     processor.image_processor = PngImageProcessor(size={"height": input_size, "width": input_size})
     dataset = load_png_dataset(data_dir)["train"]
     dataset = dataset.select(range(min(limit, len(dataset))))

@@ -1,4 +1,4 @@
-"""Build the project's tiny WordPiece tokenizer (src/narrative_grounding/hub_configs/tokenizer-tiny/).
+"""Build the project's tiny WordPiece tokenizer, shipped in the tiny variants' folders (hub_configs/*-tiny/).
 
 The paper configs use bert-base-uncased's tokenizer from the Hub; the tiny configs (tests, the synthetic
 dataset, the demo) need one that ships with the project and loads offline. This script builds a lowercase,
@@ -16,7 +16,7 @@ BERT-style WordPiece tokenizer with the `tokenizers` library (BertNormalizer, Be
 
 The output is deterministic: run it again to regenerate the committed files.
 
-    python scripts/build_tiny_tokenizer.py [--vocab-size 6000] [--output DIR]
+    python scripts/build_tiny_tokenizer.py [--output DIR [DIR ...]]
 """
 
 from __future__ import annotations
@@ -32,7 +32,8 @@ from tokenizers import Tokenizer, decoders, normalizers, pre_tokenizers, process
 from tokenizers.models import WordPiece
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_OUTPUT = REPO / "src" / "narrative_grounding" / "hub_configs" / "tokenizer-tiny"
+#: The variants that ship the tiny tokenizer (each Hub repository folder holds its own copy).
+DEFAULT_OUTPUTS = [REPO / "hub_configs" / "epng-tiny", REPO / "hub_configs" / "drmn-tiny"]
 
 # [PAD] first so that its id is 0, as in BERT (the model and collators pad input_ids with 0).
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
@@ -309,27 +310,16 @@ def build_tokenizer() -> tuple[Tokenizer, list[str]]:
     return tokenizer, words
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
-    args = parser.parse_args(argv)
-
+def save_tokenizer(tokenizer: Tokenizer, vocab: dict[str, int], output: Path) -> None:
     from transformers import BertTokenizerFast  # noqa: PLC0415 (heavy import, only when building)
 
-    tokenizer, words = build_tokenizer()
-    vocab = tokenizer.get_vocab()
-    for position, token in enumerate(SPECIAL_TOKENS):
-        if vocab[token] != position:
-            raise RuntimeError(f"special token {token} got id {vocab[token]}, expected {position}")
-
     fast = BertTokenizerFast(tokenizer_object=tokenizer, do_lower_case=True, model_max_length=512)
-    args.output.mkdir(parents=True, exist_ok=True)
-    fast.save_pretrained(str(args.output))
+    output.mkdir(parents=True, exist_ok=True)
+    fast.save_pretrained(str(output))
     # transformers 5 writes only tokenizer.json + tokenizer_config.json; vocab.txt (one token a line, in id
-    # order) is what BERT-style tools and the variant factory read, special_tokens_map.json what older
-    # transformers read.
+    # order) is what BERT-style tools read, special_tokens_map.json what older transformers read.
     by_id = sorted(vocab, key=vocab.__getitem__)
-    (args.output / "vocab.txt").write_text("\n".join(by_id) + "\n", encoding="utf-8")
+    (output / "vocab.txt").write_text("\n".join(by_id) + "\n", encoding="utf-8")
     special_map = {
         "pad_token": "[PAD]",
         "unk_token": "[UNK]",
@@ -337,12 +327,26 @@ def main(argv: list[str] | None = None) -> int:
         "sep_token": "[SEP]",
         "mask_token": "[MASK]",
     }
-    (args.output / "special_tokens_map.json").write_text(json.dumps(special_map, indent=2) + "\n")
-    # BertTokenizerFast writes vocab.txt itself; check that the folder reloads to the same vocabulary.
-    reloaded = BertTokenizerFast.from_pretrained(str(args.output))
-    vocab_txt = (args.output / "vocab.txt").read_text(encoding="utf-8").splitlines()
+    (output / "special_tokens_map.json").write_text(json.dumps(special_map, indent=2) + "\n")
+    # check that the folder reloads to the same vocabulary
+    reloaded = BertTokenizerFast.from_pretrained(str(output))
+    vocab_txt = (output / "vocab.txt").read_text(encoding="utf-8").splitlines()
     if reloaded.get_vocab() != vocab or {token: index for index, token in enumerate(vocab_txt)} != vocab:
-        raise RuntimeError("the saved tokenizer does not reload to the same vocabulary")
+        raise RuntimeError(f"the tokenizer saved in {output} does not reload to the same vocabulary")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--output", type=Path, nargs="+", default=DEFAULT_OUTPUTS)
+    args = parser.parse_args(argv)
+
+    tokenizer, words = build_tokenizer()
+    vocab = tokenizer.get_vocab()
+    for position, token in enumerate(SPECIAL_TOKENS):
+        if vocab[token] != position:
+            raise RuntimeError(f"special token {token} got id {vocab[token]}, expected {position}")
+    for output in args.output:
+        save_tokenizer(tokenizer, vocab, output)
     split_words = [word for word in words if len(tokenizer.encode(word, add_special_tokens=False).ids) > 1]
     print(f"vocab_size={len(vocab)} words={len(words)} split_into_pieces={len(split_words)} -> {args.output}")
     if split_words:

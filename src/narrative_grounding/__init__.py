@@ -3,7 +3,7 @@ the Hugging Face way."""
 
 from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoProcessor
 
-from .factory import available_variants, create_model, load_config, load_variant
+from .factory import available_variants, create_model, load_config, load_processor, load_variant
 from .inference_optimization import optimize_for_inference
 from .modeling.configuration_png import PngConfig
 from .modeling.image_processing_png import PngBatchFeature, PngImageProcessor
@@ -36,6 +36,7 @@ __all__ = [
     "available_variants",
     "create_model",
     "load_config",
+    "load_processor",
     "load_variant",
     "optimize_for_inference",
 ]

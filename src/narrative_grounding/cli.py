@@ -18,6 +18,7 @@ COMMAND_MODULES = (
     "narrative_grounding.evaluation",  # evaluate
     "narrative_grounding.demo",  # demo: the Quickstart's main job
     "narrative_grounding.conversion.cli",  # convert panoptic-fpn | epng
+    "narrative_grounding.variants_cli",  # variants, publish
 )
 
 
@@ -25,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="narrative-grounding",
         description="Panoptic Narrative Grounding: data preparation, prediction, evaluation, checkpoint "
-        "conversion and the demo.",
+        "conversion, the demo and the model variants.",
     )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module_name in COMMAND_MODULES:

@@ -1,67 +1,96 @@
-"""Named model variants (open_clip style): one JSON file per variant in `hub_configs/`, one factory.
+"""Named model variants (open_clip style, as Hub repositories): one folder per variant in `hub_configs/`,
+one factory.
 
-A variant file holds the `PngConfig` keyword arguments under "config", the tokenizer (a Hub id such as
-"bert-base-uncased", or a folder name inside hub_configs/), the input image size and, optionally, further
-`PngImageProcessor` settings under "image_processor" (e.g. the BGR, 0..255 input of detectron2 weights).
+A variant folder is a Hub model repository without weights: `config.json` (a saved `PngConfig`), the
+processor's configuration, the tokenizer files where the project ships the tokenizer (the tiny variants)
+and a `README.md` model card. Variants whose tokenizer is not shipped name it in `config.json` as the text
+encoder's checkpoint (`text_config._name_or_path`, e.g. "bert-base-uncased"), which `load_processor` then
+loads from the Hub.
+
+Where the folders are: in a wheel they are package data (`narrative_grounding/hub_configs/`, see
+setup.py); in a source checkout or an editable install they are the repository's top-level `hub_configs/`.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .modeling.configuration_png import PngConfig
 from .modeling.modeling_png import PngForPanopticNarrativeGrounding
 
-HUB_CONFIGS_DIR = Path(__file__).parent / "hub_configs"
+#: Files whose presence means the folder ships its tokenizer.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
+
+
+def _hub_configs_dir() -> Path:
+    package_data = Path(__file__).parent / "hub_configs"  # a wheel install
+    if any(package_data.glob("*/config.json")):
+        return package_data
+    # src/narrative_grounding/factory.py -> the repository root (source checkout, editable install)
+    return Path(__file__).resolve().parents[2] / "hub_configs"
+
+
+HUB_CONFIGS_DIR = _hub_configs_dir()
 
 
 @dataclass(frozen=True)
 class ModelVariant:
+    """What the factory knows of a variant folder besides its `PngConfig`."""
+
     name: str
-    config_kwargs: dict[str, Any]
-    tokenizer: str  # Hub id or absolute path of a local tokenizer folder
-    image_size: int
-    description: str
-    image_processor: dict[str, Any] = field(default_factory=dict)  # PngImageProcessor keyword arguments
+    path: Path
+    image_size: int  # side of the square input the variant's image processor resizes to
+    tokenizer: str  # the folder itself when it ships the tokenizer, else a Hub id (or local checkpoint)
 
 
 def available_variants() -> list[str]:
     """Names of the variants shipped in hub_configs/ (e.g. "epng-tiny", "epng-r101-bert-base")."""
-    return sorted(path.stem for path in HUB_CONFIGS_DIR.glob("*.json"))
+    if not HUB_CONFIGS_DIR.is_dir():
+        return []
+    return sorted(path.parent.name for path in HUB_CONFIGS_DIR.glob("*/config.json"))
+
+
+def variant_path(name_or_path: str | Path) -> Path:
+    """The folder of a variant: a name from `available_variants()`, or the path of any folder holding a
+    saved `PngConfig` (config.json) laid out like the shipped ones."""
+    if str(name_or_path) in available_variants():  # a name wins over a same-named folder in the cwd
+        return HUB_CONFIGS_DIR / str(name_or_path)
+    path = Path(name_or_path)
+    if (path / "config.json").is_file():
+        return path
+    raise ValueError(
+        f"unknown model variant {str(name_or_path)!r} (neither a name in {HUB_CONFIGS_DIR} nor a folder with a "
+        f"config.json); available: {', '.join(available_variants()) or 'none'}"
+    )
+
+
+def ships_tokenizer(folder: str | Path) -> bool:
+    return all((Path(folder) / name).is_file() for name in TOKENIZER_FILES)
 
 
 def load_variant(name_or_path: str | Path) -> ModelVariant:
-    """Read a variant by name (a file in hub_configs/) or from the path of a variant JSON file."""
-    path = Path(name_or_path)
-    if not path.suffix == ".json" or not path.is_file():
-        path = HUB_CONFIGS_DIR / f"{name_or_path}.json"
-    if not path.is_file():
+    """The folder, input size and tokenizer source of a variant."""
+    from .modeling.image_processing_png import PngImageProcessor
+
+    path = variant_path(name_or_path)
+    size = PngImageProcessor.from_pretrained(str(path)).size
+    if not (size.height and size.width) or size.height != size.width:
         raise ValueError(
-            f"unknown model variant {str(name_or_path)!r}; available: {', '.join(available_variants())}"
+            f"variant {path}: the image processor's size must be a square height/width, got {dict(size)}"
         )
-    try:
-        record = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise ValueError(f"variant file {path} is not valid JSON: {error}") from error
-    missing = {"config", "tokenizer", "image_size"} - record.keys()
-    if missing:
-        raise ValueError(f"variant file {path} lacks the field(s) {sorted(missing)}")
-    tokenizer = record["tokenizer"]
-    local_tokenizer = path.parent / tokenizer
-    if local_tokenizer.is_dir():
-        tokenizer = str(local_tokenizer)
-    config_kwargs = json.loads(json.dumps(record["config"]))  # deep copy: callers may mutate
-    return ModelVariant(
-        name=path.stem,
-        config_kwargs=config_kwargs,
-        tokenizer=tokenizer,
-        image_size=int(record["image_size"]),
-        description=record.get("_description", ""),
-        image_processor=dict(record.get("image_processor", {})),
-    )
+    if ships_tokenizer(path):
+        tokenizer = str(path)
+    else:
+        tokenizer = load_config(path).text_config.name_or_path
+        if not tokenizer:
+            raise ValueError(
+                f"variant {path} ships no tokenizer ({' + '.join(TOKENIZER_FILES)}) and its config.json names no "
+                "text checkpoint to take it from (text_config._name_or_path, e.g. 'bert-base-uncased')"
+            )
+    return ModelVariant(name=path.name, path=path, image_size=int(size.height), tokenizer=tokenizer)
 
 
 def _merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
@@ -75,23 +104,33 @@ def _merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
 
 
 def load_config(name_or_path: str | Path, **overrides: Any) -> PngConfig:
-    """The `PngConfig` of a named variant with keyword overrides (e.g. `grounding_head="drmn"`); a dict
-    override of a sub-config updates it (`text_config={"num_hidden_layers": 1}` keeps the other fields).
+    """The `PngConfig` of a variant (its config.json, read as `PngConfig.from_pretrained` reads it) with
+    keyword overrides (e.g. `grounding_head="drmn"`); a dict override of a sub-config updates it
+    (`text_config={"num_hidden_layers": 1}` keeps the other fields)."""
+    path = variant_path(name_or_path)
+    try:
+        config_dict, _ = PngConfig.get_config_dict(str(path))
+    except (OSError, json.JSONDecodeError) as error:
+        raise ValueError(f"variant {path}: config.json cannot be read: {error}") from error
+    return PngConfig.from_dict(_merge(config_dict, overrides))
 
-    Without an explicit `text_config.vocab_size`, the vocabulary size is read from the variant's local
-    tokenizer folder, so the embedding table always matches the tokenizer that ships with it.
-    """
+
+def load_processor(name_or_path: str | Path) -> Any:
+    """The `PngProcessor` of a variant: saved in the folder for the variants that ship their tokenizer;
+    otherwise the folder's image processor with the tokenizer of the text checkpoint that config.json names
+    (from the Hub, e.g. bert-base-uncased)."""
+    from transformers import AutoTokenizer
+
+    from .modeling.image_processing_png import PngImageProcessor
+    from .modeling.processing_png import PngProcessor
+
     variant = load_variant(name_or_path)
-    kwargs = _merge(variant.config_kwargs, overrides)
-    text = kwargs.setdefault("text_config", {})
-    if isinstance(text, dict) and "vocab_size" not in text:
-        vocab_file = Path(variant.tokenizer) / "vocab.txt"
-        if not vocab_file.is_file():
-            raise ValueError(
-                f"variant {variant.name}: text_config.vocab_size is not set and {vocab_file} does not exist"
-            )
-        text["vocab_size"] = sum(1 for _ in vocab_file.open(encoding="utf-8"))
-    return PngConfig(**kwargs)
+    if variant.tokenizer == str(variant.path):
+        return PngProcessor.from_pretrained(str(variant.path))
+    image_processor = PngImageProcessor.from_pretrained(str(variant.path))
+    return PngProcessor(
+        image_processor=image_processor, tokenizer=AutoTokenizer.from_pretrained(variant.tokenizer)
+    )
 
 
 def create_model(name_or_path: str | Path, **overrides: Any) -> PngForPanopticNarrativeGrounding:

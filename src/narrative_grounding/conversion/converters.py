@@ -62,11 +62,9 @@ def _build(
         )
     else:
         model = PngForPanopticNarrativeGrounding(config)
-    settings = {"size": {"height": record.image_size, "width": record.image_size}}
-    settings.update(record.image_processor)
-    settings.update(image_processor)
+    # the variant folder's image processor (e.g. BGR, 0..255 for detectron2 weights), then the caller's settings
     processor = PngProcessor(
-        image_processor=PngImageProcessor(**settings),
+        image_processor=PngImageProcessor.from_pretrained(str(record.path), **image_processor),
         tokenizer=AutoTokenizer.from_pretrained(tokenizer or text_model_name_or_path or record.tokenizer),
     )
     return model, processor

@@ -2,7 +2,7 @@
 
 A model is a visual encoder (a timm ResNet through transformers' `TimmBackboneConfig`, plus an FPN
 neck), a text encoder (BERT, `BertConfig`) and a grounding head (`"epng"` or `"drmn"`) with its
-hyper-parameters. Named variants live as JSON files in `hub_configs/`.
+hyper-parameters. Named variants live as folders (saved configs) in `hub_configs/`.
 
 The task's pipeline travels with the configuration: `save_pretrained` copies `pipeline_png.py` (and the
 processor modules it imports) beside config.json and names it under `custom_pipelines`, which is what

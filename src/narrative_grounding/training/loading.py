@@ -6,27 +6,12 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..factory import available_variants, load_config, load_variant
+from ..factory import available_variants, load_config, load_processor
 from ..modeling.modeling_png import PngForPanopticNarrativeGrounding
 
 
 def is_variant_name(source: str) -> bool:
-    return source in available_variants() or (source.endswith(".json") and Path(source).is_file())
-
-
-def processor_for_variant(name: str) -> Any:
-    """A new `PngProcessor` for a named variant: its tokenizer, input size and image processor settings."""
-    from transformers import AutoTokenizer
-
-    from ..modeling.image_processing_png import PngImageProcessor
-    from ..modeling.processing_png import PngProcessor
-
-    variant = load_variant(name)
-    tokenizer = AutoTokenizer.from_pretrained(variant.tokenizer)
-    image_processor = PngImageProcessor(
-        **{"size": {"height": variant.image_size, "width": variant.image_size}, **variant.image_processor}
-    )
-    return PngProcessor(image_processor=image_processor, tokenizer=tokenizer)
+    return source in available_variants()
 
 
 def load_model_and_processor(
@@ -58,7 +43,7 @@ def load_model_and_processor(
             )
         else:
             model = PngForPanopticNarrativeGrounding(config)
-        return model, processor_for_variant(source), None
+        return model, load_processor(source), None
     if config_overrides or text_model_name_or_path or backbone_pretrained:
         raise ValueError(
             "--config_overrides, --text_model_name_or_path and --backbone_pretrained apply to a variant name; "
