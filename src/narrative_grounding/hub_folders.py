@@ -125,6 +125,21 @@ def _processor_in(folder: Path) -> Any:
     return PngImageProcessor.from_pretrained(str(folder))
 
 
+def refresh_variant_folder(folder: str | Path) -> Path:
+    """Re-writes a variant folder's config and processor files with the installed package's `save_pretrained`
+    (after a configuration field was added, say), keeping its model card and its tokenizer files as shipped."""
+    folder = Path(folder)
+    kept = {
+        path.name: path.read_bytes()
+        for path in folder.iterdir()
+        if path.name == "README.md" or path.name in SHIPPED_TOKENIZER_FILES
+    }
+    save_model_folder(folder, PngConfig.from_pretrained(str(folder)), _processor_in(folder), with_code=False)
+    for name, data in kept.items():
+        (folder / name).write_bytes(data)
+    return folder
+
+
 # ------------------------------------------------------------------------------------------- model card
 def parameter_counts(config: PngConfig) -> dict[str, tuple[int, int]]:
     """(parameters, trainable parameters) per top-level module and in total, counted on the meta device."""
