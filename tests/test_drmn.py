@@ -192,6 +192,23 @@ def test_gather_sampling_equals_the_direct_loop():
         multi_scale_deformable_sampling_by_gathering(channels_last[:2], LEVEL_SHAPES, locations, weights)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("batch", [1, 2])
+def test_half_precision_sampling_of_head_views_is_finite(dtype, batch):
+    """Values as the module passes them (heads split by a permuted view, a channels-last layout at batch 1):
+    CPU grid_sample returned NaN for such bfloat16 / float16 inputs of 16 x 16 or more."""
+    generator = torch.Generator().manual_seed(2)
+    heads, head_dim, queries, points, size = 8, 32, 50, 4, 16
+    pixels = torch.randn(batch, size, size, heads, head_dim, generator=generator)  # B x H x W x Hd x Dh
+    locations = torch.rand(batch, queries, heads, 1, points, 2, generator=generator)
+    weights = torch.rand(batch, queries, heads, 1, points, generator=generator).softmax(-1)
+    reference = multi_scale_deformable_sampling([pixels.permute(0, 3, 4, 1, 2)], locations, weights)
+    half = multi_scale_deformable_sampling(
+        [pixels.to(dtype).permute(0, 3, 4, 1, 2)], locations.to(dtype), weights.to(dtype)
+    )
+    torch.testing.assert_close(half.float(), reference, atol=0.1, rtol=0.05)
+
+
 def test_deformable_attention_module_equals_the_direct_loop_values_and_gradients():
     torch.manual_seed(0)
     d_model, heads, points = 8, 2, 3
