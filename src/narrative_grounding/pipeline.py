@@ -19,7 +19,7 @@ from transformers.pipelines import PIPELINE_REGISTRY
 
 from .modeling.image_processing_png import PngBatchFeature
 from .modeling.modeling_png import PngForPanopticNarrativeGrounding
-from .modeling.processing_png import PngProcessor
+from .modeling.processing_png import PngProcessor, check_post_processing_options
 
 TASK = "panoptic-narrative-grounding"
 
@@ -110,6 +110,7 @@ class PanopticNarrativeGroundingPipeline(Pipeline):
             }.items()
             if value is not None
         }
+        check_post_processing_options(**postprocess)  # before any image is read or the model runs
         return preprocess, {}, postprocess
 
     def preprocess(self, record: dict[str, Any], **options: Any) -> dict[str, Any]:

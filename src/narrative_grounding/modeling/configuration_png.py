@@ -160,6 +160,21 @@ class PngConfig(PreTrainedConfig):
             }
         super().__post_init__(**kwargs)
 
+    @classmethod
+    def get_config_dict(cls, pretrained_model_name_or_path, **kwargs):
+        """transformers returns an empty dict for a folder or repo without config.json, which would build the
+        default ResNet-101 / BERT-base model and fail later on mismatched weights: say what is missing."""
+        config_dict, unused_kwargs = super().get_config_dict(pretrained_model_name_or_path, **kwargs)
+        if not config_dict:
+            location = str(pretrained_model_name_or_path)
+            if kwargs.get("subfolder"):
+                location += f"/{kwargs['subfolder']}"
+            raise OSError(
+                f"{location} has no config.json (or an empty one): it is not a model saved with save_pretrained "
+                "(give the folder or repo that holds config.json beside the weights)"
+            )
+        return config_dict, unused_kwargs
+
     def validate_architecture(self) -> None:
         """Called by `@strict` after init: reject inconsistent settings with a message naming the field."""
         if self.grounding_head not in GROUNDING_HEADS:

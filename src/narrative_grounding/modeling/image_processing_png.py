@@ -155,6 +155,13 @@ def image_to_tensor(image: Any, *, apply_exif_orientation: bool = True, index: i
         tensor, scale = tensor.to(torch.uint8) * 255, 255.0
     elif tensor.is_floating_point():
         tensor = tensor.to(torch.float32)
+        finite = torch.isfinite(tensor)
+        if not bool(finite.all()):  # NaN passes any range test and turns every mask of the image empty
+            first = tuple((~finite).nonzero()[0].tolist())
+            raise ValueError(
+                f"{where}: {int((~finite).sum())} non-finite value(s) (NaN or infinity), the first at "
+                f"(channel, row, column) {first}; float images must have finite values in [0, 1]"
+            )
         low, high = float(tensor.min()), float(tensor.max())
         if low < 0.0 or high > 1.0:
             raise ValueError(

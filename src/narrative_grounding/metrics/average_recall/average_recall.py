@@ -13,7 +13,11 @@ import datasets
 import evaluate
 
 from narrative_grounding.metrics.base import CountingMetric, as_list_of
-from narrative_grounding.metrics.functional import average_recall_from_counts
+from narrative_grounding.metrics.functional import (
+    EMPTY_GROUND_TRUTH_POLICIES,
+    INTEGRATIONS,
+    average_recall_from_counts,
+)
 
 _CITATION = """\
 @inproceedings{gonzalez2021panoptic,
@@ -152,6 +156,13 @@ class AverageRecall(CountingMetric):
 
         Returns the results dict on process 0 and None on the others (evaluate's convention).
         """
+        # checked before anything is added: a call that fails must not leave its phrases in the metric
+        if integration not in INTEGRATIONS:
+            raise ValueError(f"`integration` must be one of {INTEGRATIONS}, got {integration!r}.")
+        if empty_ground_truth not in EMPTY_GROUND_TRUTH_POLICIES:
+            raise ValueError(
+                f"`empty_ground_truth` must be one of {EMPTY_GROUND_TRUTH_POLICIES}, got {empty_ground_truth!r}."
+            )
         given = (predictions, references, is_thing, num_segments, intersections, unions, reference_areas)
         if any(value is not None for value in given):
             self.add_batch(
