@@ -219,6 +219,32 @@ def test_unknown_key_in_a_variant_file_is_an_error(tmp_path):
         load_config(str(variant))
 
 
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("dropout", 2.0, "dropout must be in \\[0, 1\\)"),
+        ("sal_temperature", 0.0, "sal_temperature must be > 0"),
+        ("dice_loss_weight", math.nan, "dice_loss_weight must be a finite number"),
+        ("bce_loss_weight", -1.0, "bce_loss_weight must be >= 0"),
+        ("num_attention_heads", 0, "num_attention_heads must be >= 1"),
+        ("d_model", "96", "d_model must be an integer"),
+        ("freeze_text_encoder", "no", "freeze_text_encoder must be True or False"),
+    ],
+)
+def test_config_values_of_the_wrong_type_or_range_name_the_field(field, value, message):
+    from huggingface_hub.errors import StrictDataclassError
+
+    with pytest.raises(StrictDataclassError, match=message):
+        load_config("epng-tiny", **{field: value})
+
+
+def test_training_config_overrides_are_checked_too():
+    from narrative_grounding.training.loading import load_model_and_processor
+
+    with pytest.raises(ValueError, match="'d_modle' \\(did you mean 'd_model'\\?\\)"):
+        load_model_and_processor("epng-tiny", config_overrides={"d_modle": 128})
+
+
 # ------------------------------------------------------------------------------------------ loading
 @pytest.mark.parametrize("shard", [False, True], ids=["single-file", "indexed"])
 def test_model_folder_without_config_json_says_so(tmp_path, shard):

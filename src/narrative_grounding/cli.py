@@ -12,6 +12,8 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+from huggingface_hub.errors import StrictDataclassError
+
 COMMAND_MODULES = (
     "narrative_grounding.data.cli",  # prepare-data, validate, make-synthetic
     "narrative_grounding.predict",  # predict
@@ -21,8 +23,8 @@ COMMAND_MODULES = (
 
 
 # Errors that bad input raises (a missing file, invalid JSON, a value out of range, a folder that is not a saved
-# model): shown as one line. Anything else is a bug and keeps its traceback.
-USER_ERRORS = (ValueError, OSError)
+# model, a config.json with invalid values): shown as one line. Anything else is a bug and keeps its traceback.
+USER_ERRORS = (ValueError, OSError, StrictDataclassError)
 
 
 def build_parser() -> argparse.ArgumentParser:
