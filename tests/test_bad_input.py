@@ -64,6 +64,41 @@ def test_non_finite_pixel_of_a_pil_float_image_is_an_error(processor):
         processor.image_processor([np.zeros((10, 10, 3), np.uint8), PIL.Image.fromarray(array, mode="F")])
 
 
+@pytest.mark.parametrize(
+    "options, error, message",
+    [
+        ({"size": {"height": -64, "width": 64}}, ValueError, "size\\['height'\\] must be a positive integer"),
+        ({"size": {"height": 0, "width": 64}}, ValueError, "size\\['height'\\] must be a positive integer"),
+        (
+            {"pad_size": {"height": 64, "width": -1}},
+            ValueError,
+            "pad_size\\['width'\\] must be a positive integer",
+        ),
+        ({"keep_aspect_ratio": "yes"}, TypeError, "keep_aspect_ratio must be True or False"),
+        ({"image_mean": [0.5, 0.5]}, ValueError, "image_mean must be one finite number or three"),
+        ({"image_std": [0.0, 0.0, 0.0]}, ValueError, "image_std must be positive"),
+        ({"rescale_factor": math.nan}, ValueError, "rescale_factor must be a positive finite number"),
+    ],
+)
+def test_image_options_that_would_fail_in_torch_or_give_non_finite_pixels(processor, options, error, message):
+    # a negative size failed inside torch; a zero std or a NaN rescale factor gave inf / NaN pixel_values
+    with pytest.raises(error, match=message):
+        processor(images=np.zeros((20, 30, 3), np.uint8), text=TEXT, phrases=PHRASES, **options)
+
+
+def test_nan_in_ground_truth_masks_is_an_error(processor):
+    masks = np.zeros((2, 20, 30), np.float32)
+    masks[1, 4, 4] = np.nan  # NaN != 0 read as "inside"
+    with pytest.raises(ValueError, match="phrase_masks of image 0: the mask of phrase 1 holds NaN"):
+        processor(images=np.zeros((20, 30, 3), np.uint8), text=TEXT, phrases=PHRASES, phrase_masks=[masks])
+
+
+def test_phrases_given_as_one_string_is_an_error(processor):
+    # list("a red car") made every character a phrase and failed with "phrase 1 is empty"
+    with pytest.raises(TypeError, match="phrases must be a list of phrases, got the string 'a red car'"):
+        processor(text=TEXT, phrases="a red car")
+
+
 # ------------------------------------------------------------------------------------------ post-processing
 @pytest.mark.parametrize("threshold", [7, -0.1, 1.5, math.nan, math.inf, "0.5", None, True])
 def test_threshold_outside_zero_one_is_an_error(processor, encoding, threshold):

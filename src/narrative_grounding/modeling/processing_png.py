@@ -352,6 +352,10 @@ class PngProcessor(ProcessorMixin):
     def _batch_text(text: str | list[str], phrases: Any) -> tuple[list[str], list[list[Any]]]:
         if phrases is None:
             raise ValueError("phrases are required with text: the phrases of each narrative to ground")
+        if isinstance(phrases, str):  # list("a dog") would be the phrases "a", " ", "d", ...
+            raise TypeError(
+                f"phrases must be a list of phrases, got the string {phrases!r}; write [{phrases!r}]"
+            )
         if isinstance(text, str):
             return [text], [list(phrases)]
         if not isinstance(text, (list, tuple)) or not all(isinstance(item, str) for item in text):
