@@ -49,7 +49,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except USER_ERRORS as error:
         if args.debug:
             raise
-        message = str(error) or type(error).__name__
+        # one line, also for library messages written over several
+        message = (
+            " ".join(line.strip() for line in str(error).splitlines() if line.strip()) or type(error).__name__
+        )
         print(f"narrative-grounding {args.command}: error: {message}", file=sys.stderr)
         return 2
     return int(result or 0)
