@@ -463,6 +463,16 @@ def test_tiny_drmn_overfits_one_batch():
     assert losses[-1] < 0.3 * losses[0], losses
 
 
+def test_loaded_in_bfloat16_a_batch_of_one_gives_finite_masks(tmp_path):
+    """`from_pretrained(..., dtype=torch.bfloat16)` gave all-NaN mask logits for one image (two were fine)."""
+    drmn_model(seed=0).save_pretrained(tmp_path)
+    model = PngForPanopticNarrativeGrounding.from_pretrained(tmp_path, dtype=torch.bfloat16).eval()
+    inputs = make_inputs([2], height=128, width=128)  # the variant's input size
+    with torch.no_grad():
+        logits = model(**{**inputs, "pixel_values": inputs["pixel_values"].to(torch.bfloat16)}).pred_masks
+    assert logits.dtype == torch.bfloat16 and torch.isfinite(logits.float()).all()
+
+
 def test_save_and_load_are_exact(tmp_path):
     model = drmn_model(drmn_num_levels=3, drmn_top_k=7)
     model.save_pretrained(tmp_path)
