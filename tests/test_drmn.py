@@ -196,7 +196,7 @@ def test_gather_sampling_equals_the_direct_loop():
 @pytest.mark.parametrize("batch", [1, 2])
 def test_half_precision_sampling_of_head_views_is_finite(dtype, batch):
     """Values as the module passes them (heads split by a permuted view, a channels-last layout at batch 1):
-    CPU grid_sample returned NaN for such bfloat16 / float16 inputs of 16 x 16 or more."""
+    CPU grid_sample returned NaN for such bfloat16 / float16 inputs (here 16 x 16 with 32 channels)."""
     generator = torch.Generator().manual_seed(2)
     heads, head_dim, queries, points, size = 8, 32, 50, 4, 16
     pixels = torch.randn(batch, size, size, heads, head_dim, generator=generator)  # B x H x W x Hd x Dh

@@ -50,8 +50,8 @@ def multi_scale_deformable_sampling(
     output = None
     for level, value in enumerate(value_levels):
         # (B * Hd) x Dh x H_l x W_l. At B = 1 flatten returns a channels-last view instead of a copy, and CPU
-        # grid_sample on a channels-last bfloat16 / float16 input of 16 x 16 or more returns NaN (torch 2.14):
-        # contiguous() makes the one copy at every batch size.
+        # grid_sample on a channels-last bfloat16 / float16 input returns NaN at some sizes (torch 2.14: 16 x 16
+        # with 32 channels, 32 x 32 with 16): contiguous() makes the one copy at every batch size.
         value = value.flatten(0, 1).contiguous()
         grid = grids[:, :, level].flatten(0, 1)  # (B * Hd) x K x Q x 2
         sampled = F.grid_sample(
