@@ -148,6 +148,9 @@ def test_evaluate_on_a_folder_without_config_json_is_one_line(capsys, tmp_path):
     (tmp_path / "model.safetensors").write_bytes(b"")
     argv = ["evaluate", str(tmp_path), "--synthetic", "easy", "--synthetic-dir", str(tmp_path / "data")]
     assert "has no config.json" in _one_line_error(capsys, argv, "evaluate")
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)  # the command set up accelerate before failing
 
 
 def test_console_entry_point_prints_no_traceback(tmp_path):

@@ -175,10 +175,13 @@ def test_fp16_on_cpu_is_recorded_as_fp32_and_resume_with_another_batch_size_is_r
 ):
     """A CPU run asked for fp16 trains in fp32 (accelerate has no fp16 autocast on CPU): the result and the model
     card say so. Resuming its checkpoint with another per-device batch size trained the wrong number of steps."""
+    from accelerate.state import AcceleratorState
     from huggingface_hub import ModelCard
 
     from narrative_grounding.training import parse_args, train
 
+    # accelerate's state is process-wide and fixes the precision once set: start from none, whatever ran before
+    AcceleratorState._reset_state(reset_partial_state=True)
     output_dir = tmp_path / "run"
     short = ("--max_train_steps", "1", "--checkpointing_steps", "1", "--no_eval", "--report_to", "none")
     result = train(parse_args(_train_argv(output_dir, synthetic_root, *short, "--mixed_precision", "fp16")))
@@ -189,8 +192,6 @@ def test_fp16_on_cpu_is_recorded_as_fp32_and_resume_with_another_batch_size_is_r
     resumed = ("--resume_from_checkpoint", "latest", "--per_device_train_batch_size", "2")
     with pytest.raises(ValueError, match="checkpoint-1: --per_device_train_batch_size was 4, now 2"):
         train(parse_args(_train_argv(output_dir, synthetic_root, *short, *resumed)))
-    from accelerate.state import AcceleratorState
-
     AcceleratorState._reset_state(reset_partial_state=True)  # train() resets it only when it returns
 
 
