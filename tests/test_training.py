@@ -168,6 +168,8 @@ def test_resume_refuses_changed_batch_settings_naming_them(tmp_path):
         ValueError, match="--gradient_accumulation_steps was 1, now 2; the number of processes was 1"
     ):
         check_resumable(saved, changed, tmp_path)
+    with pytest.raises(ValueError, match="--seed was 7, now 8"):  # another data order
+        check_resumable({**saved, "seed": 7}, {**saved, "seed": 8}, tmp_path)
 
 
 def test_fp16_on_cpu_is_recorded_as_fp32_and_resume_with_another_batch_size_is_refused(

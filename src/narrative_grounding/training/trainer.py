@@ -115,13 +115,14 @@ BATCH_LAYOUT_NAMES = {
     "gradient_accumulation_steps": "--gradient_accumulation_steps",
     "num_processes": "the number of processes",
     "train_examples": "the number of training examples (dataset or --max_train_samples)",
+    "seed": "--seed",  # with the epoch, it decides which examples each batch holds
 }
 
 
 def check_resumable(saved: dict[str, int] | None, current: dict[str, int], checkpoint: str | Path) -> None:
     """Raise ValueError naming every batch setting that differs from the checkpoint's: the checkpoint counts
-    batches and optimizer steps, and under another batch size, accumulation, process count or training set
-    those counts skip the wrong samples and stop after the wrong number of steps."""
+    batches and optimizer steps, and under another batch size, accumulation, process count, training set or
+    seed (the data order) those counts skip the wrong samples and stop after the wrong number of steps."""
     if saved is None:
         logger.warning(
             "checkpoint %s does not record its batch settings; assuming they are unchanged", checkpoint
@@ -259,6 +260,7 @@ def train(args: Namespace) -> TrainingResult:
         "gradient_accumulation_steps": args.gradient_accumulation_steps,
         "num_processes": accelerator.num_processes,
         "train_examples": len(train_dataset),
+        "seed": args.seed,
     }
     if args.resume_from_checkpoint:
         checkpoint = resolve_checkpoint(args.resume_from_checkpoint, checkpoints_dir)
