@@ -192,6 +192,23 @@ def test_gather_sampling_equals_the_direct_loop():
         multi_scale_deformable_sampling_by_gathering(channels_last[:2], LEVEL_SHAPES, locations, weights)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("batch", [1, 2])
+def test_half_precision_sampling_of_head_views_is_finite(dtype, batch):
+    """Values as the module passes them (heads split by a permuted view, a channels-last layout at batch 1):
+    CPU grid_sample returned NaN for such bfloat16 / float16 inputs (here 16 x 16 with 32 channels)."""
+    generator = torch.Generator().manual_seed(2)
+    heads, head_dim, queries, points, size = 8, 32, 50, 4, 16
+    pixels = torch.randn(batch, size, size, heads, head_dim, generator=generator)  # B x H x W x Hd x Dh
+    locations = torch.rand(batch, queries, heads, 1, points, 2, generator=generator)
+    weights = torch.rand(batch, queries, heads, 1, points, generator=generator).softmax(-1)
+    reference = multi_scale_deformable_sampling([pixels.permute(0, 3, 4, 1, 2)], locations, weights)
+    half = multi_scale_deformable_sampling(
+        [pixels.to(dtype).permute(0, 3, 4, 1, 2)], locations.to(dtype), weights.to(dtype)
+    )
+    torch.testing.assert_close(half.float(), reference, atol=0.1, rtol=0.05)
+
+
 def test_deformable_attention_module_equals_the_direct_loop_values_and_gradients():
     torch.manual_seed(0)
     d_model, heads, points = 8, 2, 3
@@ -444,6 +461,16 @@ def test_tiny_drmn_overfits_one_batch():
         optimizer.step()
         losses.append(loss.item())
     assert losses[-1] < 0.3 * losses[0], losses
+
+
+def test_loaded_in_bfloat16_a_batch_of_one_gives_finite_masks(tmp_path):
+    """`from_pretrained(..., dtype=torch.bfloat16)` gave all-NaN mask logits for one image (two were fine)."""
+    drmn_model(seed=0).save_pretrained(tmp_path)
+    model = PngForPanopticNarrativeGrounding.from_pretrained(tmp_path, dtype=torch.bfloat16).eval()
+    inputs = make_inputs([2], height=128, width=128)  # the variant's input size
+    with torch.no_grad():
+        logits = model(**{**inputs, "pixel_values": inputs["pixel_values"].to(torch.bfloat16)}).pred_masks
+    assert logits.dtype == torch.bfloat16 and torch.isfinite(logits.float()).all()
 
 
 def test_save_and_load_are_exact(tmp_path):

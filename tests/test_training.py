@@ -156,6 +156,51 @@ def test_hub_pusher_failure_warns_and_retries_without_raising(tmp_path, caplog):
     assert (tmp_path / "config.json").is_file()  # the local copy is untouched
 
 
+def test_resume_refuses_changed_batch_settings_naming_them(tmp_path):
+    from narrative_grounding.training.trainer import check_resumable
+
+    saved = {
+        "per_device_train_batch_size": 4,
+        "gradient_accumulation_steps": 1,
+        "num_processes": 1,
+        "train_examples": 24,
+    }
+    check_resumable(saved, dict(saved), tmp_path)  # unchanged: resumes
+    check_resumable(None, dict(saved), tmp_path)  # a checkpoint from before the settings were recorded
+    changed = {**saved, "gradient_accumulation_steps": 2, "num_processes": 2}
+    with pytest.raises(
+        ValueError, match="--gradient_accumulation_steps was 1, now 2; the number of processes was 1"
+    ):
+        check_resumable(saved, changed, tmp_path)
+    with pytest.raises(ValueError, match="--seed was 7, now 8"):  # another data order
+        check_resumable({**saved, "seed": 7}, {**saved, "seed": 8}, tmp_path)
+
+
+def test_fp16_on_cpu_is_recorded_as_fp32_and_resume_with_another_batch_size_is_refused(
+    tmp_path, synthetic_root
+):
+    """A CPU run asked for fp16 trains in fp32 (accelerate has no fp16 autocast on CPU): the result and the model
+    card say so. Resuming its checkpoint with another per-device batch size trained the wrong number of steps."""
+    from accelerate.state import AcceleratorState
+    from huggingface_hub import ModelCard
+
+    from narrative_grounding.training import parse_args, train
+
+    # accelerate's state is process-wide and fixes the precision once set: start from none, whatever ran before
+    AcceleratorState._reset_state(reset_partial_state=True)
+    output_dir = tmp_path / "run"
+    short = ("--max_train_steps", "1", "--checkpointing_steps", "1", "--no_eval", "--report_to", "none")
+    result = train(parse_args(_train_argv(output_dir, synthetic_root, *short, "--mixed_precision", "fp16")))
+    assert result.completed_steps == 1 and result.mixed_precision == "no"
+    card = ModelCard.load(output_dir / "README.md").text
+    assert "mixed precision: `no (fp16 was asked for; not available on cpu)`" in card
+
+    resumed = ("--resume_from_checkpoint", "latest", "--per_device_train_batch_size", "2")
+    with pytest.raises(ValueError, match="checkpoint-1: --per_device_train_batch_size was 4, now 2"):
+        train(parse_args(_train_argv(output_dir, synthetic_root, *short, *resumed)))
+    AcceleratorState._reset_state(reset_partial_state=True)  # train() resets it only when it returns
+
+
 # ---------------------------------------------------------------------------------------------- end to end
 @pytest.mark.slow
 def test_short_training_run_end_to_end(tmp_path, synthetic_root):

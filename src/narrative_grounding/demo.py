@@ -17,6 +17,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .argument_types import non_negative_int, positive_float, positive_int, seed
+
 #: What the demo trains, unless told otherwise. Tuned on 2 CPU cores (see docs/quickstart.md).
 DEFAULTS = {
     "model": "epng-tiny",
@@ -68,35 +70,35 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--time-budget",
-        type=float,
+        type=positive_float,
         default=DEFAULTS["time_budget"],
         help="seconds of training (evaluation not counted; default: %(default)s)",
     )
-    parser.add_argument("--threads", type=int, default=DEFAULTS["threads"], help="torch CPU threads")
+    parser.add_argument("--threads", type=positive_int, default=DEFAULTS["threads"], help="torch CPU threads")
     parser.add_argument(
         "--dataloader-workers",
-        type=int,
+        type=non_negative_int,
         default=DEFAULTS["dataloader_workers"],
         help="data-loading worker processes (default: %(default)s)",
     )
     parser.add_argument(
-        "--num-train", type=int, default=DEFAULTS["num_train"], help="synthetic training images"
+        "--num-train", type=positive_int, default=DEFAULTS["num_train"], help="synthetic training images"
     )
-    parser.add_argument("--num-validation", type=int, default=DEFAULTS["num_validation"])
-    parser.add_argument("--image-size", type=int, default=DEFAULTS["image_size"])
-    parser.add_argument("--batch-size", type=int, default=DEFAULTS["batch_size"])
-    parser.add_argument("--learning-rate", type=float, default=DEFAULTS["learning_rate"])
+    parser.add_argument("--num-validation", type=positive_int, default=DEFAULTS["num_validation"])
+    parser.add_argument("--image-size", type=positive_int, default=DEFAULTS["image_size"])
+    parser.add_argument("--batch-size", type=positive_int, default=DEFAULTS["batch_size"])
+    parser.add_argument("--learning-rate", type=positive_float, default=DEFAULTS["learning_rate"])
     parser.add_argument(
         "--eval-every-seconds",
-        type=float,
+        type=positive_float,
         default=DEFAULTS["eval_every_seconds"],
         help="evaluate every N seconds of training, for the curve",
     )
-    parser.add_argument("--num-overlays", type=int, default=DEFAULTS["num_overlays"])
+    parser.add_argument("--num-overlays", type=non_negative_int, default=DEFAULTS["num_overlays"])
     parser.add_argument(
         "--data-dir", default=None, help="synthetic data cache (default: ~/.cache/narrative_grounding)"
     )
-    parser.add_argument("--seed", type=int, default=DEFAULTS["seed"])
+    parser.add_argument("--seed", type=seed, default=DEFAULTS["seed"])
     parser.add_argument(
         "--gpu", action="store_true", help="use a GPU when there is one (default: CPU, as documented)"
     )

@@ -11,6 +11,8 @@ import argparse
 import json
 from pathlib import Path
 
+from .argument_types import positive_int, seed
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Adds `evaluate` to the `narrative-grounding` parser."""
@@ -26,11 +28,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     source.add_argument("--synthetic", choices=("easy", "medium", "hard"), help="synthetic level")
     parser.add_argument("--split", default="validation")
     parser.add_argument("--protocol", choices=("original", "stride4"), default="original")
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--max-samples", type=int, default=None)
-    parser.add_argument("--synthetic-num-validation", type=int, default=200)
-    parser.add_argument("--synthetic-image-size", type=int, default=128)
-    parser.add_argument("--synthetic-seed", type=int, default=0)
+    parser.add_argument("--batch-size", type=positive_int, default=16)
+    parser.add_argument("--max-samples", type=positive_int, default=None)
+    parser.add_argument("--synthetic-num-validation", type=positive_int, default=200)
+    parser.add_argument("--synthetic-image-size", type=positive_int, default=128)
+    parser.add_argument("--synthetic-seed", type=seed, default=0)
     parser.add_argument("--synthetic-dir", default=None, help="synthetic data cache folder")
     parser.add_argument("--revision", default=None)
     parser.add_argument("--token", default=None)

@@ -13,10 +13,14 @@ setup.py); in a source checkout or an editable install they are the repository's
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from transformers import BertConfig, TimmBackboneConfig
 
 from .modeling.configuration_png import PngConfig
 from .modeling.modeling_png import PngForPanopticNarrativeGrounding
@@ -93,6 +97,40 @@ def load_variant(name_or_path: str | Path) -> ModelVariant:
     return ModelVariant(name=path.name, path=path, image_size=int(size.height), tokenizer=tokenizer)
 
 
+def _config_keys(config_class: type) -> set[str]:
+    """The keyword arguments a config dataclass stores as fields (private names left out)."""
+    return {field.name for field in dataclasses.fields(config_class) if not field.name.startswith("_")}
+
+
+# Keys a dict override of a sub-config may hold: its fields, plus TimmBackboneConfig's properties and the
+# timm keyword arguments our visual encoder reads.
+SUB_CONFIG_KEYS = {
+    "text_config": _config_keys(BertConfig) | {"model_type"},
+    "backbone_config": _config_keys(TimmBackboneConfig)
+    | {"model_type", "out_indices", "out_features", "timm_model_args"},
+}
+
+
+def check_config_keys(kwargs: dict[str, Any], where: str) -> None:
+    """Raise ValueError naming every key of `kwargs` (and of its text_config / backbone_config dicts) that
+    `PngConfig` does not know, with the closest known key: `PngConfig` itself would store a typo such as
+    `grounding_haed` in config.json and keep the default it was meant to change."""
+    problems = []
+    top_keys = _config_keys(PngConfig)
+    for key, value in kwargs.items():
+        if key not in top_keys:
+            problems.append((key, key, top_keys))
+        elif key in SUB_CONFIG_KEYS and isinstance(value, dict):
+            known = SUB_CONFIG_KEYS[key]
+            problems.extend((f"{key}.{sub}", sub, known) for sub in value if sub not in known)
+    if problems:
+        described = []
+        for name, key, candidates in problems:
+            close = difflib.get_close_matches(key, sorted(candidates), n=1)
+            described.append(f"{name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        raise ValueError(f"{where}: unknown PngConfig key(s) {', '.join(described)}")
+
+
 def _merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
     merged = dict(base)
     for key, value in overrides.items():
@@ -108,6 +146,7 @@ def load_config(name_or_path: str | Path, **overrides: Any) -> PngConfig:
     keyword overrides (e.g. `grounding_head="drmn"`); a dict override of a sub-config updates it
     (`text_config={"num_hidden_layers": 1}` keeps the other fields)."""
     path = variant_path(name_or_path)
+    check_config_keys(overrides, "config override")
     try:
         config_dict, _ = PngConfig.get_config_dict(str(path))
     except (OSError, json.JSONDecodeError) as error:

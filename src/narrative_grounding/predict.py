@@ -29,6 +29,8 @@ import numpy as np
 import PIL.Image
 from tqdm.auto import tqdm
 
+from .argument_types import max_length, torch_device, unit_interval
+
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
 
@@ -52,13 +54,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--output", required=True, help="folder for predictions.jsonl, masks and overlays")
     parser.add_argument("--format", choices=("png", "rle"), default="png", help="mask format (default png)")
-    parser.add_argument("--threshold", type=float, default=0.5, help="mask probability threshold (0.5)")
+    parser.add_argument(
+        "--threshold", type=unit_interval, default=0.5, help="mask probability threshold in [0, 1] (0.5)"
+    )
     parser.add_argument("--no-overlay", action="store_true", help="do not write overlay pictures")
     parser.add_argument(
         "--overlapping-windows", action="store_true", help="encode long narratives in windows"
     )
-    parser.add_argument("--max-length", type=int, help="WordPiece tokens per sequence (processor default)")
-    parser.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1, ...)")
+    parser.add_argument(
+        "--max-length", type=max_length, help="WordPiece tokens per sequence (processor default)"
+    )
+    parser.add_argument(
+        "--device", type=torch_device, default="cpu", help="torch device (cpu, cuda, cuda:1, ...)"
+    )
     parser.add_argument(
         "--fast",
         action="store_true",

@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from ..argument_types import non_negative_int, positive_int, seed
 from .layout import SPLIT_DIRS, PngDataError
 
 
@@ -50,7 +51,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     validate.add_argument("--no-pixel-check", action="store_true", help="skip decoding the panoptic PNGs")
     validate.add_argument("--json", action="store_true", help="print the full report as JSON")
-    validate.add_argument("--max-issues", type=int, default=50, help="issues listed in the text report")
+    validate.add_argument(
+        "--max-issues", type=non_negative_int, default=50, help="issues listed in the text report"
+    )
     validate.set_defaults(func=_validate)
 
     synthetic = subparsers.add_parser(
@@ -58,14 +61,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="write a synthetic PNG dataset in the official layout and print its statistics",
     )
     synthetic.add_argument("output_dir")
-    synthetic.add_argument("--num-train", type=int, default=2000)
-    synthetic.add_argument("--num-validation", type=int, default=500)
+    synthetic.add_argument("--num-train", type=non_negative_int, default=2000)
+    synthetic.add_argument("--num-validation", type=non_negative_int, default=500)
     synthetic.add_argument(
-        "--image-size", type=int, nargs="+", default=[128], metavar="SIZE", help="S (square) or H W"
+        "--image-size", type=positive_int, nargs="+", default=[128], metavar="SIZE", help="S (square) or H W"
     )
     synthetic.add_argument("--level", default="hard", help="easy, medium or hard")
-    synthetic.add_argument("--seed", type=int, default=0)
-    synthetic.add_argument("--num-workers", type=int, default=None, help="default: all CPU cores")
+    synthetic.add_argument("--seed", type=seed, default=0)
+    synthetic.add_argument("--num-workers", type=positive_int, default=None, help="default: all CPU cores")
     synthetic.add_argument("--json", action="store_true", help="print the statistics as JSON")
     synthetic.set_defaults(func=_make_synthetic)
 

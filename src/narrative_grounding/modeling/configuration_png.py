@@ -15,6 +15,8 @@ packages and sibling modules of this folder.
 from __future__ import annotations
 
 import copy
+import dataclasses
+import math
 import os
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -235,8 +237,24 @@ class PngConfig(PreTrainedConfig):
             elif hasattr(self, "custom_pipelines"):
                 del self.custom_pipelines
 
+    @classmethod
+    def get_config_dict(cls, pretrained_model_name_or_path, **kwargs):
+        """transformers returns an empty dict for a folder or repo without config.json, which would build the
+        default ResNet-101 / BERT-base model and fail later on mismatched weights: say what is missing."""
+        config_dict, unused_kwargs = super().get_config_dict(pretrained_model_name_or_path, **kwargs)
+        if not config_dict:
+            location = str(pretrained_model_name_or_path)
+            if kwargs.get("subfolder"):
+                location += f"/{kwargs['subfolder']}"
+            raise OSError(
+                f"{location} has no config.json (or an empty one): it is not a model saved with save_pretrained "
+                "(give the folder or repo that holds config.json beside the weights)"
+            )
+        return config_dict, unused_kwargs
+
     def validate_architecture(self) -> None:
         """Called by `@strict` after init: reject inconsistent settings with a message naming the field."""
+        self._check_field_types_and_ranges()
         if self.grounding_head not in GROUNDING_HEADS:
             raise ValueError(f"grounding_head must be one of {GROUNDING_HEADS}, got {self.grounding_head!r}")
         if self.lpa_distance not in LPA_DISTANCE_FORMS:
@@ -292,6 +310,33 @@ class PngConfig(PreTrainedConfig):
                 "backbone_config.out_indices must name the four ResNet stages at strides 4, 8, 16, 32 "
                 f"(e.g. [1, 2, 3, 4]), got {out_indices}"
             )
+
+    def _check_field_types_and_ranges(self) -> None:
+        """Each int / float / bool field holds a value of its type (floats finite), and the sizes, rates and
+        weights that no other check covers lie in their range: a wrong one failed deep inside torch or
+        trained silently wrong (dropout 2, a zero SAL temperature, NaN loss weights)."""
+        for spec in dataclasses.fields(self):
+            value, kind = getattr(self, spec.name), spec.type
+            if kind == "bool" and not isinstance(value, bool):
+                raise ValueError(f"{spec.name} must be True or False, got {value!r}")
+            if kind == "int" and (not isinstance(value, int) or isinstance(value, bool)):
+                raise ValueError(f"{spec.name} must be an integer, got {value!r}")
+            if kind == "float" and (
+                not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value)
+            ):
+                raise ValueError(f"{spec.name} must be a finite number, got {value!r}")
+        for name in ("fpn_channels", "d_model", "num_attention_heads", "ffn_dim"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("num_communicator_layers", "lpa_distance_clamp", "initializer_range", "bce_loss_weight",
+                     "dice_loss_weight", "sal_loss_weight"):  # fmt: skip
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("sal_temperature", "layer_norm_eps"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
 
 
 __all__ = ["PngConfig"]

@@ -49,7 +49,10 @@ def multi_scale_deformable_sampling(
     weights = attention_weights.permute(0, 2, 3, 4, 1)  # B x Hd x L x K x Q
     output = None
     for level, value in enumerate(value_levels):
-        value = value.flatten(0, 1)  # (B * Hd) x Dh x H_l x W_l (copies a strided view once)
+        # (B * Hd) x Dh x H_l x W_l. At B = 1 flatten returns a channels-last view instead of a copy, and CPU
+        # grid_sample on a channels-last bfloat16 / float16 input returns NaN at some sizes (torch 2.14: 16 x 16
+        # with 32 channels, 32 x 32 with 16): contiguous() makes the one copy at every batch size.
+        value = value.flatten(0, 1).contiguous()
         grid = grids[:, :, level].flatten(0, 1)  # (B * Hd) x K x Q x 2
         sampled = F.grid_sample(
             value, grid, mode="bilinear", padding_mode="zeros", align_corners=False

@@ -158,6 +158,13 @@ def image_to_tensor(image: Any, *, apply_exif_orientation: bool = True, index: i
         tensor, scale = tensor.to(torch.uint8) * 255, 255.0
     elif tensor.is_floating_point():
         tensor = tensor.to(torch.float32)
+        finite = torch.isfinite(tensor)
+        if not bool(finite.all()):  # NaN passes any range test and turns every mask of the image empty
+            first = tuple((~finite).nonzero()[0].tolist())
+            raise ValueError(
+                f"{where}: {int((~finite).sum())} non-finite value(s) (NaN or infinity), the first at "
+                f"(channel, row, column) {first}; float images must have finite values in [0, 1]"
+            )
         low, high = float(tensor.min()), float(tensor.max())
         if low < 0.0 or high > 1.0:
             raise ValueError(
@@ -215,7 +222,11 @@ def masks_to_tensor(masks: Any, *, index: int = 0) -> torch.Tensor:
         masks = masks[None]
     if masks.dim() != 3:
         raise ValueError(f"{where}: expected (num_phrases, height, width), got shape {tuple(masks.shape)}")
-    return masks.detach().cpu() != 0
+    masks = masks.detach().cpu()
+    if masks.is_floating_point() and not bool(torch.isfinite(masks).all()):  # NaN != 0 would read as inside
+        phrase = int((~torch.isfinite(masks)).flatten(1).any(-1).nonzero()[0])
+        raise ValueError(f"{where}: the mask of phrase {phrase} holds NaN or infinity")
+    return masks != 0
 
 
 class PngImageProcessor(TorchvisionBackend):
@@ -347,6 +358,9 @@ class PngImageProcessor(TorchvisionBackend):
         channel_order = self.channel_order if channel_order is None else channel_order
         if channel_order not in CHANNEL_ORDERS:
             raise ValueError(f"channel_order must be one of {CHANNEL_ORDERS}, got {channel_order!r}")
+        _check_options(
+            size, pad_size, keep_aspect_ratio, do_rescale, rescale_factor, do_normalize, image_mean, image_std
+        )
         resized, resized_masks, metadata = [], [], []
         for i, image in enumerate(images):
             if device is not None:
@@ -414,6 +428,44 @@ class PngImageProcessor(TorchvisionBackend):
         if return_tensors not in (None, "pt"):
             data = {key: value.cpu().numpy() for key, value in data.items()}
         return PngBatchFeature(data, metadata=metadata)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_options(
+    size: Any,
+    pad_size: Any,
+    keep_aspect_ratio: Any,
+    do_rescale: bool,
+    rescale_factor: Any,
+    do_normalize: bool,
+    image_mean: Any,
+    image_std: Any,
+) -> None:
+    """Raise for options that would fail inside torch (a negative size, 2 means for 3 channels) or give
+    non-finite pixel_values without a word (a zero std, a NaN rescale factor)."""
+    for name, sizes in (("size", size), ("pad_size", pad_size)):
+        for key in ("height", "width", "shortest_edge", "longest_edge"):
+            value = getattr(sizes, key, None) if sizes is not None else None
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                raise ValueError(f"{name}[{key!r}] must be a positive integer (pixels), got {value!r}")
+    if not isinstance(keep_aspect_ratio, bool):
+        raise TypeError(f"keep_aspect_ratio must be True or False, got {keep_aspect_ratio!r}")
+    if do_rescale and (not _is_number(rescale_factor) or rescale_factor <= 0):
+        raise ValueError(f"rescale_factor must be a positive finite number, got {rescale_factor!r}")
+    if do_normalize:
+        for name, values in (("image_mean", image_mean), ("image_std", image_std)):
+            values = [values] if _is_number(values) else values
+            if (
+                not isinstance(values, (list, tuple))
+                or len(values) not in (1, 3)
+                or not all(map(_is_number, values))
+            ):
+                raise ValueError(f"{name} must be one finite number or three (R, G, B), got {values!r}")
+            if name == "image_std" and min(values) <= 0:
+                raise ValueError(f"image_std must be positive (it divides the pixels), got {values!r}")
 
 
 def _rescale_and_normalize(

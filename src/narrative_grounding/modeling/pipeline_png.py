@@ -25,7 +25,7 @@ from transformers import Pipeline
 
 from .configuration_png import PIPELINE_TASK
 from .image_processing_png import PngBatchFeature
-from .processing_png import PngProcessor
+from .processing_png import PngProcessor, check_post_processing_options
 
 RECORD_FIELDS = ("image", "narrative", "phrases")
 # The processor's keyword names, accepted by the pipeline as aliases of its own (one documented name each).
@@ -146,6 +146,7 @@ class PanopticNarrativeGroundingPipeline(Pipeline):
             }.items()
             if value is not None
         }
+        check_post_processing_options(**postprocess)  # before any image is read or the model runs
         return preprocess, {}, postprocess
 
     def preprocess(self, record: dict[str, Any], **options: Any) -> dict[str, Any]:

@@ -33,6 +33,59 @@ Span = tuple[int, int]
 TEXT_KEYS = ("input_ids", "attention_mask", "token_type_ids", "phrase_token_mask", "phrase_mask")
 
 
+# ---------------------------------------------------------------------------------------------- arguments
+def _is_int(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(
+        value, (bool, np.bool_)
+    )
+
+
+def check_text_options(max_length: Any, overlapping_windows: Any, window_stride: Any) -> None:
+    """Raise for tokenisation options a processor cannot use (checked at construction and on every call)."""
+    if not _is_int(max_length) or max_length < 3:
+        raise ValueError(
+            f"max_length must be an integer >= 3 ([CLS], [SEP] and one token), got {max_length!r}"
+        )
+    if not isinstance(overlapping_windows, (bool, np.bool_)):
+        raise TypeError(f"overlapping_windows must be True or False, got {overlapping_windows!r}")
+    if window_stride is not None and (not _is_int(window_stride) or window_stride < 1):
+        raise ValueError(f"window_stride must be a positive integer (tokens), got {window_stride!r}")
+
+
+def check_post_processing_options(
+    *, threshold: Any = 0.5, chunk_size: Any = 8, return_rle: Any = False
+) -> None:
+    """Raise for post-processing options that would give wrong masks: a threshold outside [0, 1] (or NaN)
+    makes every mask empty or full, a chunk_size below 1 decodes no phrase at all."""
+    # NaN fails both comparisons, so it is caught here too
+    if not _is_number(threshold) or not 0.0 <= float(threshold) <= 1.0:
+        raise ValueError(f"threshold must be a probability in [0, 1], got {threshold!r}")
+    if not _is_int(chunk_size) or chunk_size < 1:
+        raise ValueError(
+            f"chunk_size must be a positive integer (phrases upsampled at once), got {chunk_size!r}"
+        )
+    if not isinstance(return_rle, (bool, np.bool_)):
+        raise TypeError(f"return_rle must be True or False, got {return_rle!r}")
+
+
+def _target_size(size: Any, sample: int) -> tuple[int, int]:
+    """One (height, width) of `target_sizes` as two positive ints."""
+    values = size.tolist() if isinstance(size, (torch.Tensor, np.ndarray)) else size
+    if (
+        not isinstance(values, (list, tuple))
+        or len(values) != 2
+        or not all(_is_number(value) and float(value).is_integer() and value >= 1 for value in values)
+    ):
+        raise ValueError(
+            f"target_sizes[{sample}] must be (height, width), two positive integers; got {size!r}"
+        )
+    return int(values[0]), int(values[1])
+
+
 # ---------------------------------------------------------------------------------------------- alignment
 def resolve_phrase_spans(text: str, phrases: Sequence[str | Sequence[int]], sample: int = 0) -> list[Span]:
     """Character spans (start, end) of the phrases of one narrative.
@@ -199,8 +252,7 @@ class PngProcessor(ProcessorMixin):
         window_stride: int | None = None,
         **kwargs: Any,
     ) -> None:
-        if max_length < 3:
-            raise ValueError(f"max_length must leave room for [CLS], [SEP] and a token, got {max_length}")
+        check_text_options(max_length, overlapping_windows, window_stride)
         self.max_length = max_length
         self.overlapping_windows = overlapping_windows
         self.window_stride = window_stride
@@ -265,15 +317,19 @@ class PngProcessor(ProcessorMixin):
         data: dict[str, torch.Tensor] = {}
         metadata: list[dict[str, Any]] = []
         if text is not None:
+            max_length = self.max_length if max_length is None else max_length
+            windows = self.overlapping_windows if overlapping_windows is None else overlapping_windows
+            stride = self.window_stride if window_stride is None else window_stride
+            check_text_options(max_length, windows, stride)
             texts, phrase_lists = self._batch_text(text, phrases)
             data.update(
                 self._encode_text(
                     texts,
                     phrase_lists,
                     metadata,
-                    max_length=self.max_length if max_length is None else max_length,
-                    windows=self.overlapping_windows if overlapping_windows is None else overlapping_windows,
-                    stride=self.window_stride if window_stride is None else window_stride,
+                    max_length=max_length,
+                    windows=windows,
+                    stride=stride,
                     padding=padding,
                 )
             )
@@ -304,6 +360,10 @@ class PngProcessor(ProcessorMixin):
     def _batch_text(text: str | list[str], phrases: Any) -> tuple[list[str], list[list[Any]]]:
         if phrases is None:
             raise ValueError("phrases are required with text: the phrases of each narrative to ground")
+        if isinstance(phrases, str):  # list("a dog") would be the phrases "a", " ", "d", ...
+            raise TypeError(
+                f"phrases must be a list of phrases, got the string {phrases!r}; write [{phrases!r}]"
+            )
         if isinstance(text, str):
             return [text], [list(phrases)]
         if not isinstance(text, (list, tuple)) or not all(isinstance(item, str) for item in text):
@@ -460,11 +520,27 @@ class PngProcessor(ProcessorMixin):
               phrase that was lost to truncation (never seen by the model, empty mask),
             - `phrases`: the P phrase texts, `spans`: their (start, end) character offsets in the narrative.
         """
-        logits = outputs if isinstance(outputs, torch.Tensor) else outputs.pred_masks
+        check_post_processing_options(threshold=threshold, chunk_size=chunk_size, return_rle=return_rle)
+        logits = outputs if isinstance(outputs, torch.Tensor) else getattr(outputs, "pred_masks", None)
+        if not isinstance(logits, torch.Tensor) or logits.dim() != 4:
+            raise ValueError(
+                "outputs must be the model's output or its pred_masks tensor (batch, phrases, height, width), got "
+                + (
+                    f"shape {tuple(logits.shape)}"
+                    if isinstance(logits, torch.Tensor)
+                    else type(outputs).__name__
+                )
+            )
         batch = logits.shape[0]
         metadata = inputs.metadata if inputs is not None else [{} for _ in range(batch)]
         if len(metadata) != batch:
             raise ValueError(f"inputs describe {len(metadata)} samples but pred_masks has {batch}")
+        for sample, meta in enumerate(metadata):
+            if len(meta.get("phrases", ())) > logits.shape[1]:
+                raise ValueError(
+                    f"sample {sample} has {len(meta['phrases'])} phrases but pred_masks only {logits.shape[1]} "
+                    "phrase slots: the outputs do not come from these inputs"
+                )
         if target_sizes is None:
             if inputs is None or any("original_size" not in meta for meta in metadata):
                 raise ValueError(
@@ -473,6 +549,7 @@ class PngProcessor(ProcessorMixin):
             target_sizes = [meta["original_size"] for meta in metadata]
         if len(target_sizes) != batch:
             raise ValueError(f"got {len(target_sizes)} target sizes for a batch of {batch}")
+        target_sizes = [_target_size(size, sample) for sample, size in enumerate(target_sizes)]
         if inputs is not None and "pixel_values" in inputs:
             padded = tuple(inputs["pixel_values"].shape[-2:])
         else:
@@ -481,7 +558,7 @@ class PngProcessor(ProcessorMixin):
         results = []
         for sample in range(batch):
             meta = metadata[sample]
-            target = tuple(int(value) for value in target_sizes[sample])
+            target = target_sizes[sample]
             content = tuple(meta.get("resized_size", padded))
             num_phrases = len(meta["phrases"]) if "phrases" in meta else logits.shape[1]
             kept = meta.get("phrase_kept", [True] * num_phrases)
@@ -489,6 +566,13 @@ class PngProcessor(ProcessorMixin):
             for begin in range(0, num_phrases, chunk_size):
                 end = min(begin + chunk_size, num_phrases)  # padded phrase slots are never decoded
                 chunk = logits[sample, begin:end].float()[None]  # 1 x p x h x w
+                not_finite = torch.isnan(chunk[0]).flatten(1).any(-1).tolist()
+                for offset, bad in enumerate(not_finite):
+                    if bad and kept[begin + offset]:  # NaN would silently become an empty mask
+                        raise ValueError(
+                            f"pred_masks of sample {sample} hold NaN for phrase {begin + offset}: the model's output "
+                            "is not finite (check its inputs and dtype)"
+                        )
                 if content != padded:  # undo the padding in input pixels, then the resize
                     chunk = F.interpolate(chunk, size=padded, mode="bilinear", align_corners=False)
                     chunk = chunk[..., : content[0], : content[1]]
@@ -534,6 +618,8 @@ class PngProcessor(ProcessorMixin):
         Returns per image `segmentation` (long H x W: phrase index, -1 where no phrase) and `segments_info`
         (list of dicts: `id` = phrase index, `phrase`, `span`, `score`, `area` in the map).
         """
+        if not _is_number(overlap_threshold) or not 0.0 <= float(overlap_threshold) <= 1.0:
+            raise ValueError(f"overlap_threshold must be a fraction in [0, 1], got {overlap_threshold!r}")
         grounded = self.post_process_panoptic_narrative_grounding(
             outputs, target_sizes, threshold, inputs=inputs, chunk_size=chunk_size
         )
@@ -570,4 +656,11 @@ class PngProcessor(ProcessorMixin):
 
 PngProcessor.register_for_auto_class("AutoProcessor")
 
-__all__ = ["PngProcessor", "mask_to_rle", "resolve_phrase_spans", "rle_to_mask"]
+__all__ = [
+    "PngProcessor",
+    "check_post_processing_options",
+    "check_text_options",
+    "mask_to_rle",
+    "resolve_phrase_spans",
+    "rle_to_mask",
+]

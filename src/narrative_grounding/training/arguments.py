@@ -5,6 +5,15 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
+from ..argument_types import (
+    json_object,
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    seed,
+    unit_interval,
+)
 from .data import SYNTHETIC_LEVELS
 from .optimization import OPTIMIZERS, PRESETS, SCHEDULES
 
@@ -20,13 +29,6 @@ def checkpointing_steps_type(value: str) -> int | str:
     if steps <= 0:
         raise argparse.ArgumentTypeError(f"must be a positive integer or 'epoch', got {value!r}")
     return steps
-
-
-def _positive_int(value: str) -> int:
-    number = int(value)
-    if number <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
-    return number
 
 
 def add_training_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -51,6 +53,7 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
     )
     model.add_argument(
         "--config_overrides",
+        type=json_object,
         default=None,
         help="with a variant name: JSON of PngConfig overrides, e.g. '{\"d_model\": 128}'",
     )
@@ -75,16 +78,16 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
         help="the synthetic dataset at this level (default level: hard), generated on first use",
     )
     data.add_argument("--synthetic_dir", default=None, help="cache folder of generated synthetic data")
-    data.add_argument("--synthetic_num_train", type=_positive_int, default=1000)
-    data.add_argument("--synthetic_num_validation", type=_positive_int, default=200)
-    data.add_argument("--synthetic_image_size", type=_positive_int, default=128)
-    data.add_argument("--synthetic_seed", type=int, default=0)
+    data.add_argument("--synthetic_num_train", type=positive_int, default=1000)
+    data.add_argument("--synthetic_num_validation", type=positive_int, default=200)
+    data.add_argument("--synthetic_image_size", type=positive_int, default=128)
+    data.add_argument("--synthetic_seed", type=seed, default=0)
     data.add_argument("--dataset_cache_dir", default=None, help="where prepared Arrow files go")
     data.add_argument("--train_split", default="train")
     data.add_argument("--eval_split", default="validation")
-    data.add_argument("--max_train_samples", type=_positive_int, default=None)
-    data.add_argument("--max_eval_samples", type=_positive_int, default=None)
-    data.add_argument("--dataloader_num_workers", type=int, default=0)
+    data.add_argument("--max_train_samples", type=positive_int, default=None)
+    data.add_argument("--max_eval_samples", type=positive_int, default=None)
+    data.add_argument("--dataloader_num_workers", type=non_negative_int, default=0)
 
     optim = parser.add_argument_group("optimisation")
     optim.add_argument(
@@ -96,21 +99,23 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
         "below override single fields (default: %(default)s)",
     )
     optim.add_argument("--optimizer", choices=OPTIMIZERS, default=None)
-    optim.add_argument("--learning_rate", type=float, default=None)
-    optim.add_argument("--weight_decay", type=float, default=None)
+    optim.add_argument("--learning_rate", type=positive_float, default=None)
+    optim.add_argument("--weight_decay", type=non_negative_float, default=None)
     optim.add_argument("--lr_scheduler_type", choices=SCHEDULES, default=None)
-    optim.add_argument("--warmup_ratio", type=float, default=None)
-    optim.add_argument("--max_grad_norm", type=float, default=1.0, help="gradient clipping (0 disables)")
-    optim.add_argument("--per_device_train_batch_size", type=_positive_int, default=8)
-    optim.add_argument("--per_device_eval_batch_size", type=_positive_int, default=16)
-    optim.add_argument("--gradient_accumulation_steps", type=_positive_int, default=1)
-    optim.add_argument("--num_train_epochs", type=_positive_int, default=20)
+    optim.add_argument("--warmup_ratio", type=unit_interval, default=None)
     optim.add_argument(
-        "--max_train_steps", type=_positive_int, default=None, help="overrides --num_train_epochs"
+        "--max_grad_norm", type=non_negative_float, default=1.0, help="gradient clipping (0 disables)"
+    )
+    optim.add_argument("--per_device_train_batch_size", type=positive_int, default=8)
+    optim.add_argument("--per_device_eval_batch_size", type=positive_int, default=16)
+    optim.add_argument("--gradient_accumulation_steps", type=positive_int, default=1)
+    optim.add_argument("--num_train_epochs", type=positive_int, default=20)
+    optim.add_argument(
+        "--max_train_steps", type=positive_int, default=None, help="overrides --num_train_epochs"
     )
     optim.add_argument(
         "--max_train_time",
-        type=float,
+        type=positive_float,
         default=None,
         help="wall-clock budget of the training steps in seconds (evaluation not counted); the run stops at "
         "the first optimizer step past it. The schedule still spans --num_train_epochs/--max_train_steps.",
@@ -121,14 +126,14 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
         help="with --max_train_time and the cosine schedule: time the first --calibration_steps steps, then "
         "shorten the run (and its cosine) to the steps that fit in the budget, so the lr anneals before the end",
     )
-    optim.add_argument("--calibration_steps", type=_positive_int, default=20)
+    optim.add_argument("--calibration_steps", type=positive_int, default=20)
     optim.add_argument(
         "--mixed_precision",
         choices=("no", "fp16", "bf16"),
         default=None,
         help="default: the accelerate config / launch option",
     )
-    optim.add_argument("--seed", type=int, default=42)
+    optim.add_argument("--seed", type=seed, default=42)
     optim.add_argument(
         "--cpu",
         action="store_true",
@@ -139,11 +144,11 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
     run.add_argument("--output_dir", required=True, help="where the model, processor and card are saved")
     run.add_argument("--eval_protocol", choices=("original", "stride4"), default="original")
     run.add_argument(
-        "--eval_steps", type=_positive_int, default=None, help="also evaluate every N optimizer steps"
+        "--eval_steps", type=positive_int, default=None, help="also evaluate every N optimizer steps"
     )
     run.add_argument(
         "--eval_every_seconds",
-        type=float,
+        type=positive_float,
         default=None,
         help="also evaluate every N seconds of training time (for curves of AR against time)",
     )
@@ -154,7 +159,7 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
         default=None,
         help="save the accelerate state every N optimizer steps or every 'epoch' (under output_dir/checkpoints)",
     )
-    run.add_argument("--checkpoints_total_limit", type=_positive_int, default=None, help="keep the newest N")
+    run.add_argument("--checkpoints_total_limit", type=positive_int, default=None, help="keep the newest N")
     run.add_argument(
         "--resume_from_checkpoint",
         default=None,
@@ -165,7 +170,7 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
         default="all",
         help="trackers for accelerate: 'all' (every installed one), 'none', or a comma list (tensorboard, wandb, ...)",
     )
-    run.add_argument("--logging_steps", type=_positive_int, default=10)
+    run.add_argument("--logging_steps", type=positive_int, default=10)
     run.add_argument("--no_progress_bar", action="store_true")
 
     hub = parser.add_argument_group("Hub")
@@ -175,9 +180,12 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
     )
     hub.add_argument("--hub_token", default=None)
     hub.add_argument("--hub_private_repo", action="store_true")
-    hub.add_argument("--hub_push_retries", type=_positive_int, default=3)
+    hub.add_argument("--hub_push_retries", type=positive_int, default=3)
     hub.add_argument(
-        "--hub_retry_wait", type=float, default=2.0, help="seconds before the first retry (doubles)"
+        "--hub_retry_wait",
+        type=non_negative_float,
+        default=2.0,
+        help="seconds before the first retry (doubles)",
     )
     return parser
 

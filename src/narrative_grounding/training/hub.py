@@ -8,6 +8,7 @@ the output directory.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from pathlib import Path
 
@@ -52,7 +53,12 @@ class HubPusher:
             raise ValueError(f"--hub_model_id must look like 'namespace/name' or 'name', got {repo_id!r}")
         self.repo_id = repo_id
         self.private = private
-        self.retries = max(1, int(retries))
+        if int(retries) < 1:
+            raise ValueError(f"hub push retries must be at least 1, got {retries}")
+        if not math.isfinite(float(retry_wait)) or float(retry_wait) < 0:
+            # checked here, not at the first failure: time.sleep(-1) would raise out of a pusher that must not
+            raise ValueError(f"hub retry wait must be 0 or a positive number of seconds, got {retry_wait}")
+        self.retries = int(retries)
         self.retry_wait = float(retry_wait)
         self.api = api or HfApi(token=token)
         self.repo_created = False

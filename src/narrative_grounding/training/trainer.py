@@ -55,6 +55,9 @@ class TrainingProgress:
     completed_steps: int = 0  # optimizer steps
     train_seconds: float = 0.0  # wall-clock time spent in training steps (not evaluating or saving)
     fitted_steps: int = 0  # the run's length once fitted to a time budget (0: not fitted)
+    # the settings that give a batch and an optimizer step their meaning (see `check_resumable`); None in
+    # checkpoints written before they were recorded
+    batch_layout: dict[str, int] | None = None
     history: list[dict[str, Any]] = field(default_factory=list)  # one entry per evaluation
 
     def state_dict(self) -> dict[str, Any]:
@@ -73,6 +76,7 @@ class TrainingResult:
     completed_steps: int
     train_seconds: float
     stopped_by_time_budget: bool
+    mixed_precision: str = "no"  # what the steps ran in, which may differ from what was asked
     hub_repo_id: str | None = None
     hub_commits: list[str] = field(default_factory=list)
     hub_failures: list[str] = field(default_factory=list)
@@ -103,6 +107,46 @@ def resolve_checkpoint(value: str, checkpoints_dir: Path) -> Path | None:
     if not path.is_dir():
         raise ValueError(f"--resume_from_checkpoint {value}: no such checkpoint folder")
     return path
+
+
+# What each entry of `TrainingProgress.batch_layout` is called in a message.
+BATCH_LAYOUT_NAMES = {
+    "per_device_train_batch_size": "--per_device_train_batch_size",
+    "gradient_accumulation_steps": "--gradient_accumulation_steps",
+    "num_processes": "the number of processes",
+    "train_examples": "the number of training examples (dataset or --max_train_samples)",
+    "seed": "--seed",  # with the epoch, it decides which examples each batch holds
+}
+
+
+def check_resumable(saved: dict[str, int] | None, current: dict[str, int], checkpoint: str | Path) -> None:
+    """Raise ValueError naming every batch setting that differs from the checkpoint's: the checkpoint counts
+    batches and optimizer steps, and under another batch size, accumulation, process count, training set or
+    seed (the data order) those counts skip the wrong samples and stop after the wrong number of steps."""
+    if saved is None:
+        logger.warning(
+            "checkpoint %s does not record its batch settings; assuming they are unchanged", checkpoint
+        )
+        return
+    changed = [
+        f"{BATCH_LAYOUT_NAMES.get(key, key)} was {saved[key]}, now {current[key]}"
+        for key in current
+        if key in saved and saved[key] != current[key]
+    ]
+    if changed:
+        raise ValueError(
+            f"cannot resume from {checkpoint}: {'; '.join(changed)}. Resume with the checkpoint's settings, or "
+            "start a new run in another --output_dir (with --model set to a saved model to keep its weights)"
+        )
+
+
+def effective_mixed_precision(accelerator: Any) -> str:
+    """The precision the training steps actually run in. accelerate accepts fp16 on a CPU but has no fp16
+    autocast there, so such a run computes in fp32 ("no") while `accelerator.mixed_precision` says fp16."""
+    requested = accelerator.mixed_precision
+    if requested == "fp16" and accelerator.device.type == "cpu":
+        return "no"
+    return requested
 
 
 def _report_to(value: str | None) -> Any:
@@ -211,6 +255,13 @@ def train(args: Namespace) -> TrainingResult:
     accelerator.register_for_checkpointing(lr_scheduler)
     accelerator.register_for_checkpointing(progress)
 
+    batch_layout = {
+        "per_device_train_batch_size": args.per_device_train_batch_size,
+        "gradient_accumulation_steps": args.gradient_accumulation_steps,
+        "num_processes": accelerator.num_processes,
+        "train_examples": len(train_dataset),
+        "seed": args.seed,
+    }
     if args.resume_from_checkpoint:
         checkpoint = resolve_checkpoint(args.resume_from_checkpoint, checkpoints_dir)
         if checkpoint is None:
@@ -218,12 +269,22 @@ def train(args: Namespace) -> TrainingResult:
         else:
             logger.info("resuming from %s", checkpoint)
             accelerator.load_state(str(checkpoint))
+            check_resumable(progress.batch_layout, batch_layout, checkpoint)
             logger.info(
                 "resumed at epoch %d, batch %d, step %d",
                 progress.epoch,
                 progress.batches_in_epoch,
                 progress.completed_steps,
             )
+
+    progress.batch_layout = batch_layout
+    mixed_precision = effective_mixed_precision(accelerator)
+    if mixed_precision != accelerator.mixed_precision:
+        logger.warning(
+            "--mixed_precision %s is not available on %s: training runs in fp32 (use bf16 on a CPU)",
+            accelerator.mixed_precision,
+            accelerator.device.type,
+        )
 
     pusher = None
     if args.push_to_hub and accelerator.is_main_process:
@@ -319,7 +380,10 @@ def train(args: Namespace) -> TrainingResult:
                     "optimizer steps": progress.completed_steps,
                     "epochs": round(progress.epoch + progress.batches_in_epoch / len(train_dataloader), 3),
                     "training time (s)": round(progress.train_seconds, 1),
-                    "mixed precision": accelerator.mixed_precision,
+                    "mixed precision": mixed_precision
+                    if mixed_precision == accelerator.mixed_precision
+                    else f"{mixed_precision} ({accelerator.mixed_precision} was asked for; not available on "
+                    f"{accelerator.device.type})",
                     "seed": args.seed,
                 },
             )
@@ -490,6 +554,7 @@ def train(args: Namespace) -> TrainingResult:
         completed_steps=progress.completed_steps,
         train_seconds=progress.train_seconds,
         stopped_by_time_budget=stopped_by_time,
+        mixed_precision=mixed_precision,
         hub_repo_id=pusher.repo_id if pusher else None,
         hub_commits=list(pusher.pushed_commits) if pusher else [],
         hub_failures=list(pusher.failures) if pusher else [],

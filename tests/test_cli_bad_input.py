@@ -1,0 +1,165 @@
+"""Bad command-line input: every numeric flag is range-checked at parse time, and expected user errors (a missing
+file, invalid JSON, a folder that is not a saved model) print one line and exit non-zero, with the traceback
+kept for --debug."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+import pytest
+
+from narrative_grounding.cli import main
+from narrative_grounding.training import HubPusher, parse_args
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), env.get("PYTHONPATH", "")])
+    env["OMP_NUM_THREADS"] = "1"
+    return env
+
+
+# ------------------------------------------------------------------------------------------ parse time
+TRAIN_REQUIRED = ["--synthetic", "easy", "--output_dir", "unused"]
+
+
+@pytest.mark.parametrize(
+    "flag, value, message",
+    [
+        ("--hub_retry_wait", "-1", "must be 0 or a positive number"),  # aborted training after an epoch
+        ("--warmup_ratio", "1.5", "must be a number in \\[0, 1\\]"),
+        ("--max_train_time", "-60", "must be a positive number"),
+        ("--eval_every_seconds", "0", "must be a positive number"),
+        ("--eval_steps", "0", "must be a positive integer"),
+        ("--learning_rate", "nan", "must be a finite number"),
+        ("--weight_decay", "-0.1", "must be 0 or a positive number"),
+        ("--max_grad_norm", "inf", "must be a finite number"),
+        ("--seed", "-1", "must be an integer in 0..4294967295"),
+        ("--synthetic_seed", "2.5", "must be an integer"),
+        ("--dataloader_num_workers", "-2", "must be 0 or a positive integer"),
+        ("--per_device_train_batch_size", "0", "must be a positive integer"),
+        ("--config_overrides", "{d_model: 1}", "is not valid JSON"),
+        ("--config_overrides", "[1, 2]", "must be a JSON object"),
+    ],
+)
+def test_training_flags_are_range_checked_at_parse_time(capsys, flag, value, message):
+    with pytest.raises(SystemExit) as exit_info:
+        parse_args([*TRAIN_REQUIRED, flag, value])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    assert f"argument {flag}" in error and re.search(message, error), error
+
+
+def test_training_flags_accept_their_limits():
+    args = parse_args(
+        [
+            *TRAIN_REQUIRED,
+            "--hub_retry_wait",
+            "0",
+            "--warmup_ratio",
+            "1",
+            "--max_grad_norm",
+            "0",
+            "--seed",
+            "0",
+        ]
+        + ["--config_overrides", '{"d_model": 128}']
+    )
+    assert (
+        args.hub_retry_wait == 0.0 and args.warmup_ratio == 1.0 and args.config_overrides == {"d_model": 128}
+    )
+
+
+def test_hub_pusher_refuses_a_negative_wait():
+    # time.sleep(-1) raised out of a pusher documented never to raise
+    with pytest.raises(ValueError, match="retry wait must be 0 or a positive number"):
+        HubPusher("someone/model", retry_wait=-1)
+    with pytest.raises(ValueError, match="retries must be at least 1"):
+        HubPusher("someone/model", retries=0)
+
+
+@pytest.mark.parametrize(
+    "argv, flag",
+    [
+        (["predict", "--model", "m", "--output", "o", "--input", "x", "--threshold", "7"], "--threshold"),
+        (["predict", "--model", "m", "--output", "o", "--input", "x", "--threshold", "nan"], "--threshold"),
+        (["predict", "--model", "m", "--output", "o", "--input", "x", "--max-length", "2"], "--max-length"),
+        (["predict", "--model", "m", "--output", "o", "--input", "x", "--device", "gpu"], "--device"),
+        (["predict", "--model", "m", "--output", "o", "--input", "x", "--device", "cuda:99"], "--device"),
+        (["evaluate", "m", "--synthetic", "easy", "--batch-size", "0"], "--batch-size"),
+        (["evaluate", "m", "--synthetic", "easy", "--max-samples", "-1"], "--max-samples"),
+        (["demo", "--time-budget", "-5"], "--time-budget"),
+        (["demo", "--eval-every-seconds", "0"], "--eval-every-seconds"),
+        (["demo", "--num-overlays", "-1"], "--num-overlays"),
+        (["make-synthetic", "out", "--num-train", "-1"], "--num-train"),
+        (["make-synthetic", "out", "--image-size", "0"], "--image-size"),
+        (["validate", "data", "--max-issues", "-1"], "--max-issues"),
+    ],
+)
+def test_command_flags_are_range_checked_at_parse_time(capsys, argv, flag):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    assert f"argument {flag}" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------ user errors
+@pytest.fixture
+def image_file(tmp_path) -> Path:
+    path = tmp_path / "photo.png"
+    PIL.Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(path)
+    return path
+
+
+def _one_line_error(capsys, argv: list[str], command: str) -> str:
+    assert main(argv) == 2
+    error = capsys.readouterr().err.strip()
+    assert "Traceback" not in error and error.startswith(f"narrative-grounding {command}: error: "), error
+    assert len(error.splitlines()) == 1, error
+    return error
+
+
+def test_missing_model_folder_is_one_line(capsys, tmp_path, image_file):
+    argv = ["predict", "--model", str(tmp_path / "nowhere"), "--output", str(tmp_path / "out")]
+    argv += ["--image", str(image_file), "--narrative", "a box", "--phrases", "a box"]
+    assert "is not a saved model folder (no config.json)" in _one_line_error(capsys, argv, "predict")
+    with pytest.raises(FileNotFoundError):  # --debug keeps the traceback
+        main(["--debug", *argv])
+
+
+def test_bad_json_line_is_one_line_naming_the_line(capsys, tmp_path, image_file):
+    records = tmp_path / "records.jsonl"
+    good = {"image": image_file.name, "narrative": "a box", "phrases": ["a box"]}
+    records.write_text(json.dumps(good) + "\n{not json\n")
+    argv = ["predict", "--model", str(tmp_path), "--output", str(tmp_path / "out"), "--input", str(records)]
+    assert f"{records}:2: not valid JSON" in _one_line_error(capsys, argv, "predict")
+
+
+def test_evaluate_on_a_folder_without_config_json_is_one_line(capsys, tmp_path):
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    argv = ["evaluate", str(tmp_path), "--synthetic", "easy", "--synthetic-dir", str(tmp_path / "data")]
+    assert "has no config.json" in _one_line_error(capsys, argv, "evaluate")
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)  # the command set up accelerate before failing
+
+
+def test_console_entry_point_prints_no_traceback(tmp_path):
+    argv = [sys.executable, "-m", "narrative_grounding.cli", "predict", "--model", str(tmp_path)]
+    argv += ["--output", str(tmp_path / "out"), "--input", str(tmp_path / "missing.jsonl")]
+    done = subprocess.run(argv, env=_env(), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr
+    assert (
+        "narrative-grounding predict: error: --input" in done.stderr
+        and "neither a file nor a folder" in done.stderr
+    )
