@@ -3,9 +3,10 @@ metric): each mistake is an error naming the argument, never a silently wrong re
 
 from __future__ import annotations
 
+import json
 import math
 import os
-from pathlib import Path
+import shutil
 
 import numpy as np
 import PIL.Image
@@ -15,14 +16,12 @@ from tiny_models import tiny_model
 from transformers import AutoTokenizer
 
 from narrative_grounding import PngConfig, PngForPanopticNarrativeGrounding, create_model, load_config
-from narrative_grounding.factory import available_variants
+from narrative_grounding.factory import available_variants, variant_path
 from narrative_grounding.metrics import AverageRecall
 from narrative_grounding.modeling.image_processing_png import PngImageProcessor
 from narrative_grounding.modeling.processing_png import PngProcessor
 
-TOKENIZER_DIR = (
-    Path(__file__).resolve().parents[1] / "src" / "narrative_grounding" / "hub_configs" / "tokenizer-tiny"
-)
+TOKENIZER_DIR = variant_path("epng-tiny")  # the tiny tokenizer ships in the tiny variants' folders
 TEXT = "a red car near the tall tree"
 PHRASES = ["a red car", "the tall tree"]
 
@@ -245,13 +244,17 @@ def test_every_shipped_variant_and_known_overrides_pass():
     assert config.grounding_head == "drmn" and config.text_config.num_hidden_layers == 1
 
 
-def test_unknown_key_in_a_variant_file_is_an_error(tmp_path):
-    variant = tmp_path / "mine.json"
-    variant.write_text('{"tokenizer": "bert-base-uncased", "image_size": 64, "config": {"ffn_dimm": 64}}')
+def test_unknown_key_in_a_variant_folder_is_an_error(tmp_path):
+    variant = tmp_path / "mine"
+    shutil.copytree(variant_path("epng-tiny"), variant)
+    config = json.loads((variant / "config.json").read_text())
+    config["ffn_dimm"] = config.pop("ffn_dim")
+    (variant / "config.json").write_text(json.dumps(config))
     with pytest.raises(
-        ValueError, match="variant mine: unknown PngConfig key.*'ffn_dimm' \\(did you mean 'ffn_dim'"
+        ValueError, match="variant mine .*unknown PngConfig key.*'ffn_dimm' \\(did you mean 'ffn_dim'"
     ):
         load_config(str(variant))
+    assert load_config("epng-tiny").ffn_dim  # every shipped folder passes the same check
 
 
 @pytest.mark.parametrize(

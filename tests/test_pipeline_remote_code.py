@@ -20,12 +20,13 @@ from transformers import AutoTokenizer, pipeline
 
 import narrative_grounding.pipeline  # noqa: F401  (registers the task in this process)
 from narrative_grounding import PngConfig, available_variants, create_model, load_config
+from narrative_grounding.factory import variant_path
 from narrative_grounding.modeling.configuration_png import CUSTOM_PIPELINE, PIPELINE_TASK
 from narrative_grounding.modeling.image_processing_png import PngImageProcessor
 from narrative_grounding.modeling.processing_png import PngProcessor
 
 ROOT = Path(__file__).resolve().parents[1]
-TOKENIZER_DIR = ROOT / "src" / "narrative_grounding" / "hub_configs" / "tokenizer-tiny"
+TOKENIZER_DIR = variant_path("epng-tiny")  # the tiny tokenizer ships in the tiny variants' folders
 NARRATIVE = "In this picture we can see a black bear on this tree, and the sky above them."
 PHRASES = ["a black bear", "this tree", "the sky"]
 # The files a repository needs for pipeline(..., trust_remote_code=True): the pipeline and what it imports.

@@ -111,17 +111,31 @@ SUB_CONFIG_KEYS = {
 }
 
 
-def check_config_keys(kwargs: dict[str, Any], where: str) -> None:
+def _saved_keys() -> tuple[set[str], dict[str, set[str]]]:
+    """The keys `save_pretrained` writes into config.json besides the fields (model_type, _name_or_path,
+    transformers_version, ...), at the top level and in each sub-config."""
+    saved = PngConfig().to_dict()
+    sub_keys = {name: set(saved[name]) for name in SUB_CONFIG_KEYS}
+    sub_keys["backbone_config"].add("stage_names")  # written once a model has built the timm backbone
+    return set(saved), sub_keys
+
+
+def check_config_keys(kwargs: dict[str, Any], where: str, *, saved: bool = False) -> None:
     """Raise ValueError naming every key of `kwargs` (and of its text_config / backbone_config dicts) that
     `PngConfig` does not know, with the closest known key: `PngConfig` itself would store a typo such as
-    `grounding_haed` in config.json and keep the default it was meant to change."""
+    `grounding_haed` in config.json and keep the default it was meant to change. `saved=True` checks a
+    config.json as `save_pretrained` writes it (its bookkeeping keys allowed too)."""
     problems = []
-    top_keys = _config_keys(PngConfig)
+    top_keys, sub_keys = _config_keys(PngConfig), dict(SUB_CONFIG_KEYS)
+    if saved:
+        saved_top, saved_sub = _saved_keys()
+        top_keys |= saved_top | {"architectures", "auto_map", "custom_pipelines"}
+        sub_keys = {name: keys | saved_sub[name] for name, keys in sub_keys.items()}
     for key, value in kwargs.items():
         if key not in top_keys:
             problems.append((key, key, top_keys))
-        elif key in SUB_CONFIG_KEYS and isinstance(value, dict):
-            known = SUB_CONFIG_KEYS[key]
+        elif key in sub_keys and isinstance(value, dict):
+            known = sub_keys[key]
             problems.extend((f"{key}.{sub}", sub, known) for sub in value if sub not in known)
     if problems:
         described = []
@@ -151,6 +165,7 @@ def load_config(name_or_path: str | Path, **overrides: Any) -> PngConfig:
         config_dict, _ = PngConfig.get_config_dict(str(path))
     except (OSError, json.JSONDecodeError) as error:
         raise ValueError(f"variant {path}: config.json cannot be read: {error}") from error
+    check_config_keys(config_dict, f"variant {path.name} ({path / 'config.json'})", saved=True)
     return PngConfig.from_dict(_merge(config_dict, overrides))
 
 
