@@ -3,9 +3,13 @@
 ```
 <data_dir>/images/{train2017,val2017}/{image_id:012d}.jpg
 <data_dir>/annotations/panoptic_{train2017,val2017}.json
-<data_dir>/annotations/panoptic_{train2017,val2017}/{image_id:012d}.png
+<data_dir>/annotations/panoptic_segmentation/{train2017,val2017}/{image_id:012d}.png   # PNG README
+<data_dir>/annotations/panoptic_{train2017,val2017}/{image_id:012d}.png               # COCO's zip
 <data_dir>/annotations/png_coco_{train2017,val2017}.json
 ```
+The panoptic PNGs may be in either folder: the PNG (and NICE, XPNG) READMEs put them in
+``panoptic_segmentation/<split>/``, COCO's ``panoptic_annotations_trainval2017.zip`` unpacks them to
+``panoptic_<split>/``. The first that exists is used.
 """
 
 from __future__ import annotations
@@ -46,8 +50,35 @@ class SplitPaths:
         return self.data_dir / "annotations" / f"panoptic_{self.coco_name}.json"
 
     @property
+    def panoptic_dirs(self) -> tuple[Path, Path]:
+        """Where the panoptic PNGs may be, in the order they are looked for: the PNG README's layout,
+        then COCO's."""
+        annotations = self.data_dir / "annotations"
+        return (
+            annotations / "panoptic_segmentation" / self.coco_name,
+            annotations / f"panoptic_{self.coco_name}",
+        )
+
+    @property
     def panoptic_dir(self) -> Path:
-        return self.data_dir / "annotations" / f"panoptic_{self.coco_name}"
+        """The folder of panoptic PNGs that exists (COCO's layout when neither does yet, e.g. to write one)."""
+        return next((path for path in self.panoptic_dirs if path.is_dir()), self.panoptic_dirs[1])
+
+    def check_panoptic_dir(self) -> Path:
+        """The existing folder of panoptic PNGs.
+
+        Raises:
+            PngDataError: neither layout's folder exists (the message names both).
+        """
+        found = next((path for path in self.panoptic_dirs if path.is_dir()), None)
+        if found is None:
+            png_layout, coco_layout = self.panoptic_dirs
+            raise PngDataError(
+                f"The panoptic PNGs of split {self.split!r} are missing: neither {png_layout} (the PNG README's "
+                f"layout) nor {coco_layout} (where COCO's panoptic_annotations_trainval2017.zip unpacks them) "
+                "is a directory."
+            )
+        return found
 
     @property
     def narratives_json(self) -> Path:
