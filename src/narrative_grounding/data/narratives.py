@@ -6,8 +6,9 @@ a bad narrative or phrase is left out and counted, and reading goes on with the 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .alignment import CaptionMismatchError, utterance_offsets
@@ -70,6 +71,16 @@ class Narrative:
     width: int
     height: int
     segments_info: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_json(self) -> str:
+        """One line of JSON (the builder hands narratives to its worker processes through files)."""
+        return json.dumps(asdict(self), ensure_ascii=False)
+
+    @classmethod
+    def from_json(cls, line: str | bytes) -> Narrative:
+        fields = json.loads(line)
+        fields["phrases"] = [Phrase(**phrase) for phrase in fields["phrases"]]
+        return cls(**fields)
 
 
 class RecordError(ValueError):
