@@ -327,6 +327,7 @@ def load_png_dataset(
     strict: bool = False,
     progress: bool = False,
     return_report: bool = False,
+    num_proc: int | None = None,
     **builder_kwargs: Any,
 ) -> datasets.DatasetDict | tuple[datasets.DatasetDict, PngDataReport]:
     """Prepare (or reuse from cache) the PNG dataset of an official-layout directory.
@@ -339,6 +340,7 @@ def load_png_dataset(
         strict: raise on the first problem instead of leaving bad records out and reporting them.
         progress: show a progress bar while preparing.
         return_report: also return the :class:`PngDataReport`.
+        num_proc: processes that read the image / PNG files and write the Arrow shards (default: one).
         **builder_kwargs: passed to the builder (e.g. ``download_mode`` is not; use the builder for that).
     Returns:
         A ``DatasetDict`` keyed by split name (and the report when ``return_report``).
@@ -354,6 +356,6 @@ def load_png_dataset(
         progress=progress,
         **builder_kwargs,
     )
-    builder.download_and_prepare()
+    builder.download_and_prepare(num_proc=num_proc)
     dataset = builder.as_dataset()
     return (dataset, builder.report) if return_report else dataset
