@@ -62,7 +62,8 @@ def test_features_and_rows(clean_dir, tmp_path):
         features["segments_info"], datasets.List
     )
     assert set(features["phrases"].feature) == {
-        "text", "start", "end", "segment_ids", "category_ids", "is_thing", "segment_is_thing", "plural", "num_segments"
+        "text", "start", "end", "segment_ids", "category_ids", "is_thing", "segment_is_thing", "plural", "num_segments",
+        "expression",
     }  # fmt: skip
     assert isinstance(features["image"], datasets.Image) and isinstance(
         features["panoptic_png"], datasets.Image
@@ -73,6 +74,11 @@ def test_features_and_rows(clean_dir, tmp_path):
         record = by_id[example["image_id"]]
         assert example["caption"] == record["caption"]
         assert [p["text"] for p in example["phrases"]] == [u["utterance"] for u in _grounded(record)]
+        # The synthetic generator records each phrase's kind of expression; the builder keeps it.
+        assert [p["expression"] for p in example["phrases"]] == [u["expression"] for u in _grounded(record)]
+        assert {p["expression"] for p in example["phrases"]} <= {
+            "attribute", "group", "position", "size", "relation", "count_position", "stuff"
+        }  # fmt: skip
         for phrase in example["phrases"]:
             assert example["caption"][phrase["start"] : phrase["end"]] == phrase["text"]
             assert phrase["num_segments"] == len(phrase["segment_ids"]) == len(phrase["category_ids"])

@@ -230,6 +230,8 @@ def test_no_well_formed_narrative_is_left_out(official_dir, tmp_path, layout):
     assert dataset["train"][1]["caption"].startswith("A man and a woman don't  stand")
     assert [p["is_thing"] for p in dataset["train"][2]["phrases"]] == [True, False]
     assert [p["plural"] for p in dataset["train"][2]["phrases"]] == [True, False]
+    # The official files record no kind of expression: the optional field is None.
+    assert {p["expression"] for row in dataset["train"] for p in row["phrases"]} == {None}
     assert validate_png_directory(root).ok
 
 

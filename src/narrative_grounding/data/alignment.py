@@ -72,6 +72,13 @@ def fold(text: str) -> tuple[str, list[int], list[int]]:
     return "".join(chars), starts, ends
 
 
+def _key(text: str) -> str:
+    """``fold(text)[0]`` alone (what an utterance needs)."""
+    if text.isascii():
+        return "".join(text.split()).lower()
+    return fold(text)[0]
+
+
 def _word_at(text: str, index: int) -> str:
     """The whitespace-delimited word of ``text`` that holds character ``index``."""
     if index >= len(text):
@@ -101,7 +108,7 @@ def utterance_offsets(caption: str, utterances: Sequence[str]) -> list[tuple[int
     cursor = 0  # in folded characters
     previous_end = 0  # in caption characters
     for index, utterance in enumerate(utterances):
-        key = fold(utterance)[0]
+        key = _key(utterance)
         if not key:
             offsets.append((previous_end, previous_end))
             continue

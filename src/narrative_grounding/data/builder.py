@@ -36,6 +36,8 @@ def png_features() -> datasets.Features:
 
     ``phrases`` holds the noun phrases to ground, in caption order; ``caption[start:end] == text``.
     ``segment_ids`` index ``segments_info[].id`` and the ids of ``panoptic_png`` (id = R + 256 G + 256^2 B).
+    ``expression`` is the kind of referring expression where the annotation records one (the synthetic
+    generator does; the official files do not: None).
     """
     segment = {
         "id": datasets.Value("int64"),
@@ -55,6 +57,7 @@ def png_features() -> datasets.Features:
         "segment_is_thing": datasets.List(datasets.Value("bool")),
         "plural": datasets.Value("bool"),
         "num_segments": datasets.Value("int32"),
+        "expression": datasets.Value("string"),
     }
     return datasets.Features(
         {

@@ -4,7 +4,7 @@
 118k panoptic annotations); ``json.load`` would hold all of them as Python objects at once, hundreds of MB
 more for every extra hundred thousand images. These readers parse the top-level list (or the lists inside
 the top-level object) element by element with the standard library's C decoder, keeping only the current
-chunk of text in memory. Syntax errors name the file, line, column and character, as ``load_json`` does.
+chunk of text in memory. Syntax errors name the file, line, column and character.
 """
 
 from __future__ import annotations

@@ -14,11 +14,9 @@ The panoptic PNGs may be in either folder: the PNG (and NICE, XPNG) READMEs put 
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -115,25 +113,6 @@ def image_file_name(image_id: int) -> str:
 
 def panoptic_file_name(image_id: int) -> str:
     return f"{image_id:012d}.png"
-
-
-def load_json(path: str | os.PathLike) -> Any:
-    """``json.load`` that names the file and the position of a syntax error (a truncated download, say)."""
-    path = Path(path)
-    if not path.is_file():
-        raise PngDataError(f"Annotation file not found: {path}")
-    try:
-        with path.open("rb") as handle:
-            return json.load(handle)
-    except json.JSONDecodeError as error:
-        size = path.stat().st_size
-        truncated = " (the file ends there: it looks truncated)" if error.pos >= size - 1 else ""
-        raise PngDataError(
-            f"{path}: invalid JSON at line {error.lineno}, column {error.colno} "
-            f"(character {error.pos} of {size}): {error.msg}{truncated}"
-        ) from error
-    except UnicodeDecodeError as error:
-        raise PngDataError(f"{path}: not UTF-8 text at byte {error.start}: {error.reason}") from error
 
 
 def rgb_to_id(rgb: np.ndarray) -> np.ndarray:
