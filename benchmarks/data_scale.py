@@ -14,6 +14,9 @@ contractions, string ids) and measures, for each size and ``num_proc``:
 - the per-example cost of the training input path on the prepared dataset: reading a row (JPEG + PNG
   decoded by ``datasets``), the phrase masks from the PNG, and ``PngCollator`` (masks + processor at
   640x640 + tokenizer) on one row;
+- the annotation scan alone (every narrative read, aligned and joined to its panoptic annotation, as the
+  builder does before writing) on annotation files of 10,000 and 133,103 narratives without image files:
+  its time and peak memory at the real size;
 
 then extrapolates them to the full train split. Peak memory must not grow with the number of images.
 """
@@ -25,6 +28,7 @@ import json
 import multiprocessing as mp
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -191,14 +195,56 @@ def prepare_child(data_dir: str, cache_dir: str, num_proc: int) -> None:
     }))  # fmt: skip
 
 
-def prepare(data_dir: Path, cache_dir: Path, num_proc: int) -> dict:
+def scan_child(data_dir: str) -> None:
+    """In a fresh process: read and check every narrative of the annotation files (what the builder does
+    before writing), without the image files; print the time and memory as JSON."""
+    from narrative_grounding.data.layout import split_paths
+    from narrative_grounding.data.narratives import read_split
+    from narrative_grounding.data.report import PngDataReport
+
+    base = _rss_mib()
+    report = PngDataReport(data_dir=data_dir)
+    start = time.perf_counter()
+    kept = sum(1 for _ in read_split(split_paths(data_dir, "train"), report, check_files=False))
+    seconds = time.perf_counter() - start
+    print(json.dumps({"seconds": seconds, "kept": kept, "ok": report.ok, "base_rss_mib": base,
+                      "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))  # fmt: skip
+
+
+def write_annotations_only(source: Path, target: Path, num_narratives: int) -> int:
+    """The annotation files of ``num_narratives`` images, cycling through the records of ``source`` under new
+    image ids (no image files: for the scan at full scale). Written record by record."""
+    panoptic = json.loads((source / "annotations" / "panoptic_train2017.json").read_text())
+    narratives = json.loads((source / "annotations" / "png_coco_train2017.json").read_text())
+    (target / "annotations").mkdir(parents=True)
+    with open(target / "annotations" / "panoptic_train2017.json", "w") as handle:
+        handle.write('{"info": {}, "licenses": [], "images": [')
+        for index in range(num_narratives):
+            image = dict(panoptic["images"][index % len(narratives)], id=5_000_000 + index)
+            handle.write(("," if index else "") + json.dumps(image))
+        handle.write('], "annotations": [')
+        for index in range(num_narratives):
+            annotation = dict(panoptic["annotations"][index % len(narratives)], image_id=5_000_000 + index)
+            handle.write(("," if index else "") + json.dumps(annotation))
+        handle.write('], "categories": ' + json.dumps(panoptic["categories"]) + "}")
+    with open(target / "annotations" / "png_coco_train2017.json", "w") as handle:
+        handle.write("[")
+        for index in range(num_narratives):
+            record = dict(narratives[index % len(narratives)], image_id=str(5_000_000 + index))
+            handle.write(("," if index else "") + json.dumps(record))
+        handle.write("]")
+    return _size(target / "annotations")
+
+
+def _child(*arguments: str) -> dict:
     output = subprocess.run(
-        [sys.executable, __file__, "--prepare-child", str(data_dir), str(cache_dir), str(num_proc)],
-        capture_output=True,
-        text=True,
-        check=True,
+        [sys.executable, __file__, *arguments], capture_output=True, text=True, check=True
     ).stdout
     return json.loads(output.strip().splitlines()[-1])
+
+
+def prepare(data_dir: Path, cache_dir: Path, num_proc: int) -> dict:
+    return _child("--prepare-child", str(data_dir), str(cache_dir), str(num_proc))
 
 
 def decode_costs(data_dir: Path, cache_dir: Path, samples: int) -> dict:
@@ -242,6 +288,9 @@ def main() -> None:
     if sys.argv[1:2] == ["--prepare-child"]:
         prepare_child(sys.argv[2], sys.argv[3], int(sys.argv[4]))
         return
+    if sys.argv[1:2] == ["--scan-child"]:
+        scan_child(sys.argv[2])
+        return
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -251,6 +300,16 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=640)
     parser.add_argument("--decode-samples", type=int, default=100)
     parser.add_argument("--workers", type=int, default=os.cpu_count(), help="generator processes")
+    parser.add_argument(
+        "--scan-sizes",
+        type=int,
+        nargs="+",
+        default=[10_000, TRAIN_NARRATIVES],
+        help="numbers of narratives for the annotation scan without image files (0 to skip)",
+    )
+    parser.add_argument(
+        "--data-root", help="keep the generated data sets here and reuse them (default: a temporary folder)"
+    )
     args = parser.parse_args()
 
     import datasets
@@ -259,14 +318,19 @@ def main() -> None:
     print(f"python {sys.version.split()[0]}, datasets {datasets.__version__}, torch {torch.__version__}, "
           f"{os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}, load {os.getloadavg()}")  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
+        data_root = Path(args.data_root or tmp)
         largest = None
         results: dict[tuple[int, int], dict] = {}
         for num_images in args.num_images:
-            data_dir = Path(tmp) / f"data-{num_images}"
+            data_dir = data_root / f"data-{num_images}-{args.width}x{args.height}"
             start = time.perf_counter()
-            stats = generate(data_dir, num_images, args.height, args.width, args.workers)
+            if (data_dir / "stats.json").is_file():
+                stats = json.loads((data_dir / "stats.json").read_text())
+            else:
+                stats = generate(data_dir, num_images, args.height, args.width, args.workers)
+                (data_dir / "stats.json").write_text(json.dumps(stats))
             print(
-                f"\n{num_images} images {args.width}x{args.height} generated in {time.perf_counter() - start:.0f} s: "
+                f"\n{num_images} images {args.width}x{args.height} ready in {time.perf_counter() - start:.0f} s: "
                 f"{stats['phrases_per_narrative']:.1f} phrases and {stats['segments_per_image']:.1f} segments "
                 f"per narrative; JPEG {stats['jpeg_bytes'] / num_images / 1024:.0f} KiB, PNG "
                 f"{stats['png_bytes'] / num_images / 1024:.1f} KiB, JSON {stats['json_bytes'] / num_images:.0f} B "
@@ -285,6 +349,19 @@ def main() -> None:
                 results[(num_images, num_proc)] = result
                 largest = (num_images, arrow, stats, data_dir, cache_dir)
         num_images, arrow, stats, data_dir, cache_dir = largest
+        scans = {}
+        for size in [size for size in args.scan_sizes if size > 0]:
+            scan_dir = Path(tmp) / f"scan-{size}"
+            annotation_bytes = write_annotations_only(data_dir, scan_dir, size)
+            scans[size] = _child("--scan-child", str(scan_dir))
+            result = scans[size]
+            assert result["ok"] and result["kept"] == size, result
+            print(
+                f"  annotation scan of {size:,} narratives ({annotation_bytes / 2**20:.0f} MiB of JSON, no image "
+                f"files): {result['seconds']:.1f} s = {size / result['seconds']:.0f} narratives/s; RSS "
+                f"{result['base_rss_mib']:.0f} MiB after imports, peak +{_growth_mib(result):.0f} MiB"
+            )
+            shutil.rmtree(scan_dir)
         costs = decode_costs(data_dir, cache_dir, args.decode_samples)
         print(
             f"\ntraining input path, per example ({num_images}-image set): read row + decode JPEG/PNG "
