@@ -341,3 +341,22 @@ def test_streamed_json_errors_name_file_line_and_column(tmp_path, monkeypatch):
         PngDataError, match="expected a JSON list of narratives, but the file starts with '{'"
     ):
         list(iter_json_list(path))
+
+
+def test_panoptic_index_names_the_bad_entry(official_dir, tmp_path):
+    root = Path(shutil.copytree(official_dir, tmp_path / "data"))
+    path = root / "annotations" / "panoptic_val2017.json"
+    panoptic = json.loads(path.read_text())
+    del panoptic["images"][0]["id"]
+    path.write_text(json.dumps(panoptic))
+    with pytest.raises(PngDataError, match=r"panoptic_val2017\.json: images\[0\] has no integer 'id'"):
+        load_png_dataset(root, splits="validation", cache_dir=tmp_path / "cache")
+    del panoptic["categories"]
+    panoptic["images"][0]["id"] = 5000
+    path.write_text(json.dumps(panoptic))
+    with pytest.raises(
+        PngDataError, match=r"needs 'images', 'annotations' and 'categories' lists; \['categories'\]"
+    ):
+        load_png_dataset(root, splits="validation", cache_dir=tmp_path / "cache")
+    report = validate_png_directory(root, ["validation"])
+    assert [issue.kind for issue in report.issues] == ["invalid_json"]

@@ -92,7 +92,7 @@ class PanopticIndex:
         if image_id is None:
             raise PngDataError(f"{self.path}: {key}[{index}] has no integer {id_field!r}")
         if key == "images":
-            kept = {name: entry.get(name) for name in ("file_name", "width", "height")}
+            kept = {name: entry[name] for name in ("file_name", "width", "height") if name in entry}
         else:
             segments = entry.get("segments_info", [])
             if not isinstance(segments, list) or not all(
