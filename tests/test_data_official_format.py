@@ -360,3 +360,20 @@ def test_panoptic_index_names_the_bad_entry(official_dir, tmp_path):
         load_png_dataset(root, splits="validation", cache_dir=tmp_path / "cache")
     report = validate_png_directory(root, ["validation"])
     assert [issue.kind for issue in report.issues] == ["invalid_json"]
+
+
+def test_grounded_utterance_without_text_or_with_a_bad_expression(official_dir, tmp_path):
+    root = Path(shutil.copytree(official_dir, tmp_path / "data"))
+    path = root / "annotations" / "png_coco_train2017.json"
+    records = json.loads(path.read_text())
+    records[0]["segments"].insert(4, _utterance("  ", 1648163))  # grounded, but nothing to read
+    records[1]["segments"][0]["expression"] = 3  # the optional field, with a wrong type
+    path.write_text(json.dumps(records))
+    dataset, report = load_png_dataset(root, splits="train", cache_dir=tmp_path / "cache", return_report=True)
+    assert [(issue.kind, issue.image_id) for issue in report.issues] == [
+        ("invalid_record", 226461),
+        ("invalid_record", 139),
+    ]
+    assert "segments[4] is a grounded phrase with no text" in report.issues[0].message
+    assert "segments[0]['expression'] must be a string" in report.issues[1].message
+    assert dataset["train"].num_rows == 1
