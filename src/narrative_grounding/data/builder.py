@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 import tempfile
+import weakref
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -205,6 +206,9 @@ class PanopticNarrativeGroundingBuilder(datasets.GeneratorBasedBuilder):
             # Beside the cache rather than in /tmp: the narratives file of train2017 is some hundred MB.
             os.makedirs(self._cache_dir_root, exist_ok=True)
             self._work_dir = tempfile.mkdtemp(prefix="png_prepare_", dir=self._cache_dir_root)
+            # download_and_prepare removes it when done; as_streaming_dataset reads from it for as long as
+            # the builder lives, so it goes with the builder.
+            weakref.finalize(self, shutil.rmtree, self._work_dir, True)
         return self._work_dir
 
     def _file_feature(self, path: Path) -> dict[str, Any]:
