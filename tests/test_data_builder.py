@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 
 from narrative_grounding.data import (
+    CaptionMismatchError,
     PanopticNarrativeGroundingBuilder,
     PngDataError,
     decode_phrase_masks,
@@ -27,7 +28,6 @@ from narrative_grounding.data import (
     utterance_offsets,
     validate_png_directory,
 )
-from narrative_grounding.data.narratives import RecordError
 from narrative_grounding.data.synthetic import generate_synthetic_dataset
 
 NUM_TRAIN, NUM_VALIDATION = 8, 4
@@ -62,7 +62,8 @@ def test_features_and_rows(clean_dir, tmp_path):
         features["segments_info"], datasets.List
     )
     assert set(features["phrases"].feature) == {
-        "text", "start", "end", "segment_ids", "category_ids", "is_thing", "segment_is_thing", "plural", "num_segments"
+        "text", "start", "end", "segment_ids", "category_ids", "is_thing", "segment_is_thing", "plural", "num_segments",
+        "expression",
     }  # fmt: skip
     assert isinstance(features["image"], datasets.Image) and isinstance(
         features["panoptic_png"], datasets.Image
@@ -73,6 +74,11 @@ def test_features_and_rows(clean_dir, tmp_path):
         record = by_id[example["image_id"]]
         assert example["caption"] == record["caption"]
         assert [p["text"] for p in example["phrases"]] == [u["utterance"] for u in _grounded(record)]
+        # The synthetic generator records each phrase's kind of expression; the builder keeps it.
+        assert [p["expression"] for p in example["phrases"]] == [u["expression"] for u in _grounded(record)]
+        assert {p["expression"] for p in example["phrases"]} <= {
+            "attribute", "group", "position", "size", "relation", "count_position", "stuff"
+        }  # fmt: skip
         for phrase in example["phrases"]:
             assert example["caption"][phrase["start"] : phrase["end"]] == phrase["text"]
             assert phrase["num_segments"] == len(phrase["segment_ids"]) == len(phrase["category_ids"])
@@ -154,7 +160,10 @@ def test_caption_mismatch_drops_the_narrative(data_dir, tmp_path):
     dataset, report = load_png_dataset(data_dir, splits="train", cache_dir=tmp_path, return_report=True)
     [issue] = report.issues
     assert issue.kind == "caption_mismatch" and issue.image_id == victim
-    assert "does not continue the caption at character" in issue.message
+    assert "differs from the caption at character" in issue.message
+    assert (
+        "where the utterance has 'the'" in issue.message and "the caption has the word 'a'" in issue.message
+    )
     assert dataset["train"].num_rows == NUM_TRAIN - 1
 
 
@@ -219,10 +228,60 @@ def test_utterance_offsets():
         caption.index("."),
         caption.index(".") + 1,
     )  # glued
-    with pytest.raises(RecordError, match="utterance 1 'cat' does not continue the caption at character 8"):
+    with pytest.raises(
+        CaptionMismatchError,
+        match="utterance 1 'cat' differs from the caption at character 8: the caption has the word "
+        "'picture' where the utterance has 'cat'",
+    ):
         utterance_offsets(caption, ["In this", "cat"])
-    with pytest.raises(RecordError, match="caption goes on"):
+    with pytest.raises(CaptionMismatchError, match="caption goes on with 'we can see"):
         utterance_offsets(caption, ["In this picture"])
+    with pytest.raises(CaptionMismatchError, match="goes past the end of the caption") as error:
+        utterance_offsets("A dog.", ["a dog", ".", "and a cat"])
+    assert (error.value.utterance_index, error.value.utterance_word) == (2, "and")
+
+
+def test_utterance_offsets_as_the_official_files_spell_them():
+    """The record PPMN's pre-processing prints (image 226461): lower-cased utterances, "." on its own."""
+    caption = "In this picture we can able to see a black bear on this tree."
+    utterances = ["in this", "picture", "we can able to see a", "black bear", "on this", "tree", "."]
+    offsets = utterance_offsets(caption, utterances)
+    assert offsets == [(0, 7), (8, 15), (16, 36), (37, 47), (48, 55), (56, 60), (60, 61)]
+    assert [caption[start:end] for start, end in offsets] == [
+        "In this", "picture", "we can able to see a", "black bear", "on this", "tree", "."
+    ]  # fmt: skip
+    # A contraction split by a word tokenizer, extra spaces, and the split falling inside one utterance
+    # or between two.
+    caption = "We  don't see the Sky, it's CLOUDY"
+    offsets = utterance_offsets(caption, ["we do n't see", "the sky", ",", "it", "'s cloudy"])
+    assert [caption[start:end] for start, end in offsets] == [
+        "We  don't see",
+        "the Sky",
+        ",",
+        "it",
+        "'s CLOUDY",
+    ]
+    # An utterance with nothing visible gets an empty span where the previous one ended.
+    assert utterance_offsets("A b.", ["a", "  ", "b", "."]) == [(0, 1), (1, 1), (2, 3), (3, 4)]
+
+
+def test_utterance_offsets_ignore_unicode_normalisation():
+    import unicodedata
+
+    text = "Crème brûlée near the café's façade"
+    utterances = ["crème brûlée", "near", "the café", "'s façade"]
+    expected = ["Crème brûlée", "near", "the café", "'s façade"]
+    for caption_form, utterance_form in [("NFC", "NFD"), ("NFD", "NFC"), ("NFD", "NFD")]:
+        caption = unicodedata.normalize(caption_form, text)
+        offsets = utterance_offsets(caption, [unicodedata.normalize(utterance_form, u) for u in utterances])
+        spans = [unicodedata.normalize("NFC", caption[start:end]) for start, end in offsets]
+        assert spans == expected, (caption_form, utterance_form)
+        # A span never cuts a base letter from its accent.
+        assert all(not unicodedata.combining(caption[end]) for _, end in offsets if end < len(caption))
+    with pytest.raises(
+        CaptionMismatchError, match="the caption has the word 'café' where the utterance has 'cafe'"
+    ):
+        utterance_offsets("the café", ["the cafe"])  # a missing accent is a different word
 
 
 def test_mask_decoding_matches_a_direct_loop():

@@ -98,6 +98,14 @@ def test_prepare_data_writes_parquet_and_report(synthetic_dir, tmp_path, capsys)
     assert reloaded["train"].num_rows == 6 and "phrases" in reloaded["train"].features
 
 
+def test_prepare_data_num_proc(synthetic_dir, tmp_path, capsys):
+    argv = ["prepare-data", str(synthetic_dir), "--cache-dir", str(tmp_path / "cache"), "--num-proc", "2"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "train: 6 examples" in out and "validation: 3 examples" in out and "No problems found." in out
+    assert len(list((tmp_path / "cache").rglob("*-train-*.arrow"))) == 2  # one Arrow file per process
+
+
 def test_prepare_data_errors(tmp_path, capsys):
     assert main(["prepare-data", str(tmp_path)]) == 2  # nowhere to write
     assert "--output-dir" in capsys.readouterr().err

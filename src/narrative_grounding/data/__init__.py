@@ -1,15 +1,16 @@
 """PNG data: the official layout as a ``datasets`` builder, per-phrase mask decoding, validation, export,
 and a synthetic dataset written in the same layout (``narrative_grounding.data.synthetic``)."""
 
+from .alignment import CaptionMismatchError, utterance_offsets
 from .builder import PanopticNarrativeGroundingBuilder, PngBuilderConfig, load_png_dataset, png_features
 from .export import export_parquet, load_parquet_dataset, push_png_dataset_to_hub
 from .layout import SPLIT_DIRS, PngDataError, id_to_rgb, rgb_to_id
 from .masks import decode_phrase_masks, panoptic_id_map, phrase_masks_from_id_map
-from .narratives import utterance_offsets
 from .report import ISSUE_KINDS, DataIssue, PngDataReport
 from .validation import validate_png_directory
 
 __all__ = [
+    "CaptionMismatchError",
     "ISSUE_KINDS",
     "SPLIT_DIRS",
     "DataIssue",

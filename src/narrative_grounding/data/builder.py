@@ -14,6 +14,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
+import weakref
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +37,8 @@ def png_features() -> datasets.Features:
 
     ``phrases`` holds the noun phrases to ground, in caption order; ``caption[start:end] == text``.
     ``segment_ids`` index ``segments_info[].id`` and the ids of ``panoptic_png`` (id = R + 256 G + 256^2 B).
+    ``expression`` is the kind of referring expression where the annotation records one (the synthetic
+    generator does; the official files do not: None).
     """
     segment = {
         "id": datasets.Value("int64"),
@@ -53,6 +58,7 @@ def png_features() -> datasets.Features:
         "segment_is_thing": datasets.List(datasets.Value("bool")),
         "plural": datasets.Value("bool"),
         "num_segments": datasets.Value("int32"),
+        "expression": datasets.Value("string"),
     }
     return datasets.Features(
         {
@@ -125,6 +131,7 @@ class PanopticNarrativeGroundingBuilder(datasets.GeneratorBasedBuilder):
         kwargs.setdefault("dataset_name", "panoptic_narrative_grounding")
         kwargs.setdefault("hash", _annotation_fingerprint(kwargs.get("data_dir")))
         self.progress = progress
+        self._work_dir: str | None = None  # the narratives kept, between scanning and writing
         super().__init__(*args, **kwargs)
         self.report = PngDataReport(data_dir=str(self.config.data_dir))
 
@@ -159,34 +166,71 @@ class PanopticNarrativeGroundingBuilder(datasets.GeneratorBasedBuilder):
                 raise PngDataError(f"Split {split!r} cannot be prepared: missing {', '.join(missing)}")
         return list(self.config.splits)
 
-    def _split_generators(self, dl_manager: Any) -> list[datasets.SplitGenerator]:
+    def _make_split_generators_kwargs(self, prepare_split_kwargs: dict[str, Any]) -> dict[str, Any]:
+        # _split_generators cuts each split into as many shards as there are processes.
+        return {"num_proc": prepare_split_kwargs.get("num_proc")}
+
+    def _split_generators(
+        self, dl_manager: Any, num_proc: int | None = None
+    ) -> list[datasets.SplitGenerator]:
         # Read and check every narrative before writing anything: a bad record is reported here, and an
-        # unreadable annotation file stops the build before a half-written split exists.
+        # unreadable annotation file stops the build before a split is written (datasets only moves a
+        # split into the cache once every split is complete). The narratives kept go to a JSON-lines file,
+        # not a list, so memory does not grow with the number of images; each writing process then reads
+        # its own contiguous part of that file.
         self._prepared_now = True  # download_and_prepare saves the report only when it is fresh
         self.report = PngDataReport(data_dir=str(self.config.data_dir))
+        work_dir = self._make_work_dir()
+        splits = self._splits_to_prepare()
+        for split in splits:
+            split_paths(self.config.data_dir, split).check_panoptic_dir()  # names both layouts' folders
         generators = []
-        for split in self._splits_to_prepare():
+        for split in splits:
             paths = split_paths(self.config.data_dir, split)
-            narratives = list(read_split(paths, self.report))
+            narratives_file = os.path.join(work_dir, f"{split}.jsonl")
+            count = 0
+            with open(narratives_file, "w", encoding="utf-8") as handle:
+                for narrative in read_split(paths, self.report, temp_dir=work_dir):
+                    handle.write(narrative.to_json() + "\n")
+                    count += 1
+            shards = _line_ranges(narratives_file, count, max(1, num_proc or 1))
             generators.append(
-                datasets.SplitGenerator(name=split, gen_kwargs={"paths": paths, "narratives": narratives})
+                datasets.SplitGenerator(name=split, gen_kwargs={"paths": paths, "shards": shards})
             )
         if self.config.strict and not self.report.ok:
             raise PngDataError(f"strict=True and the data has problems:\n{self.report}")
         return generators
+
+    def _make_work_dir(self) -> str:
+        if self._work_dir is None:
+            # Beside the cache rather than in /tmp: the narratives file of train2017 is some hundred MB.
+            os.makedirs(self._cache_dir_root, exist_ok=True)
+            self._work_dir = tempfile.mkdtemp(prefix="png_prepare_", dir=self._cache_dir_root)
+            # download_and_prepare removes it when done; as_streaming_dataset reads from it for as long as
+            # the builder lives, so it goes with the builder.
+            weakref.finalize(self, shutil.rmtree, self._work_dir, True)
+        return self._work_dir
 
     def _file_feature(self, path: Path) -> dict[str, Any]:
         if self.config.embed_files:
             return {"path": path.name, "bytes": path.read_bytes()}
         return {"path": str(path), "bytes": None}
 
-    def _generate_examples(
-        self, paths: SplitPaths, narratives: list[Narrative]
-    ) -> Iterator[tuple[str, dict]]:
+    def _generate_examples(self, paths: SplitPaths, shards: list[Shard]) -> Iterator[tuple[str, dict]]:
+        # May run in a worker process (num_proc > 1): what is left out here goes to a report file per shard,
+        # merged into self.report by download_and_prepare.
+        for shard in shards:
+            self._shard_report = PngDataReport(data_dir=str(self.config.data_dir))
+            yield from self._generate_shard_examples(paths, shard)
+            with open(_shard_report_path(shard), "w", encoding="utf-8") as handle:
+                handle.write(self._shard_report.to_json())
+
+    def _generate_shard_examples(self, paths: SplitPaths, shard: Shard) -> Iterator[tuple[str, dict]]:
+        narratives = _read_narratives(*shard)
         if self.progress:
             from tqdm.auto import tqdm
 
-            narratives = tqdm(narratives, desc=f"Preparing {paths.split}", unit=" narratives")
+            narratives = tqdm(narratives, desc=f"Preparing {paths.split}", unit=" narratives", total=shard[3])
         for narrative in narratives:
             try:
                 image = self._file_feature(paths.image_path(narrative.image_file))
@@ -215,19 +259,30 @@ class PanopticNarrativeGroundingBuilder(datasets.GeneratorBasedBuilder):
 
     def _left_out(self, paths: SplitPaths, narrative: Narrative, kind: str, error: OSError) -> None:
         # A file that vanished or became unreadable after the scan: counted like any other problem.
-        self.report.add(kind, paths.split, f"cannot be read: {error}", image_id=narrative.image_id)
-        counts = self.report.split_counts(paths.split)
+        report = self._shard_report
+        report.add(kind, paths.split, f"cannot be read: {error}", image_id=narrative.image_id)
+        counts = report.split_counts(paths.split)
         counts.narratives_kept -= 1
         counts.phrases_kept -= len(narrative.phrases)
         if self.config.strict:
             raise PngDataError(f"strict=True: image {narrative.image_id}: {kind}: {error}")
 
     def download_and_prepare(self, *args: Any, **kwargs: Any) -> None:
-        """Prepare the Arrow files (or reuse the cache), and keep :attr:`report` with them."""
-        if kwargs.get("num_proc") not in (None, 1):
-            raise ValueError("The PNG builder prepares each split in one process (num_proc=1).")
+        """Prepare the Arrow files (or reuse the cache), and keep :attr:`report` with them.
+
+        ``num_proc=N`` reads the image and PNG files and writes the Arrow shards of each split in N processes
+        (the annotation files are read once, in this process).
+        """
         self._prepared_now = False
-        super().download_and_prepare(*args, **kwargs)
+        self._work_dir = None
+        try:
+            super().download_and_prepare(*args, **kwargs)
+            if self._prepared_now:
+                for path in sorted(Path(self._work_dir).glob("*.report.json")):
+                    self.report.merge(PngDataReport.from_dict(json.loads(path.read_text(encoding="utf-8"))))
+        finally:
+            if self._work_dir is not None:
+                shutil.rmtree(self._work_dir, ignore_errors=True)
         report_path = os.path.join(self.cache_dir, REPORT_FILE)
         if self._prepared_now:
             with open(report_path, "w", encoding="utf-8") as handle:
@@ -235,6 +290,39 @@ class PanopticNarrativeGroundingBuilder(datasets.GeneratorBasedBuilder):
         elif os.path.isfile(report_path):
             with open(report_path, encoding="utf-8") as handle:
                 self.report = PngDataReport.from_dict(json.load(handle))
+
+
+# A shard of a split for one writing process: (JSON-lines file, first byte, end byte, number of narratives).
+Shard = tuple[str, int, int, int]
+
+
+def _line_ranges(path: str, count: int, num_shards: int) -> list[Shard]:
+    """``num_shards`` contiguous byte ranges of whole lines of ``path`` (``count`` lines), as equal in lines as
+    can be; fewer when there are fewer lines. Contiguous ranges keep the examples in file order."""
+    num_shards = max(1, min(num_shards, count))
+    bounds = [round(count * k / num_shards) for k in range(num_shards + 1)]
+    inner = set(bounds[1:-1])
+    offsets = [0]
+    position = 0
+    with open(path, "rb") as handle:
+        for line_number, line in enumerate(handle, start=1):
+            position += len(line)
+            if line_number in inner:
+                offsets.append(position)
+    offsets.append(position)
+    return [(path, offsets[k], offsets[k + 1], bounds[k + 1] - bounds[k]) for k in range(num_shards)]
+
+
+def _read_narratives(path: str, start: int, stop: int, count: int) -> Iterator[Narrative]:
+    with open(path, "rb") as handle:
+        handle.seek(start)
+        while handle.tell() < stop:
+            yield Narrative.from_json(handle.readline())
+
+
+def _shard_report_path(shard: Shard) -> str:
+    path, start, _, _ = shard
+    return f"{path}.{start:015d}.report.json"  # zero-padded: sorting the names sorts the shards
 
 
 def load_png_dataset(
@@ -246,6 +334,7 @@ def load_png_dataset(
     strict: bool = False,
     progress: bool = False,
     return_report: bool = False,
+    num_proc: int | None = None,
     **builder_kwargs: Any,
 ) -> datasets.DatasetDict | tuple[datasets.DatasetDict, PngDataReport]:
     """Prepare (or reuse from cache) the PNG dataset of an official-layout directory.
@@ -258,6 +347,7 @@ def load_png_dataset(
         strict: raise on the first problem instead of leaving bad records out and reporting them.
         progress: show a progress bar while preparing.
         return_report: also return the :class:`PngDataReport`.
+        num_proc: processes that read the image / PNG files and write the Arrow shards (default: one).
         **builder_kwargs: passed to the builder (e.g. ``download_mode`` is not; use the builder for that).
     Returns:
         A ``DatasetDict`` keyed by split name (and the report when ``return_report``).
@@ -273,6 +363,6 @@ def load_png_dataset(
         progress=progress,
         **builder_kwargs,
     )
-    builder.download_and_prepare()
+    builder.download_and_prepare(num_proc=num_proc)
     dataset = builder.as_dataset()
     return (dataset, builder.report) if return_report else dataset

@@ -39,6 +39,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--no-embed", action="store_true", help="store file paths, not bytes, in the Arrow cache"
     )
     prepare.add_argument("--report-json", help="also write the problem report as JSON to this file")
+    prepare.add_argument(
+        "--num-proc",
+        type=int,
+        default=None,
+        help="processes that read the image and PNG files and write the Arrow shards (default: one)",
+    )
     prepare.set_defaults(func=_prepare_data)
 
     validate = subparsers.add_parser(
@@ -97,7 +103,7 @@ def _prepare_data(args: argparse.Namespace) -> int:
             strict=args.strict,
             progress=True,
         )
-        builder.download_and_prepare()
+        builder.download_and_prepare(num_proc=args.num_proc)
         dataset = builder.as_dataset()
     except PngDataError as error:
         print(f"prepare-data: {error}", file=sys.stderr)

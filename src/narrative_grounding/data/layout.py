@@ -3,18 +3,20 @@
 ```
 <data_dir>/images/{train2017,val2017}/{image_id:012d}.jpg
 <data_dir>/annotations/panoptic_{train2017,val2017}.json
-<data_dir>/annotations/panoptic_{train2017,val2017}/{image_id:012d}.png
+<data_dir>/annotations/panoptic_segmentation/{train2017,val2017}/{image_id:012d}.png   # PNG README
+<data_dir>/annotations/panoptic_{train2017,val2017}/{image_id:012d}.png               # COCO's zip
 <data_dir>/annotations/png_coco_{train2017,val2017}.json
 ```
+The panoptic PNGs may be in either folder: the PNG (and NICE, XPNG) READMEs put them in
+``panoptic_segmentation/<split>/``, COCO's ``panoptic_annotations_trainval2017.zip`` unpacks them to
+``panoptic_<split>/``. The first that exists is used.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -46,8 +48,35 @@ class SplitPaths:
         return self.data_dir / "annotations" / f"panoptic_{self.coco_name}.json"
 
     @property
+    def panoptic_dirs(self) -> tuple[Path, Path]:
+        """Where the panoptic PNGs may be, in the order they are looked for: the PNG README's layout,
+        then COCO's."""
+        annotations = self.data_dir / "annotations"
+        return (
+            annotations / "panoptic_segmentation" / self.coco_name,
+            annotations / f"panoptic_{self.coco_name}",
+        )
+
+    @property
     def panoptic_dir(self) -> Path:
-        return self.data_dir / "annotations" / f"panoptic_{self.coco_name}"
+        """The folder of panoptic PNGs that exists (COCO's layout when neither does yet, e.g. to write one)."""
+        return next((path for path in self.panoptic_dirs if path.is_dir()), self.panoptic_dirs[1])
+
+    def check_panoptic_dir(self) -> Path:
+        """The existing folder of panoptic PNGs.
+
+        Raises:
+            PngDataError: neither layout's folder exists (the message names both).
+        """
+        found = next((path for path in self.panoptic_dirs if path.is_dir()), None)
+        if found is None:
+            png_layout, coco_layout = self.panoptic_dirs
+            raise PngDataError(
+                f"The panoptic PNGs of split {self.split!r} are missing: neither {png_layout} (the PNG README's "
+                f"layout) nor {coco_layout} (where COCO's panoptic_annotations_trainval2017.zip unpacks them) "
+                "is a directory."
+            )
+        return found
 
     @property
     def narratives_json(self) -> Path:
@@ -84,25 +113,6 @@ def image_file_name(image_id: int) -> str:
 
 def panoptic_file_name(image_id: int) -> str:
     return f"{image_id:012d}.png"
-
-
-def load_json(path: str | os.PathLike) -> Any:
-    """``json.load`` that names the file and the position of a syntax error (a truncated download, say)."""
-    path = Path(path)
-    if not path.is_file():
-        raise PngDataError(f"Annotation file not found: {path}")
-    try:
-        with path.open("rb") as handle:
-            return json.load(handle)
-    except json.JSONDecodeError as error:
-        size = path.stat().st_size
-        truncated = " (the file ends there: it looks truncated)" if error.pos >= size - 1 else ""
-        raise PngDataError(
-            f"{path}: invalid JSON at line {error.lineno}, column {error.colno} "
-            f"(character {error.pos} of {size}): {error.msg}{truncated}"
-        ) from error
-    except UnicodeDecodeError as error:
-        raise PngDataError(f"{path}: not UTF-8 text at byte {error.start}: {error.reason}") from error
 
 
 def rgb_to_id(rgb: np.ndarray) -> np.ndarray:

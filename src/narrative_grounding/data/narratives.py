@@ -6,11 +6,15 @@ a bad narrative or phrase is left out and counted, and reading goes on with the 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from .layout import SplitPaths, load_json
+from .alignment import CaptionMismatchError, utterance_offsets
+from .json_stream import iter_json_list
+from .layout import SplitPaths
+from .panoptic_index import PanopticIndex
 from .report import PngDataReport
 
 
@@ -20,7 +24,9 @@ class Phrase:
 
     ``caption[start:end] == text`` (``end`` exclusive). ``is_thing`` follows the official evaluation code:
     when a phrase mixes thing and stuff segments, the *last* segment decides; ``segment_is_thing`` keeps the
-    per-segment flags so that a metric can choose another rule.
+    per-segment flags so that a metric can choose another rule. ``expression`` is the kind of referring
+    expression (attribute, group, position, size, relation, count_position, stuff) where the annotation
+    records one, as the synthetic generator does; the official files do not (None).
     """
 
     text: str
@@ -30,6 +36,7 @@ class Phrase:
     category_ids: list[int]
     segment_is_thing: list[bool]
     plural: bool
+    expression: str | None = None
 
     @property
     def is_thing(self) -> bool:
@@ -50,6 +57,7 @@ class Phrase:
             "segment_is_thing": self.segment_is_thing,
             "plural": self.plural,
             "num_segments": self.num_segments,
+            "expression": self.expression,
         }
 
 
@@ -67,6 +75,19 @@ class Narrative:
     width: int
     height: int
     segments_info: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_json(self) -> str:
+        """One line of JSON (the builder hands narratives to its worker processes through files)."""
+        # Shallow copies: dataclasses.asdict deep-copies every segments_info entry, several times slower.
+        fields = dict(vars(self))
+        fields["phrases"] = [vars(phrase) for phrase in self.phrases]
+        return json.dumps(fields, ensure_ascii=False)
+
+    @classmethod
+    def from_json(cls, line: str | bytes) -> Narrative:
+        fields = json.loads(line)
+        fields["phrases"] = [Phrase(**phrase) for phrase in fields["phrases"]]
+        return cls(**fields)
 
 
 class RecordError(ValueError):
@@ -86,38 +107,6 @@ def _as_int(value: Any, what: str) -> int:
     if isinstance(value, str) and value.strip().isdigit():
         return int(value)
     raise RecordError("invalid_record", f"{what} must be an integer id, got {value!r}")
-
-
-def utterance_offsets(caption: str, utterances: list[str]) -> list[tuple[int, int]]:
-    """``(start, end)`` of each utterance in ``caption``, scanning left to right.
-
-    Utterances are consecutive: only whitespace may separate one from the next (none before a glued
-    punctuation mark), and only whitespace may follow the last one. Anything else is a mismatch.
-
-    Raises:
-        RecordError: ``caption_mismatch`` naming the first utterance that does not fit and where.
-    """
-    offsets = []
-    cursor = 0
-    for index, utterance in enumerate(utterances):
-        while cursor < len(caption) and caption[cursor].isspace():
-            cursor += 1
-        if not caption.startswith(utterance, cursor):
-            found = caption[cursor : cursor + len(utterance) + 10]
-            raise RecordError(
-                "caption_mismatch",
-                f"utterance {index} {utterance!r} does not continue the caption at character {cursor} "
-                f"(caption has {found!r} there)",
-            )
-        offsets.append((cursor, cursor + len(utterance)))
-        cursor += len(utterance)
-    rest = caption[cursor:]
-    if rest.strip():
-        raise RecordError(
-            "caption_mismatch",
-            f"the utterances end at character {cursor} but the caption goes on with {rest[:40]!r}",
-        )
-    return offsets
 
 
 def parse_phrases(
@@ -143,7 +132,14 @@ def parse_phrases(
             raise RecordError("invalid_record", f"segments[{index}] has no 'utterance' string")
         if not isinstance(utterance.get("segment_ids", []), list):
             raise RecordError("invalid_record", f"segments[{index}]['segment_ids'] must be a list")
-    offsets = utterance_offsets(caption, [u["utterance"] for u in utterances])
+        if not isinstance(utterance.get("expression", ""), str):
+            raise RecordError(
+                "invalid_record", f"segments[{index}]['expression'] must be a string when present"
+            )
+    try:
+        offsets = utterance_offsets(caption, [u["utterance"] for u in utterances])
+    except CaptionMismatchError as error:
+        raise RecordError("caption_mismatch", str(error)) from error
 
     phrases = []
     grounded = 0
@@ -173,48 +169,22 @@ def parse_phrases(
                 image_id=image_id,
             )
             continue
+        if start == end:
+            raise RecordError("invalid_record", f"segments[{index}] is a grounded phrase with no text")
         phrases.append(
             Phrase(
-                text=utterance["utterance"],
+                # The caption's spelling, not the lower-cased utterance: processors locate phrases by it.
+                text=caption[start:end],
                 start=start,
                 end=end,
                 segment_ids=segment_ids,
                 category_ids=[int(segments[sid]["category_id"]) for sid in segment_ids],
                 segment_is_thing=[bool(segments[sid]["is_thing"]) for sid in segment_ids],
                 plural=bool(utterance.get("plural", False)),
+                expression=utterance.get("expression"),
             )
         )
     return caption, phrases, grounded
-
-
-class PanopticIndex:
-    """The panoptic json of one split, indexed by image id."""
-
-    def __init__(self, panoptic: Any, path: str):
-        if not isinstance(panoptic, dict) or not all(
-            isinstance(panoptic.get(key), list) for key in ("images", "annotations", "categories")
-        ):
-            raise ValueError(
-                f"{path}: a COCO panoptic json needs 'images', 'annotations' and 'categories' lists"
-            )
-        self.categories = {int(c["id"]): c for c in panoptic["categories"]}
-        self.images = {int(image["id"]): image for image in panoptic["images"]}
-        self.annotations = {int(a["image_id"]): a for a in panoptic["annotations"]}
-
-    def segments(self, image_id: int) -> dict[int, dict[str, Any]]:
-        """segment id -> segments_info entry, with ``is_thing`` (None for an unknown category) added."""
-        segments = {}
-        for info in self.annotations[image_id].get("segments_info", []):
-            category = self.categories.get(int(info["category_id"]))
-            segments[int(info["id"])] = {
-                "id": int(info["id"]),
-                "category_id": int(info["category_id"]),
-                "iscrowd": int(info.get("iscrowd", 0)),
-                "bbox": [float(v) for v in info.get("bbox", [0, 0, 0, 0])],
-                "area": int(info.get("area", 0)),
-                "is_thing": None if category is None else bool(category.get("isthing", 0)),
-            }
-        return segments
 
 
 def read_split(
@@ -222,71 +192,83 @@ def read_split(
     report: PngDataReport,
     *,
     check_files: bool = True,
+    temp_dir: str | None = None,
 ) -> Iterator[Narrative]:
     """Yield the usable narratives of one split; everything left out is recorded in ``report``.
 
+    Args:
+        check_files: check that each narrative's image and panoptic PNG exist.
+        temp_dir: where the panoptic json's on-disk index goes (default: the system's temporary folder).
     Raises:
         PngDataError: an annotation file is missing or is not valid JSON (names the file and position).
     """
+    # Both files are streamed: memory does not grow with the number of images (see json_stream.py).
+    with PanopticIndex(paths.panoptic_json, temp_dir=temp_dir) as panoptic:
+        report.split_counts(paths.split)  # a split with no narrative still shows in the report
+        for index, record in enumerate(iter_json_list(paths.narratives_json)):
+            narrative = _read_record(paths, panoptic, report, index, record, check_files=check_files)
+            if narrative is not None:
+                yield narrative
+
+
+def _read_record(
+    paths: SplitPaths,
+    panoptic: PanopticIndex,
+    report: PngDataReport,
+    index: int,
+    record: Any,
+    *,
+    check_files: bool,
+) -> Narrative | None:
+    """One narrative record checked and joined to its panoptic annotation; None when it is left out."""
     split = paths.split
-    panoptic = PanopticIndex(load_json(paths.panoptic_json), str(paths.panoptic_json))
-    records = load_json(paths.narratives_json)
-    if not isinstance(records, list):
-        raise ValueError(
-            f"{paths.narratives_json}: expected a JSON list of narratives, got {type(records).__name__}"
-        )
     counts = report.split_counts(split)
-    for index, record in enumerate(records):
-        counts.narratives_read += 1
-        image_id = None
-        try:
-            if not isinstance(record, dict):
-                raise RecordError("invalid_record", f"narrative {index} is not a JSON object")
-            image_id = _as_int(record.get("image_id"), f"narrative {index} image_id")
-            if image_id not in panoptic.annotations:
-                raise RecordError(
-                    "missing_panoptic_annotation", "no entry in the panoptic json's annotations"
-                )
-            if image_id not in panoptic.images:
-                raise RecordError("missing_image_entry", "no entry in the panoptic json's images")
-            segments = panoptic.segments(image_id)
-            caption, phrases, grounded = parse_phrases(
-                record, segments, report=report, split=split, image_id=image_id
-            )
-            counts.phrases_read += grounded
-            image = panoptic.images[image_id]
-            image_file = str(image.get("file_name") or f"{image_id:012d}.jpg")
-            panoptic_file = str(panoptic.annotations[image_id].get("file_name") or f"{image_id:012d}.png")
-            if check_files:
-                if not paths.image_path(image_file).is_file():
-                    raise RecordError("missing_image_file", f"{paths.image_path(image_file)} does not exist")
-                if not paths.panoptic_png_path(panoptic_file).is_file():
-                    raise RecordError(
-                        "missing_panoptic_png", f"{paths.panoptic_png_path(panoptic_file)} does not exist"
-                    )
-            if grounded == 0:
-                # The official loaders skip narratives that ground nothing; counted, not a data error.
-                counts.narratives_without_phrases += 1
-                continue
-            if not phrases:
-                raise RecordError(
-                    "no_grounded_phrase", f"none of its {grounded} grounded utterances is usable"
-                )
-        except RecordError as error:
-            report.add(error.kind, split, f"narrative {index}: {error}", image_id=image_id)
-            continue
-        counts.narratives_kept += 1
-        counts.phrases_kept += len(phrases)
-        annotator = record.get("annotator_id", 0)
-        yield Narrative(
-            key=f"{image_id}-{index}",
-            image_id=image_id,
-            annotator_id=int(annotator) if str(annotator).lstrip("-").isdigit() else -1,
-            caption=caption,
-            phrases=phrases,
-            image_file=image_file,
-            panoptic_file=panoptic_file,
-            width=int(image.get("width", 0)),
-            height=int(image.get("height", 0)),
-            segments_info=[dict(info) for info in segments.values()],
+    counts.narratives_read += 1
+    image_id = None
+    try:
+        if not isinstance(record, dict):
+            raise RecordError("invalid_record", f"narrative {index} is not a JSON object")
+        image_id = _as_int(record.get("image_id"), f"narrative {index} image_id")
+        image, annotation = panoptic.entry(image_id)
+        if annotation is None:
+            raise RecordError("missing_panoptic_annotation", "no entry in the panoptic json's annotations")
+        if image is None:
+            raise RecordError("missing_image_entry", "no entry in the panoptic json's images")
+        segments = panoptic.segments(annotation)
+        caption, phrases, grounded = parse_phrases(
+            record, segments, report=report, split=split, image_id=image_id
         )
+        counts.phrases_read += grounded
+        image_file = str(image.get("file_name") or f"{image_id:012d}.jpg")
+        panoptic_file = str(annotation.get("file_name") or f"{image_id:012d}.png")
+        if check_files:
+            if not paths.image_path(image_file).is_file():
+                raise RecordError("missing_image_file", f"{paths.image_path(image_file)} does not exist")
+            if not paths.panoptic_png_path(panoptic_file).is_file():
+                raise RecordError(
+                    "missing_panoptic_png", f"{paths.panoptic_png_path(panoptic_file)} does not exist"
+                )
+        if grounded == 0:
+            # The official loaders skip narratives that ground nothing; counted, not a data error.
+            counts.narratives_without_phrases += 1
+            return None
+        if not phrases:
+            raise RecordError("no_grounded_phrase", f"none of its {grounded} grounded utterances is usable")
+    except RecordError as error:
+        report.add(error.kind, split, f"narrative {index}: {error}", image_id=image_id)
+        return None
+    counts.narratives_kept += 1
+    counts.phrases_kept += len(phrases)
+    annotator = record.get("annotator_id", 0)
+    return Narrative(
+        key=f"{image_id}-{index}",
+        image_id=image_id,
+        annotator_id=int(annotator) if str(annotator).lstrip("-").isdigit() else -1,
+        caption=caption,
+        phrases=phrases,
+        image_file=image_file,
+        panoptic_file=panoptic_file,
+        width=int(image.get("width", 0)),
+        height=int(image.get("height", 0)),
+        segments_info=[dict(info) for info in segments.values()],
+    )

@@ -103,6 +103,11 @@ def validate_png_directory(
             report.add("missing_annotation_file", split, f"not found: {', '.join(missing)}")
             continue
         try:
+            paths.check_panoptic_dir()
+        except PngDataError as error:
+            report.add("missing_annotation_file", split, str(error))
+            continue
+        try:
             narratives = read_split(paths, report)
             if progress:
                 from tqdm.auto import tqdm

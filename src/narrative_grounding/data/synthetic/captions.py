@@ -256,6 +256,9 @@ def compose_caption(
             "segment_ids": [str(s) for s in mention.segment_ids] if mention else [],
             "plural": bool(mention.plural) if mention else False,
             "noun": mention is not None,
+            # Not in the official files: which kind of referring expression the phrase is, so that results
+            # can be broken down by it. The builder keeps it when present.
+            **({"expression": mention.expression} if mention else {}),
         }
         for text, mention in utterances
     ]
