@@ -61,7 +61,7 @@ def _measure(
     from narrative_grounding import create_model
     from narrative_grounding.inference_optimization import optimize_for_inference
     from narrative_grounding.modeling.text_encoder import pool_phrases
-    from narrative_grounding.training.loading import processor_for_variant
+    from narrative_grounding.loading import processor_for_variant
 
     torch.manual_seed(0)
     if path == "plain":

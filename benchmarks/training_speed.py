@@ -79,7 +79,7 @@ def _pipeline(data_dir: str, input_size: int, workers: int, batch: int, limit: i
     from narrative_grounding.data import load_png_dataset
     from narrative_grounding.modeling.image_processing_png import PngImageProcessor
     from narrative_grounding.training import PngCollator
-    from narrative_grounding.training.loading import processor_for_variant
+    from narrative_grounding.loading import processor_for_variant
 
     processor = processor_for_variant("epng-tiny")
     processor.image_processor = PngImageProcessor(size={"height": input_size, "width": input_size})

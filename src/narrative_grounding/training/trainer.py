@@ -33,7 +33,7 @@ from .data import load_training_data, select_split
 from .distributed import cpu_multiprocess_launch, global_loss_counts
 from .evaluation import evaluate_average_recall, format_average_recall_table, scalar_metrics
 from .hub import HubPusher
-from .loading import load_model_and_processor
+from ..loading import load_model_and_processor
 from .model_card import write_model_card
 from .optimization import build_optimizer, build_scheduler, fit_schedule, resolve_preset
 from .sampler import EpochSeededSampler
