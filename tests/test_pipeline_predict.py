@@ -15,7 +15,7 @@ import narrative_grounding.pipeline  # noqa: F401  (registers the task)
 from narrative_grounding import create_model
 from narrative_grounding.modeling.image_processing_png import PngImageProcessor
 from narrative_grounding.modeling.processing_png import PngProcessor, rle_to_mask
-from narrative_grounding.predict import register, run
+from narrative_grounding.commands.predict import register, run
 
 TOKENIZER_DIR = (
     Path(__file__).resolve().parents[1] / "src" / "narrative_grounding" / "hub_configs" / "tokenizer-tiny"

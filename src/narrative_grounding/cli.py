@@ -13,11 +13,11 @@ import sys
 from collections.abc import Sequence
 
 COMMAND_MODULES = (
-    "narrative_grounding.data.cli",  # prepare-data, validate, make-synthetic
-    "narrative_grounding.predict",  # predict
-    "narrative_grounding.evaluation",  # evaluate
-    "narrative_grounding.demo",  # demo: the Quickstart's main job
-    "narrative_grounding.conversion.cli",  # convert panoptic-fpn | epng
+    "narrative_grounding.commands.data",  # prepare-data, validate, make-synthetic
+    "narrative_grounding.commands.predict",  # predict
+    "narrative_grounding.commands.evaluate",  # evaluate
+    "narrative_grounding.commands.demo",  # demo: the Quickstart's main job
+    "narrative_grounding.commands.convert",  # convert panoptic-fpn | epng
 )
 
 

@@ -82,7 +82,7 @@ def _report(converted, args: argparse.Namespace) -> int:
 
 
 def _convert_panoptic_fpn(args: argparse.Namespace) -> int:
-    from .converters import convert_panoptic_fpn
+    from ..conversion.converters import convert_panoptic_fpn
 
     try:
         converted = convert_panoptic_fpn(
@@ -100,7 +100,7 @@ def _convert_panoptic_fpn(args: argparse.Namespace) -> int:
 
 
 def _convert_epng(args: argparse.Namespace) -> int:
-    from .converters import convert_epng
+    from ..conversion.converters import convert_epng
 
     try:
         converted = convert_epng(

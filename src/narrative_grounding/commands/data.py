@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from .layout import SPLIT_DIRS, PngDataError
+from ..data.layout import SPLIT_DIRS, PngDataError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -73,8 +73,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _prepare_data(args: argparse.Namespace) -> int:
     import datasets
 
-    from .builder import PanopticNarrativeGroundingBuilder
-    from .export import export_parquet, push_png_dataset_to_hub
+    from ..data.builder import PanopticNarrativeGroundingBuilder
+    from ..data.export import export_parquet, push_png_dataset_to_hub
 
     if not args.output_dir and not args.push_to_hub and not args.cache_dir:
         print(
@@ -118,7 +118,7 @@ def _prepare_data(args: argparse.Namespace) -> int:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    from .validation import validate_png_directory
+    from ..data.validation import validate_png_directory
 
     report = validate_png_directory(
         args.data_dir, args.splits, check_pixels=not args.no_pixel_check, progress=not args.json
@@ -128,7 +128,7 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _make_synthetic(args: argparse.Namespace) -> int:
-    from .synthetic import generate_synthetic_dataset
+    from ..data.synthetic import generate_synthetic_dataset
 
     if len(args.image_size) not in (1, 2):
         print("make-synthetic: --image-size takes S or H W", file=sys.stderr)

@@ -106,7 +106,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def training_arguments(args: argparse.Namespace) -> argparse.Namespace:
     """The `training/train.py` options the demo runs with (the same parser, so nothing is duplicated)."""
-    from .training import parse_args
+    from ..training import parse_args
 
     argv = [
         "--model", args.model,
@@ -186,10 +186,10 @@ def write_overlays(model_dir: Path, dataset: Any, output_dir: Path, count: int) 
     import PIL.Image
     import torch
 
-    from .modeling.modeling_png import PngForPanopticNarrativeGrounding
-    from .modeling.processing_png import PngProcessor
-    from .training.collate import row_phrase_masks
-    from .visualization import draw_grounding
+    from ..modeling.modeling_png import PngForPanopticNarrativeGrounding
+    from ..modeling.processing_png import PngProcessor
+    from ..training.collate import row_phrase_masks
+    from ..visualization import draw_grounding
 
     model = PngForPanopticNarrativeGrounding.from_pretrained(str(model_dir)).eval()
     processor = PngProcessor.from_pretrained(str(model_dir))
@@ -231,8 +231,8 @@ def write_overlays(model_dir: Path, dataset: Any, output_dir: Path, count: int) 
 def run_demo(args: argparse.Namespace) -> int:
     import torch
 
-    from .training import format_average_recall_table, train
-    from .training.data import load_training_data
+    from ..training import format_average_recall_table, train
+    from ..training.data import load_training_data
 
     logging.getLogger("accelerate").setLevel(logging.WARNING)
     if args.threads:

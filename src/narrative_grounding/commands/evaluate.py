@@ -43,12 +43,12 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from accelerate import Accelerator
     from torch.utils.data import DataLoader
 
-    from .modeling.modeling_png import PngForPanopticNarrativeGrounding
-    from .modeling.processing_png import PngProcessor
-    from .training.collate import PngCollator
-    from .training.data import load_training_data, select_split
-    from .training.distributed import cpu_multiprocess_launch
-    from .training.evaluation import evaluate_average_recall, format_average_recall_table, scalar_metrics
+    from ..modeling.modeling_png import PngForPanopticNarrativeGrounding
+    from ..modeling.processing_png import PngProcessor
+    from ..training.collate import PngCollator
+    from ..training.data import load_training_data, select_split
+    from ..training.distributed import cpu_multiprocess_launch
+    from ..training.evaluation import evaluate_average_recall, format_average_recall_table, scalar_metrics
 
     accelerator = Accelerator(cpu=cpu_multiprocess_launch())
     model = PngForPanopticNarrativeGrounding.from_pretrained(

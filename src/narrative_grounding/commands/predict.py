@@ -148,9 +148,9 @@ def _record(record: dict[str, Any], where: str, *, default_id: str, image: Path)
 def run(args: argparse.Namespace) -> int:
     import torch  # heavy imports only when the command runs
 
-    from .modeling.modeling_png import PngForPanopticNarrativeGrounding
-    from .modeling.processing_png import PngProcessor
-    from .visualization import draw_grounding
+    from ..modeling.modeling_png import PngForPanopticNarrativeGrounding
+    from ..modeling.processing_png import PngProcessor
+    from ..visualization import draw_grounding
 
     records = iter_records(args)
     model_dir = Path(args.model)
@@ -161,7 +161,7 @@ def run(args: argparse.Namespace) -> int:
     # tensors usable by anything that might still want them.
     no_gradients = torch.no_grad
     if args.fast:
-        from .inference_optimization import optimize_for_inference
+        from ..inference_optimization import optimize_for_inference
 
         optimize_for_inference(model)
         no_gradients = torch.inference_mode
