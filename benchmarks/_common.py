@@ -170,9 +170,10 @@ def invoking_command() -> str:
             skip = True
         elif not argument.startswith("--json="):
             arguments.append(argument)
+    # Run as `python -m benchmarks.<name>`, sys.argv[0] is the module's file path.
     script = Path(sys.argv[0])
-    name = f"benchmarks/{script.name}" if script.parent.name == "benchmarks" else str(script)
-    return shlex.join(["python", name, *arguments])
+    program = ["-m", f"benchmarks.{script.stem}"] if script.parent.name == "benchmarks" else [str(script)]
+    return shlex.join(["python", *program, *arguments])
 
 
 def write_json(path: str | Path | None, record: dict[str, Any]) -> None:

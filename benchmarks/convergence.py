@@ -7,20 +7,17 @@ training, then prints AR (overall, things, stuff, singular, plural) at each eval
 training seconds and optimizer steps it took. The learning-rate schedule is fitted to the budget
 (`--fit_schedule_to_time`), so the curve is the one a user with that budget gets.
 
-    python benchmarks/convergence.py --budget 600 --eval-every 60
-    python benchmarks/convergence.py --budget 20 --eval-every 10 --num-train 64 --num-validation 16   # smoke
+    python -m benchmarks.convergence --budget 600 --eval-every 60
+    python -m benchmarks.convergence --budget 20 --eval-every 10 --num-train 64 --num-validation 16   # smoke
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import load_average, machine_description, print_machine, write_json  # noqa: E402
+from ._common import load_average, machine_description, print_machine, write_json
 
 AR_KEYS = (
     "average_recall",

@@ -18,22 +18,19 @@ the proportions they have at these sizes. Memory is expected to grow at most lin
 attention never materialises the N x N scores; DRMN's sampled values are N x Hd x L x K x Dh). A measured
 exponent above the implied one by more than `--slack` is flagged WORSE.
 
-    python benchmarks/head_scaling.py
-    python benchmarks/head_scaling.py --heads epng --grids 10 20 --phrase-counts 1 5 --repeats 1   # smoke
+    python -m benchmarks.head_scaling
+    python -m benchmarks.head_scaling --heads epng --grids 10 20 --phrase-counts 1 5 --repeats 1   # smoke
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (  # noqa: E402
+from ._common import (
     ResidentPeak,
     growth_exponent,
     machine_description,
@@ -42,7 +39,7 @@ from _common import (  # noqa: E402
     run_in_child,
     write_json,
 )
-from flops import head_flops  # noqa: E402
+from .flops import head_flops
 
 VARIANTS = {"epng": "epng-r101-bert-base", "drmn": "drmn-r101-bert-base"}
 MEMORY_IMPLIED = 1.0  # activations linear in tokens and in phrases for both heads (see the docstring)

@@ -11,8 +11,8 @@ compiled during the warm-up). Every measurement runs in a fresh child process:
   resident set at once (otherwise malloc keeps freed memory and the figure depends on what ran before);
   CUDA, `torch.cuda.max_memory_allocated` growth during one forward.
 
-Run: python benchmarks/heads.py [--batch-sizes 1 2] [--repeats 5] [--device cpu|cuda]
-     python benchmarks/heads.py --train-ar --skip-speed [--train-steps 300] [--synthetic-level hard]
+Run: python -m benchmarks.heads [--batch-sizes 1 2] [--repeats 5] [--device cpu|cuda]
+     python -m benchmarks.heads --train-ar --skip-speed [--train-steps 300] [--synthetic-level hard]
          [--threads 1] [--output-dir DIR] [--train-args ...further training-script options]
 """
 
@@ -23,15 +23,13 @@ import json
 import multiprocessing as mp
 import os
 import statistics
-import sys
 import threading
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import print_versions  # noqa: E402
+from ._common import print_versions
 
 HEAD_VARIANTS = {"epng": "epng-r101-bert-base", "drmn": "drmn-r101-bert-base"}
 TINY_VARIANTS = {"epng": "epng-tiny", "drmn": "drmn-tiny"}

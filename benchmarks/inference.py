@@ -23,22 +23,19 @@ Speed-ups of the fast path are given against both plain (the target) and eager.
 
 Inputs: `--tokens` WordPiece tokens (230, the PNG limit) and `--phrases` phrases (15) per narrative.
 
-    python benchmarks/inference.py                        # batch 1 and 12, both heads, eager and fast
-    python benchmarks/inference.py --batch-sizes 1 --heads epng --paths eager --repeats 1 --image-size 320
+    python -m benchmarks.inference                        # batch 1 and 12, both heads, eager and fast
+    python -m benchmarks.inference --batch-sizes 1 --heads epng --paths eager --repeats 1 --image-size 320
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (  # noqa: E402
+from ._common import (
     machine_description,
     matmul_gflops,
     print_machine,
@@ -47,7 +44,7 @@ from _common import (  # noqa: E402
     versions_line,
     write_json,
 )
-from flops import head_flops  # noqa: E402
+from .flops import head_flops
 
 VARIANTS = {"epng": "epng-r101-bert-base", "drmn": "drmn-r101-bert-base"}
 ORIGINAL_SIZE = (480, 640)  # a typical COCO image, which the 640x640 input was resized from
@@ -60,8 +57,8 @@ def _measure(
     """Runs in a child process: build the model, warm up, time the stages and end to end."""
     from narrative_grounding import create_model
     from narrative_grounding.inference_optimization import optimize_for_inference
-    from narrative_grounding.modeling.text_encoder import pool_phrases
     from narrative_grounding.loading import processor_for_variant
+    from narrative_grounding.modeling.text_encoder import pool_phrases
 
     torch.manual_seed(0)
     if path == "plain":

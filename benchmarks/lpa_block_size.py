@@ -9,28 +9,25 @@ full tiles (modeling/attention.dense_block_mask) of each `--block-sizes` setting
 settings (and the direct, materialised LPA) in every round so that load on the machine hits them alike,
 and compares every output with the direct LPA.
 
-    python benchmarks/lpa_block_size.py                       # 40x40 and 80x80, d 768, 8 heads, batch 1
-    python benchmarks/lpa_block_size.py --sides 20 --rounds 2 --block-sizes default 128x128 128xN
+    python -m benchmarks.lpa_block_size                       # 40x40 and 80x80, d 768, 8 heads, batch 1
+    python -m benchmarks.lpa_block_size --sides 20 --rounds 2 --block-sizes default 128x128 128xN
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
 import torch
 from torch.nn.attention.flex_attention import flex_attention
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine_description, print_machine, write_json  # noqa: E402
-
-from narrative_grounding.modeling.attention import (  # noqa: E402
+from narrative_grounding.modeling.attention import (
     dense_block_mask,
     grid_distance,
     locality_prior_score_mod,
 )
+
+from ._common import machine_description, print_machine, write_json
 
 
 def direct_lpa(query, key, value, prior_scale, side: int, clamp: float) -> torch.Tensor:
