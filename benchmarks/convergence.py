@@ -17,6 +17,8 @@ import argparse
 import tempfile
 import time
 
+from narrative_grounding.data.synthetic import LEVELS
+
 from ._common import load_average, machine_description, print_machine, write_json
 
 AR_KEYS = (
@@ -99,7 +101,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument(
         "--eval-every", type=float, default=60.0, help="seconds of training between evaluations"
     )
-    parser.add_argument("--level", default="hard", choices=("easy", "medium", "hard"))
+    parser.add_argument("--level", default="hard", choices=list(LEVELS))
     parser.add_argument("--num-train", type=int, default=1000)
     parser.add_argument("--num-validation", type=int, default=200)
     parser.add_argument("--batch-size", type=int, default=8)

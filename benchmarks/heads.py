@@ -29,6 +29,8 @@ from pathlib import Path
 
 import torch
 
+from narrative_grounding.data.synthetic import LEVELS
+
 from ._common import print_versions
 
 HEAD_VARIANTS = {"epng": "epng-r101-bert-base", "drmn": "drmn-r101-bert-base"}
@@ -260,7 +262,7 @@ def main() -> None:
         help="default: the training loop's preset for tiny models",
     )
     parser.add_argument(
-        "--synthetic-level", default="hard", help="synthetic dataset level (easy, medium, hard)"
+        "--synthetic-level", default="hard", choices=list(LEVELS), help="synthetic dataset level"
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output-dir", default="benchmark-heads-runs")

@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     pipeline_rows = []
     if args.pipeline_sizes:
-        from narrative_grounding.training.data import ensure_synthetic_data
+        from narrative_grounding.data.synthetic import ensure_synthetic_data
 
         for input_size in args.pipeline_sizes:
             # 128 px inputs read the 128 px synthetic images the tiny models train on, 640 px inputs 640 px ones.

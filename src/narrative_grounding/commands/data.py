@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from ..data.layout import SPLIT_DIRS, PngDataError
+from ..data.synthetic.levels import LEVELS
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -63,7 +64,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     synthetic.add_argument(
         "--image-size", type=int, nargs="+", default=[128], metavar="SIZE", help="S (square) or H W"
     )
-    synthetic.add_argument("--level", default="hard", help="easy, medium or hard")
+    synthetic.add_argument("--level", default="hard", choices=list(LEVELS), help="synthetic difficulty")
     synthetic.add_argument("--seed", type=int, default=0)
     synthetic.add_argument("--num-workers", type=int, default=None, help="default: all CPU cores")
     synthetic.add_argument("--json", action="store_true", help="print the statistics as JSON")

@@ -18,6 +18,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..data.synthetic.levels import LEVELS
+
 #: What the demo trains, unless told otherwise. Tuned on 2 CPU cores (see docs/quickstart.md).
 DEFAULTS = {
     "model": "epng-tiny",
@@ -65,7 +67,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--model", default=DEFAULTS["model"], help="variant name (default: %(default)s)")
     parser.add_argument(
-        "--level", default=DEFAULTS["level"], choices=("easy", "medium", "hard"), help="synthetic difficulty"
+        "--level", default=DEFAULTS["level"], choices=list(LEVELS), help="synthetic difficulty"
     )
     parser.add_argument(
         "--time-budget",

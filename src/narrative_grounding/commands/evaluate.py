@@ -11,6 +11,8 @@ import argparse
 import json
 from pathlib import Path
 
+from ..data.synthetic.levels import LEVELS
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Adds `evaluate` to the `narrative-grounding` parser."""
@@ -23,7 +25,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--data-dir", help="root of the official PNG layout")
     source.add_argument("--dataset-name", help="prepared dataset: save_to_disk / Parquet folder / Hub repo")
-    source.add_argument("--synthetic", choices=("easy", "medium", "hard"), help="synthetic level")
+    source.add_argument("--synthetic", choices=list(LEVELS), help="synthetic level")
     parser.add_argument("--split", default="validation")
     parser.add_argument("--protocol", choices=("original", "stride4"), default="original")
     parser.add_argument("--batch-size", type=int, default=16)

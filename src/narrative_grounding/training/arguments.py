@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from .data import SYNTHETIC_LEVELS
+from ..data.synthetic.levels import LEVELS
 from .optimization import OPTIMIZERS, PRESETS, SCHEDULES
 
 
@@ -71,7 +71,7 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
         nargs="?",
         const="hard",
         default=None,
-        choices=SYNTHETIC_LEVELS,
+        choices=list(LEVELS),
         help="the synthetic dataset at this level (default level: hard), generated on first use",
     )
     data.add_argument("--synthetic_dir", default=None, help="cache folder of generated synthetic data")
