@@ -113,7 +113,7 @@ def _check_against_torch() -> None:
     from torch.utils.flop_counter import FlopCounterMode
 
     from narrative_grounding import load_config
-    from narrative_grounding.modeling.modeling_png import GROUNDING_HEADS
+    from narrative_grounding.modeling.heads import GROUNDING_HEADS
 
     grid, phrases = 20, 7
     for variant in ("epng-r101-bert-base", "drmn-r101-bert-base"):

@@ -30,9 +30,12 @@ import time
 
 import torch
 
+from narrative_grounding.modeling.heads import GROUNDING_HEADS
+
 from ._common import (
     ResidentPeak,
     growth_exponent,
+    head_variant,
     machine_description,
     print_machine,
     return_freed_memory_at_once,
@@ -41,7 +44,6 @@ from ._common import (
 )
 from .flops import head_flops
 
-VARIANTS = {"epng": "epng-r101-bert-base", "drmn": "drmn-r101-bert-base"}
 MEMORY_IMPLIED = 1.0  # activations linear in tokens and in phrases for both heads (see the docstring)
 
 
@@ -49,13 +51,12 @@ def _config(head: str, lpa_implementation: str):
     from narrative_grounding import load_config
 
     overrides = {"lpa_implementation": lpa_implementation} if head == "epng" else {}
-    return load_config(VARIANTS[head], **overrides)
+    return load_config(head_variant(head), **overrides)
 
 
 def _measure(head: str, grid: int, phrases: int, repeats: int, lpa_implementation: str) -> dict:
     """Runs in a child process: one head, one size."""
     return_freed_memory_at_once()
-    from narrative_grounding.modeling.modeling_png import GROUNDING_HEADS
 
     config = _config(head, lpa_implementation)
     torch.manual_seed(0)
@@ -143,7 +144,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--heads", nargs="+", choices=sorted(VARIANTS), default=["epng", "drmn"])
+    parser.add_argument("--heads", nargs="+", choices=list(GROUNDING_HEADS), default=list(GROUNDING_HEADS))
     parser.add_argument("--grids", type=int, nargs="+", default=[20, 40, 60, 80])
     parser.add_argument("--phrase-counts", type=int, nargs="+", default=[1, 5, 15, 30, 60])
     parser.add_argument("--fixed-phrases", type=int, default=15, help="phrases during the token sweep")

@@ -30,11 +30,10 @@ from pathlib import Path
 import torch
 
 from narrative_grounding.data.synthetic import LEVELS
+from narrative_grounding.modeling.heads import GROUNDING_HEADS
 
-from ._common import print_versions
+from ._common import head_variant, print_versions
 
-HEAD_VARIANTS = {"epng": "epng-r101-bert-base", "drmn": "drmn-r101-bert-base"}
-TINY_VARIANTS = {"epng": "epng-tiny", "drmn": "drmn-tiny"}
 IMAGE_SIZE = 640
 NUM_PHRASES = 30
 
@@ -76,9 +75,8 @@ def _measure_head(
     if threads:
         torch.set_num_threads(threads)
     from narrative_grounding import load_config
-    from narrative_grounding.modeling.modeling_png import GROUNDING_HEADS
 
-    config = load_config(HEAD_VARIANTS[head_name], **overrides)
+    config = load_config(head_variant(head_name), **overrides)
     torch.manual_seed(0)
     head = GROUNDING_HEADS[head_name](config).to(device).eval()
     features = {
@@ -180,7 +178,7 @@ def run_train_ar(args: argparse.Namespace) -> list[dict]:
     for head_name in args.heads:
         argv = [
             "--model",
-            TINY_VARIANTS[head_name],
+            head_variant(head_name, tiny=True),
             "--synthetic",
             args.synthetic_level,
             "--synthetic_dir",
@@ -203,7 +201,7 @@ def run_train_ar(args: argparse.Namespace) -> list[dict]:
         metrics = result.metrics or {}
         record = {
             "head": head_name,
-            "variant": TINY_VARIANTS[head_name],
+            "variant": head_variant(head_name, tiny=True),
             "synthetic_level": args.synthetic_level,
             "steps": result.completed_steps,
             "batch_size": args.train_batch_size,
@@ -234,7 +232,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--heads", nargs="+", default=list(HEAD_VARIANTS), choices=list(HEAD_VARIANTS))
+    parser.add_argument("--heads", nargs="+", default=list(GROUNDING_HEADS), choices=list(GROUNDING_HEADS))
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument(

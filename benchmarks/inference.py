@@ -35,7 +35,10 @@ import time
 import numpy as np
 import torch
 
+from narrative_grounding.modeling.heads import GROUNDING_HEADS
+
 from ._common import (
+    head_variant,
     machine_description,
     matmul_gflops,
     print_machine,
@@ -46,7 +49,6 @@ from ._common import (
 )
 from .flops import head_flops
 
-VARIANTS = {"epng": "epng-r101-bert-base", "drmn": "drmn-r101-bert-base"}
 ORIGINAL_SIZE = (480, 640)  # a typical COCO image, which the 640x640 input was resized from
 LOGIT_TOLERANCE = {"atol": 1e-3, "rtol": 1e-3}  # fast vs eager mask logits (float32 reassociation only)
 
@@ -62,10 +64,10 @@ def _measure(
 
     torch.manual_seed(0)
     if path == "plain":
-        model = create_model(VARIANTS[head], lpa_implementation="direct").eval()
+        model = create_model(head_variant(head), lpa_implementation="direct").eval()
         model.text_encoder.bert.set_attn_implementation("eager")
     else:
-        model = create_model(VARIANTS[head]).eval()
+        model = create_model(head_variant(head)).eval()
     processor = processor_for_variant("epng-tiny")  # post-processing does not depend on the tokenizer
     inputs = random_model_inputs(
         batch, image_size, tokens=tokens, phrases=phrases, vocab_size=model.config.text_config.vocab_size
@@ -126,7 +128,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--heads", nargs="+", choices=sorted(VARIANTS), default=["epng", "drmn"])
+    parser.add_argument("--heads", nargs="+", choices=list(GROUNDING_HEADS), default=list(GROUNDING_HEADS))
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 12])
     parser.add_argument(
         "--paths", nargs="+", choices=("plain", "eager", "fast"), default=["plain", "eager", "fast"]
@@ -153,7 +155,7 @@ def main(argv: list[str] | None = None) -> dict:
     grid = args.image_size // 16
     rows, reference_masks = [], {}
     for head in args.heads:
-        flops = head_flops(load_config(VARIANTS[head]), grid, args.phrases)["total"]
+        flops = head_flops(load_config(head_variant(head)), grid, args.phrases)["total"]
         for batch in args.batch_sizes:
             repeats = args.repeats or (3 if batch <= 2 else 1)
             for path in args.paths:

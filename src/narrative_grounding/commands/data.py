@@ -64,7 +64,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     synthetic.add_argument(
         "--image-size", type=int, nargs="+", default=[128], metavar="SIZE", help="S (square) or H W"
     )
-    synthetic.add_argument("--level", default="hard", choices=list(LEVELS), help="synthetic difficulty")
+    synthetic.add_argument("--level", default="hard", help=f"synthetic difficulty: {', '.join(LEVELS)}")
     synthetic.add_argument("--seed", type=int, default=0)
     synthetic.add_argument("--num-workers", type=int, default=None, help="default: all CPU cores")
     synthetic.add_argument("--json", action="store_true", help="print the statistics as JSON")

@@ -1,8 +1,8 @@
 """PngConfig: the one configuration of a Panoptic Narrative Grounding model.
 
 A model is a visual encoder (a timm ResNet through transformers' `TimmBackboneConfig`, plus an FPN
-neck), a text encoder (BERT, `BertConfig`) and a grounding head (`"epng"` or `"drmn"`) with its
-hyper-parameters. Named variants live as JSON files in `hub_configs/`.
+neck), a text encoder (BERT, `BertConfig`) and a grounding head (a name in `heads.GROUNDING_HEADS`:
+`"epng"` or `"drmn"`) with its hyper-parameters. Named variants live as JSON files in `hub_configs/`.
 
 This file is copied into Hub repositories for `trust_remote_code`: it imports only third-party
 packages and sibling modules of this folder.
@@ -14,7 +14,8 @@ from huggingface_hub.dataclasses import strict
 from transformers import BertConfig, PreTrainedConfig, TimmBackboneConfig
 from transformers.configuration_utils import SubConfigSpec
 
-GROUNDING_HEADS = ("epng", "drmn")
+from .heads import GROUNDING_HEADS
+
 LPA_DISTANCE_FORMS = ("squared", "euclidean")
 LPA_IMPLEMENTATIONS = ("auto", "flex", "direct")
 
@@ -176,7 +177,9 @@ class PngConfig(PreTrainedConfig):
     def validate_architecture(self) -> None:
         """Called by `@strict` after init: reject inconsistent settings with a message naming the field."""
         if self.grounding_head not in GROUNDING_HEADS:
-            raise ValueError(f"grounding_head must be one of {GROUNDING_HEADS}, got {self.grounding_head!r}")
+            raise ValueError(
+                f"grounding_head must be one of {tuple(GROUNDING_HEADS)}, got {self.grounding_head!r}"
+            )
         if self.lpa_distance not in LPA_DISTANCE_FORMS:
             raise ValueError(f"lpa_distance must be one of {LPA_DISTANCE_FORMS}, got {self.lpa_distance!r}")
         if self.lpa_implementation not in LPA_IMPLEMENTATIONS:
