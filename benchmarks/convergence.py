@@ -18,16 +18,11 @@ import tempfile
 import time
 
 from narrative_grounding.data.synthetic import LEVELS
+from narrative_grounding.metrics.functional import AVERAGE_RECALL_KEYS
 
 from ._common import load_average, machine_description, print_machine, write_json
 
-AR_KEYS = (
-    "average_recall",
-    "average_recall_things",
-    "average_recall_stuff",
-    "average_recall_singular",
-    "average_recall_plural",
-)
+AR_KEYS = AVERAGE_RECALL_KEYS
 
 
 def training_argv(

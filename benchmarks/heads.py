@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 
 from narrative_grounding.data.synthetic import LEVELS
+from narrative_grounding.metrics.functional import AVERAGE_RECALL_KEYS
 from narrative_grounding.modeling.heads import GROUNDING_HEADS
 
 from ._common import head_variant, print_versions
@@ -216,13 +217,7 @@ def run_train_ar(args: argparse.Namespace) -> list[dict]:
             f"{record['head']:<6}{record['steps']:>7}{record['train_seconds']:>9.0f}"
             + "".join(
                 f"{100 * record.get(key, float('nan')):>{width}.1f}"
-                for key, width in (
-                    ("average_recall", 7),
-                    ("average_recall_things", 8),
-                    ("average_recall_stuff", 7),
-                    ("average_recall_singular", 7),
-                    ("average_recall_plural", 8),
-                )
+                for key, width in zip(AVERAGE_RECALL_KEYS, (7, 8, 7, 7, 8), strict=True)
             )
         )
     return results

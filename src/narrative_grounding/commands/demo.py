@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..data.synthetic.levels import LEVELS
+from ..metrics.functional import AVERAGE_RECALL_KEYS, AVERAGE_RECALL_SPLITS
 
 #: What the demo trains, unless told otherwise. Tuned on 2 CPU cores (see docs/quickstart.md).
 DEFAULTS = {
@@ -42,16 +43,7 @@ DEFAULTS = {
 OVERLAY_MIN_WIDTH = 384
 CURVE_CSV = "ar_vs_time.csv"
 CURVE_PNG = "ar_vs_time.png"
-CURVE_COLUMNS = (
-    "train_seconds",
-    "step",
-    "epoch",
-    "average_recall",
-    "average_recall_things",
-    "average_recall_stuff",
-    "average_recall_singular",
-    "average_recall_plural",
-)
+CURVE_COLUMNS = ("train_seconds", "step", "epoch", *AVERAGE_RECALL_KEYS)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -156,11 +148,8 @@ def write_curve(history: list[dict[str, Any]], output_dir: Path) -> Path:
         return path
     figure, axis = plt.subplots(figsize=(6, 4))
     seconds = [entry["train_seconds"] for entry in history]
-    for key, label in (
-        ("average_recall", "overall"),
-        ("average_recall_things", "things"),
-        ("average_recall_stuff", "stuff"),
-    ):
+    # overall, things and stuff: the singular / plural lines crowd the small picture
+    for key, label in zip(AVERAGE_RECALL_KEYS[:3], ("overall", *AVERAGE_RECALL_SPLITS[:2]), strict=True):
         axis.plot(seconds, [100 * entry.get(key, math.nan) for entry in history], marker="o", label=label)
     axis.set_xlabel("training time (s)")
     axis.set_ylabel("Average Recall (%)")
