@@ -31,8 +31,11 @@ from pathlib import Path
 from tokenizers import Tokenizer, decoders, normalizers, pre_tokenizers, processors
 from tokenizers.models import WordPiece
 
-REPO = Path(__file__).resolve().parents[1]
-DEFAULT_OUTPUT = REPO / "src" / "narrative_grounding" / "hub_configs" / "tokenizer-tiny"
+from narrative_grounding.data.synthetic import VOCABULARY
+from narrative_grounding.factory import HUB_CONFIGS_DIR
+
+# The folder the tiny variants' "tokenizer" entry names, beside them in hub_configs/.
+DEFAULT_OUTPUT = HUB_CONFIGS_DIR / "tokenizer-tiny"
 
 # [PAD] first so that its id is 0, as in BERT (the model and collators pad input_ids with 0).
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
@@ -226,16 +229,8 @@ WORD_LISTS = {
 
 
 def synthetic_vocabulary() -> list[str]:
-    """The synthetic generator's words, when narrative_grounding.data.synthetic exists in this checkout."""
-    sys.path.insert(0, str(REPO / "src"))
-    try:
-        from narrative_grounding.data import synthetic  # noqa: PLC0415 (optional, build time only)
-    except ImportError:
-        return []
-    words = getattr(synthetic, "VOCABULARY", None)
-    if words is None:
-        return []
-    return sorted({word.lower() for word in words})
+    """The synthetic generator's words (every one must be a single token of the tiny tokenizer)."""
+    return sorted({word.lower() for word in VOCABULARY})
 
 
 def inflections(word: str) -> list[str]:
