@@ -13,7 +13,7 @@ from transformers import AutoTokenizer, pipeline
 
 import narrative_grounding.pipeline  # noqa: F401  (registers the task)
 from narrative_grounding import create_model, load_variant
-from narrative_grounding.commands.predict import register, run
+from narrative_grounding.cli import main
 from narrative_grounding.modeling.image_processing_png import PngImageProcessor
 from narrative_grounding.modeling.processing_png import PngProcessor, rle_to_mask
 
@@ -80,11 +80,7 @@ def test_pipeline_errors(saved) -> None:
 
 
 def predict(argv: list[str]) -> int:
-    import argparse
-
-    parser = argparse.ArgumentParser()
-    register(parser.add_subparsers())
-    return run(parser.parse_args(["predict", *argv]))
+    return main(["predict", *argv])
 
 
 def test_predict_one_image_png_masks_and_overlay(saved, tmp_path) -> None:

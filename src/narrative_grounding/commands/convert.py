@@ -36,13 +36,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "epng",
         help="a checkpoint of the EPNG authors' code (Mr-Neko/EPNG) as an epng model",
         description="Map an EPNG MainModule state dict (or train_net.py checkpoint) onto the epng head and "
-        "the visual encoder; BERT comes from --text-model.",
+        "the visual encoder; BERT comes from --text_model.",
     )
     epng.add_argument("checkpoint", help="EPNG checkpoint (.pth) saved by the authors' train_net.py")
     epng.add_argument("output_dir")
     epng.add_argument("--variant", default="epng-r101-bert-base", help="model variant to build")
     epng.add_argument(
-        "--allow-unrepresented",
+        "--allow_unrepresented",
         action="store_true",
         help="convert even though some tensors (the released code's extra LayerNorms) have no counterpart; "
         "the model then differs from the authors'",
@@ -53,12 +53,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--text-model",
+        "--text_model",
         help="BERT weights for the text encoder (Hub id or folder, e.g. bert-base-uncased); "
         "without it the text encoder is randomly initialised",
     )
-    parser.add_argument("--tokenizer", help="tokenizer (default: --text-model, then the variant's)")
-    parser.add_argument("--config-overrides", help="JSON object of PngConfig fields to override")
+    parser.add_argument("--tokenizer", help="tokenizer (default: --text_model, then the variant's)")
+    parser.add_argument("--config_overrides", help="JSON object of PngConfig fields to override")
 
 
 def _overrides(args: argparse.Namespace) -> dict:
@@ -67,16 +67,16 @@ def _overrides(args: argparse.Namespace) -> dict:
     try:
         overrides = json.loads(args.config_overrides)
     except json.JSONDecodeError as error:
-        raise SystemExit(f"--config-overrides is not valid JSON: {error}") from error
+        raise SystemExit(f"--config_overrides is not valid JSON: {error}") from error
     if not isinstance(overrides, dict):
-        raise SystemExit("--config-overrides must be a JSON object")
+        raise SystemExit("--config_overrides must be a JSON object")
     return overrides
 
 
 def _report(converted, args: argparse.Namespace) -> int:
     print(converted.result.summary())
     if not args.text_model:
-        print("note: no --text-model given: the text encoder is randomly initialised", file=sys.stderr)
+        print("note: no --text_model given: the text encoder is randomly initialised", file=sys.stderr)
     print(f"wrote {args.output_dir}")
     return 0
 

@@ -20,15 +20,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "the prepared dataset as Parquet (and/or push it to the Hub).",
     )
     prepare.add_argument("data_dir", help="root holding images/ and annotations/")
-    prepare.add_argument("--output-dir", help="write Parquet shards to OUTPUT_DIR/data/<split>-*.parquet")
+    prepare.add_argument("--output_dir", help="write Parquet shards to OUTPUT_DIR/data/<split>-*.parquet")
     prepare.add_argument(
         "--splits", nargs="+", choices=sorted(SPLIT_DIRS), help="default: the splits present"
     )
     prepare.add_argument(
-        "--cache-dir", help="datasets cache for the Arrow files (default: the datasets cache)"
+        "--cache_dir", help="datasets cache for the Arrow files (default: the datasets cache)"
     )
     prepare.add_argument(
-        "--push-to-hub", metavar="REPO_ID", help="push the prepared DatasetDict to this Hub repo"
+        "--push_to_hub", metavar="REPO_ID", help="push the prepared DatasetDict to this Hub repo"
     )
     prepare.add_argument("--private", action="store_true", help="create the Hub repo private")
     prepare.add_argument("--token", help="Hub token (default: the logged-in one)")
@@ -36,9 +36,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--strict", action="store_true", help="fail on the first problem instead of skipping"
     )
     prepare.add_argument(
-        "--no-embed", action="store_true", help="store file paths, not bytes, in the Arrow cache"
+        "--no_embed", action="store_true", help="store file paths, not bytes, in the Arrow cache"
     )
-    prepare.add_argument("--report-json", help="also write the problem report as JSON to this file")
+    prepare.add_argument("--report_json", help="also write the problem report as JSON to this file")
     prepare.set_defaults(func=_prepare_data)
 
     validate = subparsers.add_parser(
@@ -49,9 +49,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     validate.add_argument(
         "--splits", nargs="+", choices=sorted(SPLIT_DIRS), help="default: train and validation"
     )
-    validate.add_argument("--no-pixel-check", action="store_true", help="skip decoding the panoptic PNGs")
+    validate.add_argument("--no_pixel_check", action="store_true", help="skip decoding the panoptic PNGs")
     validate.add_argument("--json", action="store_true", help="print the full report as JSON")
-    validate.add_argument("--max-issues", type=int, default=50, help="issues listed in the text report")
+    validate.add_argument("--max_issues", type=int, default=50, help="issues listed in the text report")
     validate.set_defaults(func=_validate)
 
     synthetic = subparsers.add_parser(
@@ -59,14 +59,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="write a synthetic PNG dataset in the official layout and print its statistics",
     )
     synthetic.add_argument("output_dir")
-    synthetic.add_argument("--num-train", type=int, default=2000)
-    synthetic.add_argument("--num-validation", type=int, default=500)
+    synthetic.add_argument("--num_train", type=int, default=2000)
+    synthetic.add_argument("--num_validation", type=int, default=500)
     synthetic.add_argument(
-        "--image-size", type=int, nargs="+", default=[128], metavar="SIZE", help="S (square) or H W"
+        "--image_size", type=int, nargs="+", default=[128], metavar="SIZE", help="S (square) or H W"
     )
     synthetic.add_argument("--level", default="hard", help=f"synthetic difficulty: {', '.join(LEVELS)}")
     synthetic.add_argument("--seed", type=int, default=0)
-    synthetic.add_argument("--num-workers", type=int, default=None, help="default: all CPU cores")
+    synthetic.add_argument("--num_workers", type=int, default=None, help="default: all CPU cores")
     synthetic.add_argument("--json", action="store_true", help="print the statistics as JSON")
     synthetic.set_defaults(func=_make_synthetic)
 
@@ -79,7 +79,7 @@ def _prepare_data(args: argparse.Namespace) -> int:
 
     if not args.output_dir and not args.push_to_hub and not args.cache_dir:
         print(
-            "prepare-data: give --output-dir, --push-to-hub or --cache-dir (where the result goes)",
+            "prepare-data: give --output_dir, --push_to_hub or --cache_dir (where the result goes)",
             file=sys.stderr,
         )
         return 2
@@ -132,7 +132,7 @@ def _make_synthetic(args: argparse.Namespace) -> int:
     from ..data.synthetic import generate_synthetic_dataset
 
     if len(args.image_size) not in (1, 2):
-        print("make-synthetic: --image-size takes S or H W", file=sys.stderr)
+        print("make-synthetic: --image_size takes S or H W", file=sys.stderr)
         return 2
     size = args.image_size[0] if len(args.image_size) == 1 else tuple(args.image_size)
     try:

@@ -55,41 +55,41 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
-        "--output-dir", default="runs/demo", help="model, curve and pictures (default: %(default)s)"
+        "--output_dir", default="runs/demo", help="model, curve and pictures (default: %(default)s)"
     )
     parser.add_argument("--model", default=DEFAULTS["model"], help="variant name (default: %(default)s)")
     parser.add_argument(
         "--level", default=DEFAULTS["level"], choices=list(LEVELS), help="synthetic difficulty"
     )
     parser.add_argument(
-        "--time-budget",
+        "--time_budget",
         type=float,
         default=DEFAULTS["time_budget"],
         help="seconds of training (evaluation not counted; default: %(default)s)",
     )
     parser.add_argument("--threads", type=int, default=DEFAULTS["threads"], help="torch CPU threads")
     parser.add_argument(
-        "--dataloader-workers",
+        "--dataloader_workers",
         type=int,
         default=DEFAULTS["dataloader_workers"],
         help="data-loading worker processes (default: %(default)s)",
     )
     parser.add_argument(
-        "--num-train", type=int, default=DEFAULTS["num_train"], help="synthetic training images"
+        "--num_train", type=int, default=DEFAULTS["num_train"], help="synthetic training images"
     )
-    parser.add_argument("--num-validation", type=int, default=DEFAULTS["num_validation"])
-    parser.add_argument("--image-size", type=int, default=DEFAULTS["image_size"])
-    parser.add_argument("--batch-size", type=int, default=DEFAULTS["batch_size"])
-    parser.add_argument("--learning-rate", type=float, default=DEFAULTS["learning_rate"])
+    parser.add_argument("--num_validation", type=int, default=DEFAULTS["num_validation"])
+    parser.add_argument("--image_size", type=int, default=DEFAULTS["image_size"])
+    parser.add_argument("--batch_size", type=int, default=DEFAULTS["batch_size"])
+    parser.add_argument("--learning_rate", type=float, default=DEFAULTS["learning_rate"])
     parser.add_argument(
-        "--eval-every-seconds",
+        "--eval_every_seconds",
         type=float,
         default=DEFAULTS["eval_every_seconds"],
         help="evaluate every N seconds of training, for the curve",
     )
-    parser.add_argument("--num-overlays", type=int, default=DEFAULTS["num_overlays"])
+    parser.add_argument("--num_overlays", type=int, default=DEFAULTS["num_overlays"])
     parser.add_argument(
-        "--data-dir", default=None, help="synthetic data cache (default: ~/.cache/narrative_grounding)"
+        "--data_dir", default=None, help="synthetic data cache (default: ~/.cache/narrative_grounding)"
     )
     parser.add_argument("--seed", type=int, default=DEFAULTS["seed"])
     parser.add_argument(

@@ -12,7 +12,7 @@ Outputs in --output:
   predictions.jsonl        one line a record: id, image, narrative, phrases, spans, scores, masks (PNG file
                            names with --format png, COCO RLE dicts with --format rle)
   masks/<id>/<k>.png       phrase k's mask, 0/255 (with --format png)
-  overlays/<id>.png        masks over the image with the coloured narrative (unless --no-overlay)
+  overlays/<id>.png        masks over the image with the coloured narrative (unless --no_overlay)
 """
 
 from __future__ import annotations
@@ -53,11 +53,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--output", required=True, help="folder for predictions.jsonl, masks and overlays")
     parser.add_argument("--format", choices=("png", "rle"), default="png", help="mask format (default png)")
     parser.add_argument("--threshold", type=float, default=0.5, help="mask probability threshold (0.5)")
-    parser.add_argument("--no-overlay", action="store_true", help="do not write overlay pictures")
+    parser.add_argument("--no_overlay", action="store_true", help="do not write overlay pictures")
     parser.add_argument(
-        "--overlapping-windows", action="store_true", help="encode long narratives in windows"
+        "--overlapping_windows", action="store_true", help="encode long narratives in windows"
     )
-    parser.add_argument("--max-length", type=int, help="WordPiece tokens per sequence (processor default)")
+    parser.add_argument("--max_length", type=int, help="WordPiece tokens per sequence (processor default)")
     parser.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1, ...)")
     parser.add_argument(
         "--fast",

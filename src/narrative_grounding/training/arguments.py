@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
+from ..cli import ArgumentParser
 from ..data.synthetic.levels import LEVELS
 from .optimization import OPTIMIZERS, PRESETS, SCHEDULES
 
@@ -183,7 +184,8 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    # The CLI's parser: the dashed spelling of every option (--output-dir) is a hidden alias here too.
+    parser = ArgumentParser(
         description="Train a Panoptic Narrative Grounding model with accelerate (see docs/training.md)."
     )
     return add_training_arguments(parser)
