@@ -9,12 +9,12 @@ For EPNG and DRMN at paper sizes (`epng-r101-bert-base`, `drmn-r101-bert-base`: 
 - peak memory: the child's peak resident set (model + activations; each configuration has its own);
 - the head's throughput: its analytic FLOPs (benchmarks/flops.py) per second, as a fraction of the dense
   float32 matmul throughput (a 4096^3 `torch.matmul`, measured right before each configuration), the
-  issue's >= 50% target;
+  target being >= 50%;
 - for the fast path (`optimize_for_inference`: torch.compile with inductor freezing + channels-last), the
   compile time (first call), the speed-up over eager and the largest |difference| of the mask logits.
 Three paths:
 - plain: none of the fast-path techniques: `model.eval()` under `torch.no_grad()`, EPNG's LPA on its direct
-  (materialised N x N) form, BERT on transformers' eager attention; the issue's "eager model";
+  (materialised N x N) form, BERT on transformers' eager attention;
 - eager: the model as a user gets it from `from_pretrained`: as plain, but LPA takes its flex-attention path
   (`lpa_implementation="auto"` without gradients) and BERT uses SDPA;
 - fast: eager + `optimize_for_inference` (torch.compile with inductor freezing, channels-last) under

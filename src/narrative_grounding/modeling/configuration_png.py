@@ -134,7 +134,7 @@ class PngConfig(PreTrainedConfig):
     lpa_distance: str = "squared"
     lpa_implementation: str = "auto"
     use_stride4_skip: bool = False
-    # --- EPNG position encoding (issue 8: EPNG Table 2 ablation) ---
+    # --- EPNG position encoding (the EPNG Table 2 ablation) ---
     # "lpa": Locality-Perceptive Attention (the paper). "none": plain multi-head self-attention over the
     # pixels, i.e. LPA with its prior disabled (a multiplier of 1 on every score). "absolute": plain
     # self-attention with a 2D sine position embedding added to the pixel tokens before the communicator.
@@ -150,7 +150,7 @@ class PngConfig(PreTrainedConfig):
     drmn_ffn_dim: int = 1024
     drmn_refinement_rounds: int = 3
     drmn_top_k: int = 100
-    # --- DRMN head: extra fields (issue 7) ---
+    # --- DRMN head: extra fields ---
     drmn_dropout: float = 0.1
     drmn_text_conditioning: bool = True
     # --- end DRMN extra fields ---
@@ -186,7 +186,7 @@ class PngConfig(PreTrainedConfig):
             raise ValueError(
                 f"lpa_implementation must be one of {LPA_IMPLEMENTATIONS}, got {self.lpa_implementation!r}"
             )
-        # --- EPNG position encoding validation (issue 8) ---
+        # --- EPNG position encoding validation ---
         if self.epng_position_encoding not in ("lpa", "none", "absolute"):
             raise ValueError(
                 "epng_position_encoding must be one of ('lpa', 'none', 'absolute'), "
@@ -205,7 +205,7 @@ class PngConfig(PreTrainedConfig):
             raise ValueError(
                 f"drmn_num_levels must be in 1..4 (FPN strides 4-32), got {self.drmn_num_levels}"
             )
-        # --- DRMN head validation (issue 7) ---
+        # --- DRMN head validation ---
         for name in ("drmn_hidden_dim", "drmn_num_heads", "drmn_num_points", "drmn_ffn_dim", "drmn_top_k"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
