@@ -18,7 +18,7 @@ import tempfile
 import time
 
 from narrative_grounding.data.synthetic import LEVELS
-from narrative_grounding.metrics.functional import AVERAGE_RECALL_KEYS
+from narrative_grounding.metrics import AVERAGE_RECALL_KEYS
 
 from ._common import load_average, machine_description, print_machine, write_json
 

@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 from narrative_grounding.data.synthetic import LEVELS
-from narrative_grounding.metrics.functional import AVERAGE_RECALL_KEYS
+from narrative_grounding.metrics import AVERAGE_RECALL_KEYS
 from narrative_grounding.modeling.heads import GROUNDING_HEADS
 
 from ._common import head_variant, print_versions

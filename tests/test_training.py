@@ -257,8 +257,11 @@ def test_sigkill_and_resume_equals_uninterrupted_run(tmp_path, synthetic_root):
 
 
 def test_average_recall_table_and_model_card_show_every_metric_key():
-    from narrative_grounding.metrics import average_recall_from_ious
-    from narrative_grounding.metrics.functional import AVERAGE_RECALL_COUNT_KEYS, AVERAGE_RECALL_KEYS
+    from narrative_grounding.metrics import (
+        AVERAGE_RECALL_COUNT_KEYS,
+        AVERAGE_RECALL_KEYS,
+        average_recall_from_ious,
+    )
     from narrative_grounding.training import build_model_card, format_average_recall_table
 
     # IoUs 1, 0.5, 0.25, 0: things 75%, stuff 12.5%, singular 62.5%, plural 25%, two phrases each

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..data.synthetic.levels import LEVELS
-from ..metrics.functional import AVERAGE_RECALL_KEYS, AVERAGE_RECALL_SPLITS
+from ..metrics import AVERAGE_RECALL_KEYS, AVERAGE_RECALL_SPLITS
 
 #: What the demo trains, unless told otherwise. Tuned on 2 CPU cores (see docs/quickstart.md).
 DEFAULTS = {

@@ -16,6 +16,9 @@ from pathlib import Path
 
 from .average_recall.average_recall import AverageRecall
 from .functional import (
+    AVERAGE_RECALL_COUNT_KEYS,
+    AVERAGE_RECALL_KEYS,
+    AVERAGE_RECALL_SPLITS,
     average_recall_from_counts,
     average_recall_from_ious,
     referring_segmentation_from_counts,
@@ -29,7 +32,10 @@ AVERAGE_RECALL_PATH = str(Path(__file__).parent / "average_recall")
 REFERRING_SEGMENTATION_PATH = str(Path(__file__).parent / "referring_segmentation")
 
 __all__ = [
+    "AVERAGE_RECALL_COUNT_KEYS",
+    "AVERAGE_RECALL_KEYS",
     "AVERAGE_RECALL_PATH",
+    "AVERAGE_RECALL_SPLITS",
     "REFERRING_SEGMENTATION_PATH",
     "AverageRecall",
     "ReferringSegmentation",

@@ -16,8 +16,13 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..metrics import AverageRecall, mask_counts
-from ..metrics.functional import AVERAGE_RECALL_COUNT_KEYS, AVERAGE_RECALL_KEYS, AVERAGE_RECALL_SPLITS
+from ..metrics import (
+    AVERAGE_RECALL_COUNT_KEYS,
+    AVERAGE_RECALL_KEYS,
+    AVERAGE_RECALL_SPLITS,
+    AverageRecall,
+    mask_counts,
+)
 from .collate import model_inputs
 
 PREDICTION_STRIDE = 4

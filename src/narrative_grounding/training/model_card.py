@@ -10,7 +10,7 @@ from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from ..metrics.functional import AVERAGE_RECALL_KEYS, AVERAGE_RECALL_SPLITS
+from ..metrics import AVERAGE_RECALL_KEYS, AVERAGE_RECALL_SPLITS
 
 #: (results key, metric name shown in the card)
 AR_ROWS = tuple(
