@@ -12,19 +12,21 @@ from __future__ import annotations
 import argparse
 import io
 import time
+from pathlib import Path
 
 import numpy as np
 import PIL.Image
 import torch
 from transformers import AutoTokenizer
 
-from narrative_grounding import load_variant
 from narrative_grounding.modeling.image_processing_png import PngImageProcessor
 from narrative_grounding.modeling.processing_png import PngProcessor
 
 from ._common import print_versions
 
-TOKENIZER_DIR = load_variant("epng-tiny").tokenizer  # the tiny tokenizer that ships with the package
+TOKENIZER_DIR = (
+    Path(__file__).resolve().parents[1] / "src" / "narrative_grounding" / "hub_configs" / "tokenizer-tiny"
+)
 SENTENCES = [
     "In this picture we can see a woman standing on the road and holding a red umbrella.",
     "Behind her there are two cars parked near the building, and a man is walking with a dog.",

@@ -31,11 +31,8 @@ from pathlib import Path
 from tokenizers import Tokenizer, decoders, normalizers, pre_tokenizers, processors
 from tokenizers.models import WordPiece
 
-from narrative_grounding.data.synthetic import VOCABULARY
-from narrative_grounding.factory import HUB_CONFIGS_DIR
-
-# The folder the tiny variants' "tokenizer" entry names, beside them in hub_configs/.
-DEFAULT_OUTPUT = HUB_CONFIGS_DIR / "tokenizer-tiny"
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_OUTPUT = REPO / "src" / "narrative_grounding" / "hub_configs" / "tokenizer-tiny"
 
 # [PAD] first so that its id is 0, as in BERT (the model and collators pad input_ids with 0).
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
@@ -230,6 +227,8 @@ WORD_LISTS = {
 
 def synthetic_vocabulary() -> list[str]:
     """The synthetic generator's words (every one must be a single token of the tiny tokenizer)."""
+    from narrative_grounding.data.synthetic import VOCABULARY  # the installed package (or PYTHONPATH=src)
+
     return sorted({word.lower() for word in VOCABULARY})
 
 

@@ -12,12 +12,14 @@ import torch
 from transformers import AutoTokenizer, pipeline
 
 import narrative_grounding.pipeline  # noqa: F401  (registers the task)
-from narrative_grounding import create_model, load_variant
+from narrative_grounding import create_model
 from narrative_grounding.cli import main
 from narrative_grounding.modeling.image_processing_png import PngImageProcessor
 from narrative_grounding.modeling.processing_png import PngProcessor, rle_to_mask
 
-TOKENIZER_DIR = load_variant("epng-tiny").tokenizer  # the tiny tokenizer that ships with the package
+TOKENIZER_DIR = (
+    Path(__file__).resolve().parents[1] / "src" / "narrative_grounding" / "hub_configs" / "tokenizer-tiny"
+)
 NARRATIVE = "In this picture we can see a black bear on this tree, and the sky."
 PHRASES = ["a black bear", "this tree", "the sky"]
 

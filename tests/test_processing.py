@@ -10,6 +10,7 @@ import sys
 import textwrap
 import unicodedata
 import warnings
+from pathlib import Path
 
 import numpy as np
 import PIL.Image
@@ -17,11 +18,13 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from narrative_grounding import create_model, load_variant
+from narrative_grounding import create_model
 from narrative_grounding.modeling.image_processing_png import PngImageProcessor
 from narrative_grounding.modeling.processing_png import PngProcessor, mask_to_rle, rle_to_mask
 
-TOKENIZER_DIR = load_variant("epng-tiny").tokenizer  # the tiny tokenizer that ships with the package
+TOKENIZER_DIR = (
+    Path(__file__).resolve().parents[1] / "src" / "narrative_grounding" / "hub_configs" / "tokenizer-tiny"
+)
 MODEL_KEYS = {
     "pixel_values",
     "pixel_mask",
