@@ -19,6 +19,8 @@ from typing import Any
 
 import torch
 
+from narrative_grounding.modeling.heads import GROUNDING_HEADS
+
 
 def peak_rss_mb() -> float:
     """Peak resident set size of this process so far, in MiB (Linux reports KiB)."""
@@ -35,6 +37,14 @@ def time_call(fn: Callable[[], object], *, repeats: int = 3, warmup: int = 1) ->
         fn()
         times.append(time.perf_counter() - start)
     return sorted(times)[len(times) // 2]
+
+
+def head_variant(head: str, *, tiny: bool = False) -> str:
+    """The shipped variant a benchmark builds for a grounding head: the paper's R101 + BERT-base sizes, or the
+    tiny one (`<head>-r101-bert-base` / `<head>-tiny` in hub_configs)."""
+    if head not in GROUNDING_HEADS:
+        raise ValueError(f"unknown grounding head {head!r}; the registry has {list(GROUNDING_HEADS)}")
+    return f"{head}-tiny" if tiny else f"{head}-r101-bert-base"
 
 
 def matmul_gflops(size: int = 2048, repeats: int = 5) -> float:
@@ -170,9 +180,10 @@ def invoking_command() -> str:
             skip = True
         elif not argument.startswith("--json="):
             arguments.append(argument)
+    # Run as `python -m benchmarks.<name>`, sys.argv[0] is the module's file path.
     script = Path(sys.argv[0])
-    name = f"benchmarks/{script.name}" if script.parent.name == "benchmarks" else str(script)
-    return shlex.join(["python", name, *arguments])
+    program = ["-m", f"benchmarks.{script.stem}"] if script.parent.name == "benchmarks" else [str(script)]
+    return shlex.join(["python", *program, *arguments])
 
 
 def write_json(path: str | Path | None, record: dict[str, Any]) -> None:

@@ -18,9 +18,9 @@ interrupted sweep resumes; sweeps of different groups can run in parallel proces
 with `--merge`). The verdict column says whether the
 direction of each paper claim holds here: a difference smaller than the seed spread is "not resolved".
 
-    python benchmarks/ablations.py                        # 3 seeds, 300 steps each
-    python benchmarks/ablations.py --quick                # 1 seed, 30 steps, small sets: a smoke run
-    python benchmarks/ablations.py --groups epng_table2 --seeds 0 1 2 --budget-seconds 120
+    python -m benchmarks.ablations                        # 3 seeds, 300 steps each
+    python -m benchmarks.ablations --quick                # 1 seed, 30 steps, small sets: a smoke run
+    python -m benchmarks.ablations --groups epng_table2 --seeds 0 1 2 --budget-seconds 120
 """
 
 from __future__ import annotations
@@ -28,16 +28,14 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine_description, print_machine, run_in_child, write_json  # noqa: E402
-from convergence import run_training, training_argv  # noqa: E402
+from ._common import machine_description, print_machine, run_in_child, write_json
+from .convergence import run_training, training_argv
 
 # group -> rows: (label, variant, config overrides)
 GROUPS = {

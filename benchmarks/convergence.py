@@ -7,28 +7,22 @@ training, then prints AR (overall, things, stuff, singular, plural) at each eval
 training seconds and optimizer steps it took. The learning-rate schedule is fitted to the budget
 (`--fit_schedule_to_time`), so the curve is the one a user with that budget gets.
 
-    python benchmarks/convergence.py --budget 600 --eval-every 60
-    python benchmarks/convergence.py --budget 20 --eval-every 10 --num-train 64 --num-validation 16   # smoke
+    python -m benchmarks.convergence --budget 600 --eval-every 60
+    python -m benchmarks.convergence --budget 20 --eval-every 10 --num-train 64 --num-validation 16   # smoke
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import load_average, machine_description, print_machine, write_json  # noqa: E402
+from narrative_grounding.data.synthetic import LEVELS
+from narrative_grounding.metrics import AVERAGE_RECALL_KEYS
 
-AR_KEYS = (
-    "average_recall",
-    "average_recall_things",
-    "average_recall_stuff",
-    "average_recall_singular",
-    "average_recall_plural",
-)
+from ._common import load_average, machine_description, print_machine, write_json
+
+AR_KEYS = AVERAGE_RECALL_KEYS
 
 
 def training_argv(
@@ -102,7 +96,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument(
         "--eval-every", type=float, default=60.0, help="seconds of training between evaluations"
     )
-    parser.add_argument("--level", default="hard", choices=("easy", "medium", "hard"))
+    parser.add_argument("--level", default="hard", choices=list(LEVELS))
     parser.add_argument("--num-train", type=int, default=1000)
     parser.add_argument("--num-validation", type=int, default=200)
     parser.add_argument("--batch-size", type=int, default=8)

@@ -1,7 +1,7 @@
 """Throughput of the data path: synthetic generation, builder preparation, and the phrase-mask transform.
 
-    python benchmarks/data.py                      # 640x480, 200 images
-    python benchmarks/data.py --num-images 500 --height 480 --width 640
+    python -m benchmarks.data                      # 640x480, 200 images
+    python -m benchmarks.data --num-images 500 --height 480 --width 640
 
 Prints samples/s of (1) the synthetic generator, (2) the builder (JSON scan + Arrow writing),
 (3) iterating the prepared dataset with ``decode_phrase_masks`` (image + PNG decoding + masks),

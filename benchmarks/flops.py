@@ -11,7 +11,7 @@ Sizes for a square image of side 16 g: the EPNG communicator runs on the g x g s
 encoder on all its levels (strides 4..32: 16 g^2 + 4 g^2 + g^2 + g^2 / 4 pixels for 4 levels), its
 matching on the (2 g)^2 stride-8 grid; masks come out at stride 4 ((4 g)^2 pixels).
 
-`python benchmarks/flops.py` checks these formulas against torch's FlopCounterMode on the real heads.
+`python -m benchmarks.flops` checks these formulas against torch's FlopCounterMode on the real heads.
 """
 
 from __future__ import annotations
@@ -113,7 +113,7 @@ def _check_against_torch() -> None:
     from torch.utils.flop_counter import FlopCounterMode
 
     from narrative_grounding import load_config
-    from narrative_grounding.modeling.modeling_png import GROUNDING_HEADS
+    from narrative_grounding.modeling.heads import GROUNDING_HEADS
 
     grid, phrases = 20, 7
     for variant in ("epng-r101-bert-base", "drmn-r101-bert-base"):

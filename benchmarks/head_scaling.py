@@ -18,33 +18,32 @@ the proportions they have at these sizes. Memory is expected to grow at most lin
 attention never materialises the N x N scores; DRMN's sampled values are N x Hd x L x K x Dh). A measured
 exponent above the implied one by more than `--slack` is flagged WORSE.
 
-    python benchmarks/head_scaling.py
-    python benchmarks/head_scaling.py --heads epng --grids 10 20 --phrase-counts 1 5 --repeats 1   # smoke
+    python -m benchmarks.head_scaling
+    python -m benchmarks.head_scaling --heads epng --grids 10 20 --phrase-counts 1 5 --repeats 1   # smoke
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (  # noqa: E402
+from narrative_grounding.modeling.heads import GROUNDING_HEADS
+
+from ._common import (
     ResidentPeak,
     growth_exponent,
+    head_variant,
     machine_description,
     print_machine,
     return_freed_memory_at_once,
     run_in_child,
     write_json,
 )
-from flops import head_flops  # noqa: E402
+from .flops import head_flops
 
-VARIANTS = {"epng": "epng-r101-bert-base", "drmn": "drmn-r101-bert-base"}
 MEMORY_IMPLIED = 1.0  # activations linear in tokens and in phrases for both heads (see the docstring)
 
 
@@ -52,13 +51,12 @@ def _config(head: str, lpa_implementation: str):
     from narrative_grounding import load_config
 
     overrides = {"lpa_implementation": lpa_implementation} if head == "epng" else {}
-    return load_config(VARIANTS[head], **overrides)
+    return load_config(head_variant(head), **overrides)
 
 
 def _measure(head: str, grid: int, phrases: int, repeats: int, lpa_implementation: str) -> dict:
     """Runs in a child process: one head, one size."""
     return_freed_memory_at_once()
-    from narrative_grounding.modeling.modeling_png import GROUNDING_HEADS
 
     config = _config(head, lpa_implementation)
     torch.manual_seed(0)
@@ -146,7 +144,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--heads", nargs="+", choices=sorted(VARIANTS), default=["epng", "drmn"])
+    parser.add_argument("--heads", nargs="+", choices=list(GROUNDING_HEADS), default=list(GROUNDING_HEADS))
     parser.add_argument("--grids", type=int, nargs="+", default=[20, 40, 60, 80])
     parser.add_argument("--phrase-counts", type=int, nargs="+", default=[1, 5, 15, 30, 60])
     parser.add_argument("--fixed-phrases", type=int, default=15, help="phrases during the token sweep")

@@ -11,8 +11,8 @@ compiled during the warm-up). Every measurement runs in a fresh child process:
   resident set at once (otherwise malloc keeps freed memory and the figure depends on what ran before);
   CUDA, `torch.cuda.max_memory_allocated` growth during one forward.
 
-Run: python benchmarks/heads.py [--batch-sizes 1 2] [--repeats 5] [--device cpu|cuda]
-     python benchmarks/heads.py --train-ar --skip-speed [--train-steps 300] [--synthetic-level hard]
+Run: python -m benchmarks.heads [--batch-sizes 1 2] [--repeats 5] [--device cpu|cuda]
+     python -m benchmarks.heads --train-ar --skip-speed [--train-steps 300] [--synthetic-level hard]
          [--threads 1] [--output-dir DIR] [--train-args ...further training-script options]
 """
 
@@ -23,18 +23,18 @@ import json
 import multiprocessing as mp
 import os
 import statistics
-import sys
 import threading
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import print_versions  # noqa: E402
+from narrative_grounding.data.synthetic import LEVELS
+from narrative_grounding.metrics import AVERAGE_RECALL_KEYS
+from narrative_grounding.modeling.heads import GROUNDING_HEADS
 
-HEAD_VARIANTS = {"epng": "epng-r101-bert-base", "drmn": "drmn-r101-bert-base"}
-TINY_VARIANTS = {"epng": "epng-tiny", "drmn": "drmn-tiny"}
+from ._common import head_variant, print_versions
+
 IMAGE_SIZE = 640
 NUM_PHRASES = 30
 
@@ -76,9 +76,8 @@ def _measure_head(
     if threads:
         torch.set_num_threads(threads)
     from narrative_grounding import load_config
-    from narrative_grounding.modeling.modeling_png import GROUNDING_HEADS
 
-    config = load_config(HEAD_VARIANTS[head_name], **overrides)
+    config = load_config(head_variant(head_name), **overrides)
     torch.manual_seed(0)
     head = GROUNDING_HEADS[head_name](config).to(device).eval()
     features = {
@@ -180,7 +179,7 @@ def run_train_ar(args: argparse.Namespace) -> list[dict]:
     for head_name in args.heads:
         argv = [
             "--model",
-            TINY_VARIANTS[head_name],
+            head_variant(head_name, tiny=True),
             "--synthetic",
             args.synthetic_level,
             "--synthetic_dir",
@@ -203,7 +202,7 @@ def run_train_ar(args: argparse.Namespace) -> list[dict]:
         metrics = result.metrics or {}
         record = {
             "head": head_name,
-            "variant": TINY_VARIANTS[head_name],
+            "variant": head_variant(head_name, tiny=True),
             "synthetic_level": args.synthetic_level,
             "steps": result.completed_steps,
             "batch_size": args.train_batch_size,
@@ -218,13 +217,7 @@ def run_train_ar(args: argparse.Namespace) -> list[dict]:
             f"{record['head']:<6}{record['steps']:>7}{record['train_seconds']:>9.0f}"
             + "".join(
                 f"{100 * record.get(key, float('nan')):>{width}.1f}"
-                for key, width in (
-                    ("average_recall", 7),
-                    ("average_recall_things", 8),
-                    ("average_recall_stuff", 7),
-                    ("average_recall_singular", 7),
-                    ("average_recall_plural", 8),
-                )
+                for key, width in zip(AVERAGE_RECALL_KEYS, (7, 8, 7, 7, 8), strict=True)
             )
         )
     return results
@@ -234,7 +227,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--heads", nargs="+", default=list(HEAD_VARIANTS), choices=list(HEAD_VARIANTS))
+    parser.add_argument("--heads", nargs="+", default=list(GROUNDING_HEADS), choices=list(GROUNDING_HEADS))
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument(
@@ -262,7 +255,7 @@ def main() -> None:
         help="default: the training loop's preset for tiny models",
     )
     parser.add_argument(
-        "--synthetic-level", default="hard", help="synthetic dataset level (easy, medium, hard)"
+        "--synthetic-level", default="hard", choices=list(LEVELS), help="synthetic dataset level"
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output-dir", default="benchmark-heads-runs")

@@ -9,12 +9,12 @@ For EPNG and DRMN at paper sizes (`epng-r101-bert-base`, `drmn-r101-bert-base`: 
 - peak memory: the child's peak resident set (model + activations; each configuration has its own);
 - the head's throughput: its analytic FLOPs (benchmarks/flops.py) per second, as a fraction of the dense
   float32 matmul throughput (a 4096^3 `torch.matmul`, measured right before each configuration), the
-  issue's >= 50% target;
+  target being >= 50%;
 - for the fast path (`optimize_for_inference`: torch.compile with inductor freezing + channels-last), the
   compile time (first call), the speed-up over eager and the largest |difference| of the mask logits.
 Three paths:
 - plain: none of the fast-path techniques: `model.eval()` under `torch.no_grad()`, EPNG's LPA on its direct
-  (materialised N x N) form, BERT on transformers' eager attention; the issue's "eager model";
+  (materialised N x N) form, BERT on transformers' eager attention;
 - eager: the model as a user gets it from `from_pretrained`: as plain, but LPA takes its flex-attention path
   (`lpa_implementation="auto"` without gradients) and BERT uses SDPA;
 - fast: eager + `optimize_for_inference` (torch.compile with inductor freezing, channels-last) under
@@ -23,22 +23,22 @@ Speed-ups of the fast path are given against both plain (the target) and eager.
 
 Inputs: `--tokens` WordPiece tokens (230, the PNG limit) and `--phrases` phrases (15) per narrative.
 
-    python benchmarks/inference.py                        # batch 1 and 12, both heads, eager and fast
-    python benchmarks/inference.py --batch-sizes 1 --heads epng --paths eager --repeats 1 --image-size 320
+    python -m benchmarks.inference                        # batch 1 and 12, both heads, eager and fast
+    python -m benchmarks.inference --batch-sizes 1 --heads epng --paths eager --repeats 1 --image-size 320
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (  # noqa: E402
+from narrative_grounding.modeling.heads import GROUNDING_HEADS
+
+from ._common import (
+    head_variant,
     machine_description,
     matmul_gflops,
     print_machine,
@@ -47,9 +47,8 @@ from _common import (  # noqa: E402
     versions_line,
     write_json,
 )
-from flops import head_flops  # noqa: E402
+from .flops import head_flops
 
-VARIANTS = {"epng": "epng-r101-bert-base", "drmn": "drmn-r101-bert-base"}
 ORIGINAL_SIZE = (480, 640)  # a typical COCO image, which the 640x640 input was resized from
 LOGIT_TOLERANCE = {"atol": 1e-3, "rtol": 1e-3}  # fast vs eager mask logits (float32 reassociation only)
 
@@ -64,10 +63,10 @@ def _measure(
 
     torch.manual_seed(0)
     if path == "plain":
-        model = create_model(VARIANTS[head], lpa_implementation="direct").eval()
+        model = create_model(head_variant(head), lpa_implementation="direct").eval()
         model.text_encoder.bert.set_attn_implementation("eager")
     else:
-        model = create_model(VARIANTS[head]).eval()
+        model = create_model(head_variant(head)).eval()
     processor = load_processor("epng-tiny")  # post-processing does not depend on the tokenizer
     inputs = random_model_inputs(
         batch, image_size, tokens=tokens, phrases=phrases, vocab_size=model.config.text_config.vocab_size
@@ -128,7 +127,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--heads", nargs="+", choices=sorted(VARIANTS), default=["epng", "drmn"])
+    parser.add_argument("--heads", nargs="+", choices=list(GROUNDING_HEADS), default=list(GROUNDING_HEADS))
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 12])
     parser.add_argument(
         "--paths", nargs="+", choices=("plain", "eager", "fast"), default=["plain", "eager", "fast"]
@@ -155,7 +154,7 @@ def main(argv: list[str] | None = None) -> dict:
     grid = args.image_size // 16
     rows, reference_masks = [], {}
     for head in args.heads:
-        flops = head_flops(load_config(VARIANTS[head]), grid, args.phrases)["total"]
+        flops = head_flops(load_config(head_variant(head)), grid, args.phrases)["total"]
         for batch in args.batch_sizes:
             repeats = args.repeats or (3 if batch <= 2 else 1)
             for path in args.paths:

@@ -7,7 +7,7 @@ that support it here (flex has no CPU backward in torch 2.15).
 Peak memory is the largest growth of the resident set during the timed calls, sampled by a thread
 (benchmarks/_common.ResidentPeak), in a child process per measurement so that paths share nothing.
 Times are medians over --rounds processes per path (direct and flex alternating) x --repeats calls each.
-Run: python benchmarks/lpa.py [--sizes 40 80] [--repeats 3] [--rounds 3]
+Run: python -m benchmarks.lpa [--sizes 40 80] [--repeats 3] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -15,16 +15,13 @@ from __future__ import annotations
 import argparse
 import multiprocessing as mp
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
 
 from narrative_grounding.modeling.attention import LocalityPerceptiveAttention
 
-sys.path.insert(0, str(Path(__file__).parent))
-from _common import ResidentPeak, library_versions, return_freed_memory_at_once, versions_line  # noqa: E402
+from ._common import ResidentPeak, library_versions, return_freed_memory_at_once, versions_line
 
 
 def measure(

@@ -3,40 +3,27 @@
 On CPU, inductor's flex-attention kernel tiles queries and keys by the block mask's BLOCK_SIZE
 (q split x kv split; without a block mask the whole N x N of a head is one tile). Each tile is a small
 GEMM followed by the score modifier and an online-softmax rescale, so larger kv tiles mean larger GEMMs
-and fewer rescales, smaller ones stay in cache. This script runs EPNG's LPA score modifier
-(modeling/attention.locality_prior_score_mod) through the compiled flex attention with a block mask of
-full tiles (modeling/attention.dense_block_mask) of each `--block-sizes` setting, interleaving the
-settings (and the direct, materialised LPA) in every round so that load on the machine hits them alike,
-and compares every output with the direct LPA.
+and fewer rescales, smaller ones stay in cache. This script runs the model's own LPA
+attention core (modeling/attention.LocalityPerceptiveAttention: its flex path, with the block mask of
+full tiles set to each `--block-sizes` setting, and its direct, materialised path), interleaving the
+settings in every round so that load on the machine hits them alike, and compares every output with the
+direct path. The flex path is the model's compiled kernel: the first grid size gets a kernel specialised
+to it, later sizes share a dynamic-shape one, as in the model.
 
-    python benchmarks/lpa_block_size.py                       # 40x40 and 80x80, d 768, 8 heads, batch 1
-    python benchmarks/lpa_block_size.py --sides 20 --rounds 2 --block-sizes default 128x128 128xN
+    python -m benchmarks.lpa_block_size                       # 40x40 and 80x80, d 768, 8 heads, batch 1
+    python -m benchmarks.lpa_block_size --sides 20 --rounds 2 --block-sizes default 128x128 128xN
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
 import torch
-from torch.nn.attention.flex_attention import flex_attention
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine_description, print_machine, write_json  # noqa: E402
+from narrative_grounding.modeling.attention import LocalityPerceptiveAttention
 
-from narrative_grounding.modeling.attention import (  # noqa: E402
-    dense_block_mask,
-    grid_distance,
-    locality_prior_score_mod,
-)
-
-
-def direct_lpa(query, key, value, prior_scale, side: int, clamp: float) -> torch.Tensor:
-    distance = grid_distance(side, side, clamp=clamp, form="squared")  # N x N
-    scores = query @ key.transpose(-1, -2) / query.shape[-1] ** 0.5 * (prior_scale.view(-1, 1, 1) * distance)
-    return scores.softmax(-1) @ value
+from ._common import machine_description, print_machine, write_json
 
 
 def parse_block(text: str, tokens: int) -> tuple[int, int] | None:
@@ -66,40 +53,40 @@ def main(argv: list[str] | None = None) -> dict:
 
     machine = machine_description()
     print_machine(machine)
-    compiled = torch.compile(flex_attention, dynamic=False)
-    clamp = 2.0
+    # EPNG's settings: the released code's squared distance, clamped at 2 (see docs/architecture.md)
+    lpa = LocalityPerceptiveAttention(
+        d_model=args.d_model, num_heads=args.heads, distance_clamp=2.0, distance_form="squared"
+    ).eval()
     results = []
     for side in args.sides:
         tokens = side * side
         torch.manual_seed(0)
-        shape = (args.batch, args.heads, tokens, args.d_model // args.heads)
+        shape = (args.batch, args.heads, tokens, args.d_model // args.heads)  # B x Hd x N x Dh
         query, key, value = (torch.randn(shape) for _ in range(3))
-        prior_scale = 1.0 + 0.1 * torch.randn(args.heads)
-        score_mod = locality_prior_score_mod(prior_scale, side, clamp=clamp, form="squared")
         with torch.inference_mode():
-            reference = direct_lpa(query, key, value, prior_scale, side, clamp)
+            lpa.prior_scale.copy_(1.0 + 0.1 * torch.randn(args.heads))  # W_j of EPNG eq. 4, away from 1
+            reference = lpa._direct(query, key, value, side, side)
             settings = {}
             for text in args.block_sizes:
                 block = parse_block(text, tokens)
-                mask = None if block is None else dense_block_mask(tokens, "cpu", block)
                 start = time.perf_counter()
-                output = compiled(query, key, value, score_mod=score_mod, block_mask=mask)
+                output = lpa._flex(query, key, value, side, side, block_size=block)
                 compile_s = time.perf_counter() - start
                 settings[text] = {
-                    "mask": mask,
+                    "block": block,
                     "times": [],
                     "compile_s": compile_s,
                     "max_abs_diff": float((output - reference).abs().max()),
                 }
             # the direct path (materialised N x N scores, matmul + softmax) for comparison
-            settings["direct"] = {"mask": None, "times": [], "compile_s": 0.0, "max_abs_diff": 0.0}
+            settings["direct"] = {"block": None, "times": [], "compile_s": 0.0, "max_abs_diff": 0.0}
             for _ in range(args.rounds):  # interleaved: every setting sees the same load
                 for text, setting in settings.items():
                     start = time.perf_counter()
                     if text == "direct":
-                        direct_lpa(query, key, value, prior_scale, side, clamp)
+                        lpa._direct(query, key, value, side, side)
                     else:
-                        compiled(query, key, value, score_mod=score_mod, block_mask=setting["mask"])
+                        lpa._flex(query, key, value, side, side, block_size=setting["block"])
                     setting["times"].append(time.perf_counter() - start)
         default_time = None
         for text, setting in settings.items():

@@ -6,24 +6,21 @@ phrases/s and the peak resident memory. The masks of one batch are alive at a ti
 metric kept masks, the peak would grow with the number of phrases (56,531 uint8 masks of
 480 x 640 are ~17 GB); with counts it stays flat.
 
-    python benchmarks/metric.py                       # the full PNG val2017 size: 56,531 phrases
-    python benchmarks/metric.py --phrases 5000 --form list --device cuda
+    python -m benchmarks.metric                       # the full PNG val2017 size: 56,531 phrases
+    python -m benchmarks.metric --phrases 5000 --form list --device cuda
 """
 
 from __future__ import annotations
 
 import argparse
 import resource
-import sys
 import time
-from pathlib import Path
 
 import torch
 
 from narrative_grounding.metrics import AverageRecall
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import print_versions  # noqa: E402
+from ._common import print_versions
 
 
 def peak_rss_mib() -> float:

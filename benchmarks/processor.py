@@ -1,6 +1,6 @@
 """Processor throughput: a 640x480 JPEG + a 150-word narrative (12 phrases) -> model inputs, samples/s.
 
-    python benchmarks/processor.py [--repeats 50] [--threads N]
+    python -m benchmarks.processor [--repeats 50] [--threads N]
 
 Measures, one sample at a time (the way a DataLoader worker calls it): JPEG decoding + PngImageProcessor
 (resize to 640x640, normalise) + tokenisation and phrase alignment (max_length 300), then the image
@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import argparse
 import io
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import PIL.Image
@@ -24,8 +22,7 @@ from narrative_grounding.factory import variant_path
 from narrative_grounding.modeling.image_processing_png import PngImageProcessor
 from narrative_grounding.modeling.processing_png import PngProcessor
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import print_versions  # noqa: E402
+from ._common import print_versions
 
 TOKENIZER_DIR = variant_path("epng-tiny")  # the tiny tokenizer ships in the tiny variants' folders
 SENTENCES = [

@@ -1,16 +1,16 @@
 """Run the benchmark suite and print ONE table of its figures; write it, with the machine description and
 each benchmark's detailed tables, to docs/benchmarks.md.
 
-Each benchmark runs as its own process (`python benchmarks/<name>.py ... --json FILE`); its results are
+Each benchmark runs as its own process (`python -m benchmarks.<name> ... --json FILE`, from the repository root); its results are
 kept in `--results-dir`, so a later `--reuse` run rebuilds the report from them without measuring again
 (for instance after running the long ablations alone). Text between the notes markers of an existing report
 (the reading of the figures) is kept when the report is rewritten. The other benchmark scripts of this folder (lpa,
 heads, metric, data, processor) run with `--with-others`; their printed output goes to the report as is.
 
-    python benchmarks/run_all.py                              # everything at full size (hours on 2 cores)
-    python benchmarks/run_all.py --quick                      # small sizes and budgets: a smoke run
-    python benchmarks/run_all.py --only inference head_scaling
-    python benchmarks/run_all.py --reuse        # rebuild the report from stored results
+    python -m benchmarks.run_all                              # everything at full size (hours on 2 cores)
+    python -m benchmarks.run_all --quick                      # small sizes and budgets: a smoke run
+    python -m benchmarks.run_all --only inference head_scaling
+    python -m benchmarks.run_all --reuse        # rebuild the report from stored results
 """
 
 from __future__ import annotations
@@ -22,8 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine_description, versions_line  # noqa: E402
+from ._common import machine_description, versions_line
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -50,13 +49,13 @@ OTHERS = {  # benchmarks owned elsewhere: run as they are, output quoted
 
 
 def command_line(name: str, arguments: list[str]) -> str:
-    return " ".join(["python", f"benchmarks/{name}.py", *arguments])
+    return " ".join(["python", "-m", f"benchmarks.{name}", *arguments])
 
 
 def run_benchmark(name: str, arguments: list[str], results_dir: Path) -> dict:
     json_path = results_dir / f"{name}.json"
     log_path = results_dir / f"{name}.log"
-    command = [sys.executable, str(HERE / f"{name}.py"), *arguments, "--json", str(json_path)]
+    command = [sys.executable, "-m", f"benchmarks.{name}", *arguments, "--json", str(json_path)]
     print(f"\n=== {command_line(name, arguments)}", flush=True)
     start = time.perf_counter()
     with log_path.open("w") as log:
@@ -72,7 +71,7 @@ def run_benchmark(name: str, arguments: list[str], results_dir: Path) -> dict:
 
 
 def run_other(name: str, arguments: list[str], results_dir: Path) -> dict:
-    command = [sys.executable, str(HERE / f"{name}.py"), *arguments]
+    command = [sys.executable, "-m", f"benchmarks.{name}", *arguments]
     print(f"\n=== {command_line(name, arguments)}", flush=True)
     completed = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=False)
     record = {
@@ -291,7 +290,7 @@ def markdown(results: dict, others: dict, machine: dict, notes: str = "") -> str
     lines = [
         "# Benchmarks",
         "",
-        "Written by `python benchmarks/run_all.py` (see its `--help`); every figure names the command that "
+        "Written by `python -m benchmarks.run_all` (see its `--help`); every figure names the command that "
         "measured it. Timings on a shared machine are only comparable within one run: the targets below are "
         "ratios measured in the same run.",
         "",
@@ -341,7 +340,7 @@ def markdown(results: dict, others: dict, machine: dict, notes: str = "") -> str
     for name, record in others.items():
         lines += [
             "",
-            f"## {name} (benchmarks/{name}.py)",
+            f"## {name} (`python -m benchmarks.{name}`)",
             "",
             f"`{record['command']}` (exit {record['returncode']})",
         ]

@@ -13,21 +13,18 @@ with 0, 1 and 2 workers, at 128 px (tiny models: 128 px synthetic images) and at
 size: 640 px synthetic images). Samples/s is measured from the second batch on (worker start-up excluded, reported apart) and
 compared with the 91 samples/s that EPNG's reported 11 ms/img on a GPU would consume.
 
-    python benchmarks/training_speed.py
-    python benchmarks/training_speed.py --models epng-tiny --steps 2 --pipeline-images 16 --workers 0   # smoke
+    python -m benchmarks.training_speed
+    python -m benchmarks.training_speed --models epng-tiny --steps 2 --pipeline-images 16 --workers 0   # smoke
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine_description, print_machine, random_model_inputs, run_in_child, write_json  # noqa: E402
+from ._common import machine_description, print_machine, random_model_inputs, run_in_child, write_json
 
 BATCH = {"epng-tiny": 8, "drmn-tiny": 8, "epng-r101-bert-base": 2, "drmn-r101-bert-base": 2}
 EPNG_GPU_MS_PER_IMAGE = 11.0  # EPNG (AAAI 2023), inference on one GPU
@@ -139,7 +136,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     pipeline_rows = []
     if args.pipeline_sizes:
-        from narrative_grounding.training.data import ensure_synthetic_data
+        from narrative_grounding.data.synthetic import ensure_synthetic_data
 
         for input_size in args.pipeline_sizes:
             # 128 px inputs read the 128 px synthetic images the tiny models train on, 640 px inputs 640 px ones.

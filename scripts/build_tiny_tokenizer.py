@@ -227,16 +227,10 @@ WORD_LISTS = {
 
 
 def synthetic_vocabulary() -> list[str]:
-    """The synthetic generator's words, when narrative_grounding.data.synthetic exists in this checkout."""
-    sys.path.insert(0, str(REPO / "src"))
-    try:
-        from narrative_grounding.data import synthetic  # noqa: PLC0415 (optional, build time only)
-    except ImportError:
-        return []
-    words = getattr(synthetic, "VOCABULARY", None)
-    if words is None:
-        return []
-    return sorted({word.lower() for word in words})
+    """The synthetic generator's words (every one must be a single token of the tiny tokenizer)."""
+    from narrative_grounding.data.synthetic import VOCABULARY  # the installed package (or PYTHONPATH=src)
+
+    return sorted({word.lower() for word in VOCABULARY})
 
 
 def inflections(word: str) -> list[str]:

@@ -277,7 +277,7 @@ def test_config_values_of_the_wrong_type_or_range_name_the_field(field, value, m
 
 
 def test_training_config_overrides_are_checked_too():
-    from narrative_grounding.training.loading import load_model_and_processor
+    from narrative_grounding.loading import load_model_and_processor
 
     with pytest.raises(ValueError, match="'d_modle' \\(did you mean 'd_model'\\?\\)"):
         load_model_and_processor("epng-tiny", config_overrides={"d_modle": 128})

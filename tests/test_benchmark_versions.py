@@ -1,15 +1,13 @@
-"""benchmarks/run_all.py never merges figures measured on different library versions without saying so."""
+"""`python -m benchmarks.run_all` never merges figures measured on different library versions without saying so."""
 
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-import run_all  # noqa: E402
+from benchmarks import run_all
 
 
 def _store(directory: Path, name: str, torch_version: str, rows: list[dict]) -> None:
@@ -20,7 +18,7 @@ def _store(directory: Path, name: str, torch_version: str, rows: list[dict]) -> 
             "load_average": [0.1],
         },
         "rows": rows,
-        "command": f"python benchmarks/inference.py  # {name}",
+        "command": f"python -m benchmarks.inference  # {name}",
     }
     (directory / f"inference_{name}.json").write_text(json.dumps(record))
 

@@ -527,6 +527,22 @@ def test_epng_checkpoint_loads_strictly(epng_source, tmp_path):
     assert image_config["resample"] == 3
 
 
+def test_cli_convert_epng(epng_source, tmp_path, capsys):
+    _, _, state = epng_source
+    path = tmp_path / "checkpoint.pth"
+    torch.save({"model_state": state}, path)
+    output = tmp_path / "converted"
+    argv = ["convert", "epng", str(path), str(output), "--variant", "epng-tiny"]
+    argv += ["--config_overrides", json.dumps(EPNG_OVERRIDES)]
+    assert cli_main(argv) == 1  # the released LayerNorms have no counterpart: refused, named
+    assert "convert epng:" in capsys.readouterr().err and not output.exists()
+    assert cli_main([*argv, "--allow-unrepresented"]) == 0  # the dashed spelling is an alias
+    printed = capsys.readouterr()
+    assert f"wrote {output}" in printed.out and "no --text_model given" in printed.err
+    model = PngForPanopticNarrativeGrounding.from_pretrained(output)
+    assert torch.equal(model.head.phrase_projection.weight, state["text_linear.weight"])
+
+
 def test_epng_map_accepts_pre_013_torchvision_fpn_names(epng_source):
     from narrative_grounding.conversion import EPNG_KEY_MAP
     from narrative_grounding.conversion.key_map import prefixed_state_dict

@@ -108,6 +108,6 @@ def test_prepare_data_num_proc(synthetic_dir, tmp_path, capsys):
 
 def test_prepare_data_errors(tmp_path, capsys):
     assert main(["prepare-data", str(tmp_path)]) == 2  # nowhere to write
-    assert "--output-dir" in capsys.readouterr().err
+    assert "--output_dir" in capsys.readouterr().err
     assert main(["prepare-data", str(tmp_path), "--output-dir", str(tmp_path / "out")]) == 1
     assert "No PNG split found" in capsys.readouterr().err

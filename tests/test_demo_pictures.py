@@ -11,9 +11,9 @@ import PIL.Image
 from tiny_models import tiny_model
 
 from narrative_grounding import load_processor
+from narrative_grounding.commands.demo import CURVE_COLUMNS, OVERLAY_MIN_WIDTH, write_curve, write_overlays
 from narrative_grounding.data import load_png_dataset
 from narrative_grounding.data.synthetic import generate_synthetic_dataset
-from narrative_grounding.demo import CURVE_COLUMNS, OVERLAY_MIN_WIDTH, write_curve, write_overlays
 from narrative_grounding.modeling.image_processing_png import PngImageProcessor
 
 

@@ -151,7 +151,7 @@ def test_two_processes_train_and_evaluate_with_gathered_metrics(tmp_path):
     """torchrun x 2 (gloo) trains a few steps and evaluates on a validation split that does not divide evenly
     over the processes: the gathered metric must count every phrase exactly once and agree with a
     one-process evaluation of the saved model."""
-    from narrative_grounding.training.data import synthetic_data_dir
+    from narrative_grounding.data.synthetic import synthetic_data_dir
 
     data_root, output_dir = tmp_path / "data", tmp_path / "run"
     train_argv = [

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from huggingface_hub.errors import StrictDataclassClassValidationError
 from tiny_models import make_inputs, select_sample, tiny_model
 
 from narrative_grounding.modeling.configuration_png import GROUNDING_HEADS
@@ -243,3 +244,35 @@ def test_misspelled_argument_is_a_clear_error():
     with pytest.raises(TypeError, match="output_attentions"):
         model(**make_inputs([2]), output_attentions=True)
     model(**make_inputs([2]), output_attentions=False)
+
+
+class _DotProductHead(torch.nn.Module):
+    """The smallest head the registry accepts: phrase . stride-4 pixel logits."""
+
+    def __init__(self, config) -> None:
+        super().__init__()
+        self.phrase_projection = torch.nn.Linear(config.text_config.hidden_size, config.fpn_channels)
+
+    def forward(self, features, phrase_features, phrase_mask):
+        from narrative_grounding.modeling.head_output import GroundingHeadOutput
+
+        kernels = self.phrase_projection(phrase_features)  # B x P x C
+        return GroundingHeadOutput(pred_masks=torch.einsum("bpc,bchw->bphw", kernels, features[4]))
+
+
+def test_a_new_head_is_one_registry_entry(monkeypatch):
+    from narrative_grounding.modeling.heads import GROUNDING_HEADS
+
+    with pytest.raises(
+        (ValueError, StrictDataclassClassValidationError),
+        match="grounding_head must be one of .*'epng', 'drmn'.*got 'dot'",
+    ):
+        tiny_model(grounding_head="dot")
+    # The config's validation and the model's construction read the same registry.
+    monkeypatch.setitem(GROUNDING_HEADS, "dot", _DotProductHead)
+    model = tiny_model(grounding_head="dot")
+    assert isinstance(model.head, _DotProductHead)
+    outputs = model(**make_inputs([2, 3], height=64, width=64, with_labels=True))
+    assert outputs.pred_masks.shape == (2, 3, 16, 16)
+    outputs.loss.backward()
+    assert model.head.phrase_projection.weight.grad is not None

@@ -13,10 +13,10 @@ from transformers import AutoTokenizer, pipeline
 
 import narrative_grounding.pipeline  # noqa: F401  (registers the task)
 from narrative_grounding import create_model
+from narrative_grounding.cli import main
 from narrative_grounding.factory import variant_path
 from narrative_grounding.modeling.image_processing_png import PngImageProcessor
 from narrative_grounding.modeling.processing_png import PngProcessor, rle_to_mask
-from narrative_grounding.predict import register, run
 
 TOKENIZER_DIR = variant_path("epng-tiny")  # the tiny tokenizer ships in the tiny variants' folders
 NARRATIVE = "In this picture we can see a black bear on this tree, and the sky."
@@ -81,11 +81,7 @@ def test_pipeline_errors(saved) -> None:
 
 
 def predict(argv: list[str]) -> int:
-    import argparse
-
-    parser = argparse.ArgumentParser()
-    register(parser.add_subparsers())
-    return run(parser.parse_args(["predict", *argv]))
+    return main(["predict", *argv])
 
 
 def test_predict_one_image_png_masks_and_overlay(saved, tmp_path) -> None:

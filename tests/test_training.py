@@ -303,3 +303,34 @@ def test_sigkill_and_resume_equals_uninterrupted_run(tmp_path, synthetic_root):
     assert json.loads((resumed_dir / "eval_results.json").read_text()) == json.loads(
         (reference_dir / "eval_results.json").read_text()
     )
+
+
+def test_average_recall_table_and_model_card_show_every_metric_key():
+    from narrative_grounding.metrics import (
+        AVERAGE_RECALL_COUNT_KEYS,
+        AVERAGE_RECALL_KEYS,
+        average_recall_from_ious,
+    )
+    from narrative_grounding.training import build_model_card, format_average_recall_table
+
+    # IoUs 1, 0.5, 0.25, 0: things 75%, stuff 12.5%, singular 62.5%, plural 25%, two phrases each
+    results = average_recall_from_ious(
+        [1.0, 0.5, 0.25, 0.0], is_thing=[True, True, False, False], num_segments=[1, 3, 1, 2]
+    )
+    assert set(AVERAGE_RECALL_KEYS) | set(AVERAGE_RECALL_COUNT_KEYS) <= results.keys()
+    rows = [line.split() for line in format_average_recall_table(results).splitlines()[1:]]
+    assert rows == [
+        ["overall", f"{100 * results['average_recall']:.1f}", "4"],
+        ["things", "75.0", "2"],
+        ["stuff", "12.5", "2"],
+        ["singular", "62.5", "2"],
+        ["plural", "25.0", "2"],
+    ]
+    card = str(build_model_card(model_name="m", dataset_name="d", metrics=results))
+    for row in (
+        "| AR things | 75.0 |",
+        "| AR stuff | 12.5 |",
+        "| AR singular | 62.5 |",
+        "| AR plural | 25.0 |",
+    ):
+        assert row in card

@@ -16,6 +16,9 @@ and get exactly the numbers the module gives.
 from pathlib import Path
 
 from .average_recall.average_recall import (
+    AVERAGE_RECALL_COUNT_KEYS,
+    AVERAGE_RECALL_KEYS,
+    AVERAGE_RECALL_SPLITS,
     EMPTY_GROUND_TRUTH_POLICIES,
     INTEGRATIONS,
     PROTOCOLS,
@@ -38,10 +41,13 @@ AVERAGE_RECALL_PATH = str(Path(__file__).parent / "average_recall")
 REFERRING_SEGMENTATION_PATH = str(Path(__file__).parent / "referring_segmentation")
 
 __all__ = [
+    "AVERAGE_RECALL_COUNT_KEYS",
+    "AVERAGE_RECALL_KEYS",
     "AVERAGE_RECALL_PATH",
     "EMPTY_GROUND_TRUTH_POLICIES",
     "INTEGRATIONS",
     "PROTOCOLS",
+    "AVERAGE_RECALL_SPLITS",
     "REFERRING_SEGMENTATION_PATH",
     "AverageRecall",
     "CountingMetric",

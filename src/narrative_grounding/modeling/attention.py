@@ -187,14 +187,26 @@ class LocalityPerceptiveAttention(nn.Module):
         scores = (query @ key.transpose(-1, -2)) / math.sqrt(self.head_dim) * prior  # B x Hd x N x N, eq. 5
         return scores.softmax(dim=-1) @ value  # B x Hd x N x Dh, eq. 6
 
-    def _flex(self, query, key, value, height: int, width: int) -> torch.Tensor:
+    def _flex(
+        self,
+        query,
+        key,
+        value,
+        height: int,
+        width: int,
+        block_size: tuple[int, int] | None = DENSE_BLOCK_SIZE,
+    ) -> torch.Tensor:
+        """block_size: the CPU kernel's Q x KV tiles (None: one tile per head); benchmarks/lpa_block_size.py
+        compares settings."""
         score_mod = locality_prior_score_mod(
             self.prior_scale.to(query.dtype), width, clamp=self.distance_clamp, form=self.distance_form
         )
         # The CPU kernel is ~1.5x slower on the strided views that unbind() of the fused qkv leaves.
         query, key, value = query.contiguous(), key.contiguous(), value.contiguous()
         # On CUDA flex attention picks its own tiling.
-        block_mask = dense_block_mask(query.shape[-2], query.device) if query.device.type == "cpu" else None
+        block_mask = None
+        if query.device.type == "cpu" and block_size is not None:
+            block_mask = dense_block_mask(query.shape[-2], query.device, block_size)
         return _compiled_flex_attention()(query, key, value, score_mod=score_mod, block_mask=block_mask)
 
 

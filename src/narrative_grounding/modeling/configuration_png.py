@@ -1,8 +1,8 @@
 """PngConfig: the one configuration of a Panoptic Narrative Grounding model.
 
 A model is a visual encoder (a timm ResNet through transformers' `TimmBackboneConfig`, plus an FPN
-neck), a text encoder (BERT, `BertConfig`) and a grounding head (`"epng"` or `"drmn"`) with its
-hyper-parameters. Named variants live as folders (saved configs) in `hub_configs/`.
+neck), a text encoder (BERT, `BertConfig`) and a grounding head (a name in `heads.GROUNDING_HEADS`:
+`"epng"` or `"drmn"`) with its hyper-parameters. Named variants live as folders (saved configs) in `hub_configs/`.
 
 The task's pipeline travels with the configuration: `save_pretrained` copies `pipeline_png.py` (and the
 processor modules it imports) beside config.json and names it under `custom_pipelines`, which is what
@@ -31,7 +31,8 @@ if TYPE_CHECKING:
     # fetched with it by a trust_remote_code load, whose copy of this class then saves them again.
     from .pipeline_png import PanopticNarrativeGroundingPipeline  # noqa: F401
 
-GROUNDING_HEADS = ("epng", "drmn")
+from .heads import GROUNDING_HEADS
+
 LPA_DISTANCE_FORMS = ("squared", "euclidean")
 LPA_IMPLEMENTATIONS = ("auto", "flex", "direct")
 
@@ -163,7 +164,7 @@ class PngConfig(PreTrainedConfig):
     lpa_distance: str = "squared"
     lpa_implementation: str = "auto"
     use_stride4_skip: bool = False
-    # --- EPNG position encoding (issue 8: EPNG Table 2 ablation) ---
+    # --- EPNG position encoding (the EPNG Table 2 ablation) ---
     # "lpa": Locality-Perceptive Attention (the paper). "none": plain multi-head self-attention over the
     # pixels, i.e. LPA with its prior disabled (a multiplier of 1 on every score). "absolute": plain
     # self-attention with a 2D sine position embedding added to the pixel tokens before the communicator.
@@ -179,7 +180,7 @@ class PngConfig(PreTrainedConfig):
     drmn_ffn_dim: int = 1024
     drmn_refinement_rounds: int = 3
     drmn_top_k: int = 100
-    # --- DRMN head: extra fields (issue 7) ---
+    # --- DRMN head: extra fields ---
     drmn_dropout: float = 0.1
     drmn_text_conditioning: bool = True
     # --- end DRMN extra fields ---
@@ -256,14 +257,16 @@ class PngConfig(PreTrainedConfig):
         """Called by `@strict` after init: reject inconsistent settings with a message naming the field."""
         self._check_field_types_and_ranges()
         if self.grounding_head not in GROUNDING_HEADS:
-            raise ValueError(f"grounding_head must be one of {GROUNDING_HEADS}, got {self.grounding_head!r}")
+            raise ValueError(
+                f"grounding_head must be one of {tuple(GROUNDING_HEADS)}, got {self.grounding_head!r}"
+            )
         if self.lpa_distance not in LPA_DISTANCE_FORMS:
             raise ValueError(f"lpa_distance must be one of {LPA_DISTANCE_FORMS}, got {self.lpa_distance!r}")
         if self.lpa_implementation not in LPA_IMPLEMENTATIONS:
             raise ValueError(
                 f"lpa_implementation must be one of {LPA_IMPLEMENTATIONS}, got {self.lpa_implementation!r}"
             )
-        # --- EPNG position encoding validation (issue 8) ---
+        # --- EPNG position encoding validation ---
         if self.epng_position_encoding not in ("lpa", "none", "absolute"):
             raise ValueError(
                 "epng_position_encoding must be one of ('lpa', 'none', 'absolute'), "
@@ -282,7 +285,7 @@ class PngConfig(PreTrainedConfig):
             raise ValueError(
                 f"drmn_num_levels must be in 1..4 (FPN strides 4-32), got {self.drmn_num_levels}"
             )
-        # --- DRMN head validation (issue 7) ---
+        # --- DRMN head validation ---
         for name in ("drmn_hidden_dim", "drmn_num_heads", "drmn_num_points", "drmn_ffn_dim", "drmn_top_k"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")

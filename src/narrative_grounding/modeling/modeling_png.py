@@ -19,8 +19,7 @@ from transformers.utils import ModelOutput
 
 from .attention import LocalityPerceptiveAttention
 from .configuration_png import PngConfig
-from .heads_drmn import DrmnHead
-from .heads_epng import EpngHead
+from .heads import GROUNDING_HEADS
 from .losses import (
     PHRASES,
     SAL_PHRASES,
@@ -31,9 +30,6 @@ from .losses import (
 from .losses import loss_counts as count_loss_items
 from .text_encoder import TextEncoder, pool_phrases
 from .visual_encoder import VisualEncoder, build_timm_backbone
-
-# One entry per grounding head: adding a head is adding a module and a line here.
-GROUNDING_HEADS = {"epng": EpngHead, "drmn": DrmnHead}
 
 INPUT_STRIDE_MULTIPLE = 32  # the coarsest FPN level is stride 32
 # transformers utilities may pass these; accepted only when they ask for nothing.

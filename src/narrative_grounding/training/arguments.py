@@ -14,7 +14,8 @@ from ..argument_types import (
     seed,
     unit_interval,
 )
-from .data import SYNTHETIC_LEVELS
+from ..cli import ArgumentParser
+from ..data.synthetic.levels import LEVELS
 from .optimization import OPTIMIZERS, PRESETS, SCHEDULES
 
 
@@ -74,7 +75,7 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
         nargs="?",
         const="hard",
         default=None,
-        choices=SYNTHETIC_LEVELS,
+        choices=list(LEVELS),
         help="the synthetic dataset at this level (default level: hard), generated on first use",
     )
     data.add_argument("--synthetic_dir", default=None, help="cache folder of generated synthetic data")
@@ -191,7 +192,8 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    # The CLI's parser: the dashed spelling of every option (--output-dir) is a hidden alias here too.
+    parser = ArgumentParser(
         description="Train a Panoptic Narrative Grounding model with accelerate (see docs/training.md)."
     )
     return add_training_arguments(parser)

@@ -16,7 +16,13 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..metrics import AverageRecall, mask_counts
+from ..metrics import (
+    AVERAGE_RECALL_COUNT_KEYS,
+    AVERAGE_RECALL_KEYS,
+    AVERAGE_RECALL_SPLITS,
+    AverageRecall,
+    mask_counts,
+)
 from .collate import model_inputs
 
 PREDICTION_STRIDE = 4
@@ -24,12 +30,9 @@ PREDICTION_STRIDE = 4
 COUNT_COLUMNS = ("intersections", "unions", "reference_areas", "is_thing", "num_segments")
 PAD = -1  # marks padded phrases (a count is never negative)
 
-AR_TABLE_ROWS = (
-    ("overall", "average_recall", "num_phrases"),
-    ("things", "average_recall_things", "num_things"),
-    ("stuff", "average_recall_stuff", "num_stuff"),
-    ("singular", "average_recall_singular", "num_singular"),
-    ("plural", "average_recall_plural", "num_plural"),
+#: (label, result key, phrase-count key) of each row of the Average Recall table.
+AR_TABLE_ROWS = tuple(
+    zip(("overall", *AVERAGE_RECALL_SPLITS), AVERAGE_RECALL_KEYS, AVERAGE_RECALL_COUNT_KEYS, strict=True)
 )
 
 

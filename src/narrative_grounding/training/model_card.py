@@ -10,13 +10,15 @@ from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from ..metrics import AVERAGE_RECALL_KEYS, AVERAGE_RECALL_SPLITS
+
 #: (results key, metric name shown in the card)
-AR_ROWS = (
-    ("average_recall", "Average Recall"),
-    ("average_recall_things", "AR things"),
-    ("average_recall_stuff", "AR stuff"),
-    ("average_recall_singular", "AR singular"),
-    ("average_recall_plural", "AR plural"),
+AR_ROWS = tuple(
+    zip(
+        AVERAGE_RECALL_KEYS,
+        ("Average Recall", *(f"AR {split}" for split in AVERAGE_RECALL_SPLITS)),
+        strict=True,
+    )
 )
 
 TASK_TYPE = "panoptic-narrative-grounding"

@@ -28,12 +28,12 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from ..loading import load_model_and_processor
 from .collate import PngCollator
 from .data import load_training_data, select_split
 from .distributed import cpu_multiprocess_launch, global_loss_counts
 from .evaluation import evaluate_average_recall, format_average_recall_table, scalar_metrics
 from .hub import HubPusher
-from .loading import load_model_and_processor
 from .model_card import write_model_card
 from .optimization import build_optimizer, build_scheduler, fit_schedule, resolve_preset
 from .sampler import EpochSeededSampler

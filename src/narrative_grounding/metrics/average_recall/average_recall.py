@@ -339,6 +339,9 @@ OFFICIAL_THRESHOLD_STEP = 1e-5
 #: Thresholds of the returned recall curves (for plotting); the AR itself never uses this grid.
 CURVE_THRESHOLDS = np.linspace(0.0, 1.0, 101)
 AVERAGE_RECALL_SPLITS = ("things", "stuff", "singular", "plural")
+#: The Average Recall result keys, overall first; each has a phrase count (`AVERAGE_RECALL_COUNT_KEYS`).
+AVERAGE_RECALL_KEYS = ("average_recall", *(f"average_recall_{split}" for split in AVERAGE_RECALL_SPLITS))
+AVERAGE_RECALL_COUNT_KEYS = ("num_phrases", *(f"num_{split}" for split in AVERAGE_RECALL_SPLITS))
 #: Relative slack of the count checks: soft (float) counts carry rounding.
 _COUNT_SLACK = 1e-9
 
@@ -527,12 +530,9 @@ def average_recall_from_ious(
     if skipped:
         kept = ~undefined
         ious, is_thing, num_segments = ious[kept], is_thing[kept], num_segments[kept]
-    splits = {
-        "things": is_thing,
-        "stuff": ~is_thing,
-        "singular": num_segments == 1,
-        "plural": num_segments > 1,
-    }
+    # The phrases of each split, in the order of AVERAGE_RECALL_SPLITS (things, stuff, singular, plural).
+    selections = (is_thing, ~is_thing, num_segments == 1, num_segments > 1)
+    splits = dict(zip(AVERAGE_RECALL_SPLITS, selections, strict=True))
     results: dict[str, Any] = {"average_recall": area_under_recall_curve(ious, integration)}
     for name, selected in splits.items():
         results[f"average_recall_{name}"] = area_under_recall_curve(ious[selected], integration)

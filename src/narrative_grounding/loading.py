@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..factory import available_variants, load_config, load_processor
-from ..modeling.modeling_png import PngForPanopticNarrativeGrounding
+from .factory import available_variants, load_config, load_processor
+from .modeling.modeling_png import PngForPanopticNarrativeGrounding
 
 
 def is_variant_name(source: str) -> bool:
@@ -25,7 +25,7 @@ def load_model_and_processor(
 ) -> tuple[PngForPanopticNarrativeGrounding, Any, str | None]:
     """Returns (model, processor, base_model): a fresh model of a variant (optionally with pretrained
     encoders) or a trained one from a folder / Hub repo; `base_model` is the folder or repo it came from."""
-    from ..modeling.processing_png import PngProcessor
+    from .modeling.processing_png import PngProcessor
 
     if is_variant_name(source):
         overrides = (

@@ -20,17 +20,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     publish.add_argument(
         "variant", help="a variant name (see `narrative-grounding variants`) or a variant folder"
     )
-    publish.add_argument(
-        "--repo-id", "--repo_id", required=True, help="namespace/name (or name) of the repository"
-    )
+    publish.add_argument("--repo_id", required=True, help="namespace/name (or name) of the repository")
     publish.add_argument("--private", action="store_true", help="create the repository private")
     publish.add_argument("--token", default=None, help="Hub token (default: the logged-in one / HF_TOKEN)")
-    publish.add_argument("--commit-message", "--commit_message", default=None)
+    publish.add_argument("--commit_message", default=None)
     publish.set_defaults(func=publish_command)
 
 
 def list_variants(args: argparse.Namespace) -> int:
-    from .factory import HUB_CONFIGS_DIR, available_variants, load_config
+    from ..factory import HUB_CONFIGS_DIR, available_variants, load_config
 
     names = available_variants()
     if not names:
@@ -43,7 +41,7 @@ def list_variants(args: argparse.Namespace) -> int:
 
 
 def publish_command(args: argparse.Namespace) -> int:
-    from .hub_folders import publish_variant
+    from ..hub_folders import publish_variant
 
     url = publish_variant(
         args.variant, args.repo_id, token=args.token, private=args.private, commit_message=args.commit_message

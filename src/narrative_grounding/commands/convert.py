@@ -30,35 +30,35 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--variant", default="epng-r101-panoptic-fpn-bert-base", help="model variant to build"
     )
     _common_arguments(panoptic)
-    panoptic.set_defaults(func=_convert_panoptic_fpn)
+    panoptic.set_defaults(func=_convert)
 
     epng = formats.add_parser(
         "epng",
         help="a checkpoint of the EPNG authors' code (Mr-Neko/EPNG) as an epng model",
         description="Map an EPNG MainModule state dict (or train_net.py checkpoint) onto the epng head and "
-        "the visual encoder; BERT comes from --text-model.",
+        "the visual encoder; BERT comes from --text_model.",
     )
     epng.add_argument("checkpoint", help="EPNG checkpoint (.pth) saved by the authors' train_net.py")
     epng.add_argument("output_dir")
     epng.add_argument("--variant", default="epng-r101-bert-base", help="model variant to build")
     epng.add_argument(
-        "--allow-unrepresented",
+        "--allow_unrepresented",
         action="store_true",
         help="convert even though some tensors (the released code's extra LayerNorms) have no counterpart; "
         "the model then differs from the authors'",
     )
     _common_arguments(epng)
-    epng.set_defaults(func=_convert_epng)
+    epng.set_defaults(func=_convert)
 
 
 def _common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--text-model",
+        "--text_model",
         help="BERT weights for the text encoder (Hub id or folder, e.g. bert-base-uncased); "
         "without it the text encoder is randomly initialised",
     )
-    parser.add_argument("--tokenizer", help="tokenizer (default: --text-model, then the variant's)")
-    parser.add_argument("--config-overrides", help="JSON object of PngConfig fields to override")
+    parser.add_argument("--tokenizer", help="tokenizer (default: --text_model, then the variant's)")
+    parser.add_argument("--config_overrides", help="JSON object of PngConfig fields to override")
 
 
 def _overrides(args: argparse.Namespace) -> dict:
@@ -67,52 +67,33 @@ def _overrides(args: argparse.Namespace) -> dict:
     try:
         overrides = json.loads(args.config_overrides)
     except json.JSONDecodeError as error:
-        raise SystemExit(f"--config-overrides is not valid JSON: {error}") from error
+        raise SystemExit(f"--config_overrides is not valid JSON: {error}") from error
     if not isinstance(overrides, dict):
-        raise SystemExit("--config-overrides must be a JSON object")
+        raise SystemExit("--config_overrides must be a JSON object")
     return overrides
 
 
-def _report(converted, args: argparse.Namespace) -> int:
+def _convert(args: argparse.Namespace) -> int:
+    from ..conversion import converters
+
+    # The options only one source format has: EPNG's released code holds tensors we have no place for.
+    extra = {"allow_unrepresented": args.allow_unrepresented} if args.source_format == "epng" else {}
+    convert = {"panoptic-fpn": converters.convert_panoptic_fpn, "epng": converters.convert_epng}
+    try:
+        converted = convert[args.source_format](
+            args.checkpoint,
+            args.output_dir,
+            variant=args.variant,
+            text_model_name_or_path=args.text_model,
+            tokenizer=args.tokenizer,
+            config_overrides=_overrides(args),
+            **extra,
+        )
+    except (ValueError, FileNotFoundError) as error:
+        print(f"convert {args.source_format}: {error}", file=sys.stderr)
+        return 1
     print(converted.result.summary())
     if not args.text_model:
-        print("note: no --text-model given: the text encoder is randomly initialised", file=sys.stderr)
+        print("note: no --text_model given: the text encoder is randomly initialised", file=sys.stderr)
     print(f"wrote {args.output_dir}")
     return 0
-
-
-def _convert_panoptic_fpn(args: argparse.Namespace) -> int:
-    from .converters import convert_panoptic_fpn
-
-    try:
-        converted = convert_panoptic_fpn(
-            args.checkpoint,
-            args.output_dir,
-            variant=args.variant,
-            text_model_name_or_path=args.text_model,
-            tokenizer=args.tokenizer,
-            config_overrides=_overrides(args),
-        )
-    except (ValueError, FileNotFoundError) as error:
-        print(f"convert panoptic-fpn: {error}", file=sys.stderr)
-        return 1
-    return _report(converted, args)
-
-
-def _convert_epng(args: argparse.Namespace) -> int:
-    from .converters import convert_epng
-
-    try:
-        converted = convert_epng(
-            args.checkpoint,
-            args.output_dir,
-            variant=args.variant,
-            text_model_name_or_path=args.text_model,
-            tokenizer=args.tokenizer,
-            config_overrides=_overrides(args),
-            allow_unrepresented=args.allow_unrepresented,
-        )
-    except (ValueError, FileNotFoundError) as error:
-        print(f"convert epng: {error}", file=sys.stderr)
-        return 1
-    return _report(converted, args)

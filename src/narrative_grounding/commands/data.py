@@ -8,7 +8,8 @@ import sys
 from pathlib import Path
 
 from ..argument_types import non_negative_int, positive_int, seed
-from .layout import SPLIT_DIRS, PngDataError
+from ..data.layout import SPLIT_DIRS, PngDataError
+from ..data.synthetic.levels import LEVELS
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -20,15 +21,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "the prepared dataset as Parquet (and/or push it to the Hub).",
     )
     prepare.add_argument("data_dir", help="root holding images/ and annotations/")
-    prepare.add_argument("--output-dir", help="write Parquet shards to OUTPUT_DIR/data/<split>-*.parquet")
+    prepare.add_argument("--output_dir", help="write Parquet shards to OUTPUT_DIR/data/<split>-*.parquet")
     prepare.add_argument(
         "--splits", nargs="+", choices=sorted(SPLIT_DIRS), help="default: the splits present"
     )
     prepare.add_argument(
-        "--cache-dir", help="datasets cache for the Arrow files (default: the datasets cache)"
+        "--cache_dir", help="datasets cache for the Arrow files (default: the datasets cache)"
     )
     prepare.add_argument(
-        "--push-to-hub", metavar="REPO_ID", help="push the prepared DatasetDict to this Hub repo"
+        "--push_to_hub", metavar="REPO_ID", help="push the prepared DatasetDict to this Hub repo"
     )
     prepare.add_argument("--private", action="store_true", help="create the Hub repo private")
     prepare.add_argument("--token", help="Hub token (default: the logged-in one)")
@@ -36,11 +37,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--strict", action="store_true", help="fail on the first problem instead of skipping"
     )
     prepare.add_argument(
-        "--no-embed", action="store_true", help="store file paths, not bytes, in the Arrow cache"
+        "--no_embed", action="store_true", help="store file paths, not bytes, in the Arrow cache"
     )
-    prepare.add_argument("--report-json", help="also write the problem report as JSON to this file")
+    prepare.add_argument("--report_json", help="also write the problem report as JSON to this file")
     prepare.add_argument(
-        "--num-proc",
+        "--num_proc",
         type=int,
         default=None,
         help="processes that read the image and PNG files and write the Arrow shards (default: one)",
@@ -55,10 +56,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     validate.add_argument(
         "--splits", nargs="+", choices=sorted(SPLIT_DIRS), help="default: train and validation"
     )
-    validate.add_argument("--no-pixel-check", action="store_true", help="skip decoding the panoptic PNGs")
+    validate.add_argument("--no_pixel_check", action="store_true", help="skip decoding the panoptic PNGs")
     validate.add_argument("--json", action="store_true", help="print the full report as JSON")
     validate.add_argument(
-        "--max-issues", type=non_negative_int, default=50, help="issues listed in the text report"
+        "--max_issues", type=non_negative_int, default=50, help="issues listed in the text report"
     )
     validate.set_defaults(func=_validate)
 
@@ -67,14 +68,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="write a synthetic PNG dataset in the official layout and print its statistics",
     )
     synthetic.add_argument("output_dir")
-    synthetic.add_argument("--num-train", type=non_negative_int, default=2000)
-    synthetic.add_argument("--num-validation", type=non_negative_int, default=500)
+    synthetic.add_argument("--num_train", type=non_negative_int, default=2000)
+    synthetic.add_argument("--num_validation", type=non_negative_int, default=500)
     synthetic.add_argument(
-        "--image-size", type=positive_int, nargs="+", default=[128], metavar="SIZE", help="S (square) or H W"
+        "--image_size", type=positive_int, nargs="+", default=[128], metavar="SIZE", help="S (square) or H W"
     )
-    synthetic.add_argument("--level", default="hard", help="easy, medium or hard")
+    synthetic.add_argument("--level", default="hard", help=f"synthetic difficulty: {', '.join(LEVELS)}")
     synthetic.add_argument("--seed", type=seed, default=0)
-    synthetic.add_argument("--num-workers", type=positive_int, default=None, help="default: all CPU cores")
+    synthetic.add_argument("--num_workers", type=positive_int, default=None, help="default: all CPU cores")
     synthetic.add_argument("--json", action="store_true", help="print the statistics as JSON")
     synthetic.set_defaults(func=_make_synthetic)
 
@@ -82,12 +83,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _prepare_data(args: argparse.Namespace) -> int:
     import datasets
 
-    from .builder import PanopticNarrativeGroundingBuilder
-    from .export import export_parquet, push_png_dataset_to_hub
+    from ..data.builder import PanopticNarrativeGroundingBuilder
+    from ..data.export import export_parquet, push_png_dataset_to_hub
 
     if not args.output_dir and not args.push_to_hub and not args.cache_dir:
         print(
-            "prepare-data: give --output-dir, --push-to-hub or --cache-dir (where the result goes)",
+            "prepare-data: give --output_dir, --push_to_hub or --cache_dir (where the result goes)",
             file=sys.stderr,
         )
         return 2
@@ -127,7 +128,7 @@ def _prepare_data(args: argparse.Namespace) -> int:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    from .validation import validate_png_directory
+    from ..data.validation import validate_png_directory
 
     report = validate_png_directory(
         args.data_dir, args.splits, check_pixels=not args.no_pixel_check, progress=not args.json
@@ -137,10 +138,10 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _make_synthetic(args: argparse.Namespace) -> int:
-    from .synthetic import generate_synthetic_dataset
+    from ..data.synthetic import generate_synthetic_dataset
 
     if len(args.image_size) not in (1, 2):
-        print("make-synthetic: --image-size takes S or H W", file=sys.stderr)
+        print("make-synthetic: --image_size takes S or H W", file=sys.stderr)
         return 2
     size = args.image_size[0] if len(args.image_size) == 1 else tuple(args.image_size)
     try:

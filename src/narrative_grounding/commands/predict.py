@@ -12,7 +12,7 @@ Outputs in --output:
   predictions.jsonl        one line a record: id, image, narrative, phrases, spans, scores, masks (PNG file
                            names with --format png, COCO RLE dicts with --format rle)
   masks/<id>/<k>.png       phrase k's mask, 0/255 (with --format png)
-  overlays/<id>.png        masks over the image with the coloured narrative (unless --no-overlay)
+  overlays/<id>.png        masks over the image with the coloured narrative (unless --no_overlay)
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import numpy as np
 import PIL.Image
 from tqdm.auto import tqdm
 
-from .argument_types import max_length, torch_device, unit_interval
+from ..argument_types import max_length, torch_device, unit_interval
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
@@ -57,12 +57,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--threshold", type=unit_interval, default=0.5, help="mask probability threshold in [0, 1] (0.5)"
     )
-    parser.add_argument("--no-overlay", action="store_true", help="do not write overlay pictures")
+    parser.add_argument("--no_overlay", action="store_true", help="do not write overlay pictures")
     parser.add_argument(
-        "--overlapping-windows", action="store_true", help="encode long narratives in windows"
+        "--overlapping_windows", action="store_true", help="encode long narratives in windows"
     )
     parser.add_argument(
-        "--max-length", type=max_length, help="WordPiece tokens per sequence (processor default)"
+        "--max_length", type=max_length, help="WordPiece tokens per sequence (processor default)"
     )
     parser.add_argument(
         "--device", type=torch_device, default="cpu", help="torch device (cpu, cuda, cuda:1, ...)"
@@ -156,9 +156,9 @@ def _record(record: dict[str, Any], where: str, *, default_id: str, image: Path)
 def run(args: argparse.Namespace) -> int:
     import torch  # heavy imports only when the command runs
 
-    from .modeling.modeling_png import PngForPanopticNarrativeGrounding
-    from .modeling.processing_png import PngProcessor
-    from .visualization import draw_grounding
+    from ..modeling.modeling_png import PngForPanopticNarrativeGrounding
+    from ..modeling.processing_png import PngProcessor
+    from ..visualization import draw_grounding
 
     records = iter_records(args)
     model_dir = Path(args.model)
@@ -169,7 +169,7 @@ def run(args: argparse.Namespace) -> int:
     # tensors usable by anything that might still want them.
     no_gradients = torch.no_grad
     if args.fast:
-        from .inference_optimization import optimize_for_inference
+        from ..inference_optimization import optimize_for_inference
 
         optimize_for_inference(model)
         no_gradients = torch.inference_mode

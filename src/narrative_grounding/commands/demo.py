@@ -17,7 +17,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .argument_types import non_negative_int, positive_float, positive_int, seed
+from ..argument_types import non_negative_int, positive_float, positive_int, seed
+from ..data.synthetic.levels import LEVELS
+from ..metrics import AVERAGE_RECALL_KEYS, AVERAGE_RECALL_SPLITS
 
 #: What the demo trains, unless told otherwise. Tuned on 2 CPU cores (see docs/quickstart.md).
 DEFAULTS = {
@@ -41,16 +43,7 @@ DEFAULTS = {
 OVERLAY_MIN_WIDTH = 384
 CURVE_CSV = "ar_vs_time.csv"
 CURVE_PNG = "ar_vs_time.png"
-CURVE_COLUMNS = (
-    "train_seconds",
-    "step",
-    "epoch",
-    "average_recall",
-    "average_recall_things",
-    "average_recall_stuff",
-    "average_recall_singular",
-    "average_recall_plural",
-)
+CURVE_COLUMNS = ("train_seconds", "step", "epoch", *AVERAGE_RECALL_KEYS)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -62,41 +55,41 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
-        "--output-dir", default="runs/demo", help="model, curve and pictures (default: %(default)s)"
+        "--output_dir", default="runs/demo", help="model, curve and pictures (default: %(default)s)"
     )
     parser.add_argument("--model", default=DEFAULTS["model"], help="variant name (default: %(default)s)")
     parser.add_argument(
-        "--level", default=DEFAULTS["level"], choices=("easy", "medium", "hard"), help="synthetic difficulty"
+        "--level", default=DEFAULTS["level"], choices=list(LEVELS), help="synthetic difficulty"
     )
     parser.add_argument(
-        "--time-budget",
+        "--time_budget",
         type=positive_float,
         default=DEFAULTS["time_budget"],
         help="seconds of training (evaluation not counted; default: %(default)s)",
     )
     parser.add_argument("--threads", type=positive_int, default=DEFAULTS["threads"], help="torch CPU threads")
     parser.add_argument(
-        "--dataloader-workers",
+        "--dataloader_workers",
         type=non_negative_int,
         default=DEFAULTS["dataloader_workers"],
         help="data-loading worker processes (default: %(default)s)",
     )
     parser.add_argument(
-        "--num-train", type=positive_int, default=DEFAULTS["num_train"], help="synthetic training images"
+        "--num_train", type=positive_int, default=DEFAULTS["num_train"], help="synthetic training images"
     )
-    parser.add_argument("--num-validation", type=positive_int, default=DEFAULTS["num_validation"])
-    parser.add_argument("--image-size", type=positive_int, default=DEFAULTS["image_size"])
-    parser.add_argument("--batch-size", type=positive_int, default=DEFAULTS["batch_size"])
-    parser.add_argument("--learning-rate", type=positive_float, default=DEFAULTS["learning_rate"])
+    parser.add_argument("--num_validation", type=positive_int, default=DEFAULTS["num_validation"])
+    parser.add_argument("--image_size", type=positive_int, default=DEFAULTS["image_size"])
+    parser.add_argument("--batch_size", type=positive_int, default=DEFAULTS["batch_size"])
+    parser.add_argument("--learning_rate", type=positive_float, default=DEFAULTS["learning_rate"])
     parser.add_argument(
-        "--eval-every-seconds",
+        "--eval_every_seconds",
         type=positive_float,
         default=DEFAULTS["eval_every_seconds"],
         help="evaluate every N seconds of training, for the curve",
     )
-    parser.add_argument("--num-overlays", type=non_negative_int, default=DEFAULTS["num_overlays"])
+    parser.add_argument("--num_overlays", type=non_negative_int, default=DEFAULTS["num_overlays"])
     parser.add_argument(
-        "--data-dir", default=None, help="synthetic data cache (default: ~/.cache/narrative_grounding)"
+        "--data_dir", default=None, help="synthetic data cache (default: ~/.cache/narrative_grounding)"
     )
     parser.add_argument("--seed", type=seed, default=DEFAULTS["seed"])
     parser.add_argument(
@@ -107,7 +100,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def training_arguments(args: argparse.Namespace) -> argparse.Namespace:
     """The `training/train.py` options the demo runs with (the same parser, so nothing is duplicated)."""
-    from .training import parse_args
+    from ..training import parse_args
 
     argv = [
         "--model", args.model,
@@ -153,11 +146,8 @@ def write_curve(history: list[dict[str, Any]], output_dir: Path) -> tuple[Path, 
             writer.writerow([entry.get(column, "") for column in CURVE_COLUMNS])
     figure, axis = plt.subplots(figsize=(6, 4))
     seconds = [entry["train_seconds"] for entry in history]
-    for key, label in (
-        ("average_recall", "overall"),
-        ("average_recall_things", "things"),
-        ("average_recall_stuff", "stuff"),
-    ):
+    # overall, things and stuff: the singular / plural lines crowd the small picture
+    for key, label in zip(AVERAGE_RECALL_KEYS[:3], ("overall", *AVERAGE_RECALL_SPLITS[:2]), strict=True):
         axis.plot(seconds, [100 * entry.get(key, math.nan) for entry in history], marker="o", label=label)
     axis.set_xlabel("training time (s)")
     axis.set_ylabel("Average Recall (%)")
@@ -185,10 +175,10 @@ def write_overlays(model_dir: Path, dataset: Any, output_dir: Path, count: int) 
     import PIL.Image
     import torch
 
-    from .modeling.modeling_png import PngForPanopticNarrativeGrounding
-    from .modeling.processing_png import PngProcessor
-    from .training.collate import row_phrase_masks
-    from .visualization import draw_grounding
+    from ..modeling.modeling_png import PngForPanopticNarrativeGrounding
+    from ..modeling.processing_png import PngProcessor
+    from ..training.collate import row_phrase_masks
+    from ..visualization import draw_grounding
 
     model = PngForPanopticNarrativeGrounding.from_pretrained(str(model_dir)).eval()
     processor = PngProcessor.from_pretrained(str(model_dir))
@@ -230,8 +220,8 @@ def write_overlays(model_dir: Path, dataset: Any, output_dir: Path, count: int) 
 def run_demo(args: argparse.Namespace) -> int:
     import torch
 
-    from .training import format_average_recall_table, train
-    from .training.data import load_training_data
+    from ..training import format_average_recall_table, train
+    from ..training.data import load_training_data
 
     logging.getLogger("accelerate").setLevel(logging.WARNING)
     if args.threads:

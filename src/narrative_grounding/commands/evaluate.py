@@ -11,7 +11,8 @@ import argparse
 import json
 from pathlib import Path
 
-from .argument_types import positive_int, seed
+from ..argument_types import positive_int, seed
+from ..data.synthetic.levels import LEVELS
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -23,17 +24,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("model", help="a folder saved with save_pretrained, or a Hub repo id")
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--data-dir", help="root of the official PNG layout")
-    source.add_argument("--dataset-name", help="prepared dataset: save_to_disk / Parquet folder / Hub repo")
-    source.add_argument("--synthetic", choices=("easy", "medium", "hard"), help="synthetic level")
+    source.add_argument("--data_dir", help="root of the official PNG layout")
+    source.add_argument("--dataset_name", help="prepared dataset: save_to_disk / Parquet folder / Hub repo")
+    source.add_argument("--synthetic", choices=list(LEVELS), help="synthetic level")
     parser.add_argument("--split", default="validation")
     parser.add_argument("--protocol", choices=("original", "stride4"), default="original")
-    parser.add_argument("--batch-size", type=positive_int, default=16)
-    parser.add_argument("--max-samples", type=positive_int, default=None)
-    parser.add_argument("--synthetic-num-validation", type=positive_int, default=200)
-    parser.add_argument("--synthetic-image-size", type=positive_int, default=128)
-    parser.add_argument("--synthetic-seed", type=seed, default=0)
-    parser.add_argument("--synthetic-dir", default=None, help="synthetic data cache folder")
+    parser.add_argument("--batch_size", type=positive_int, default=16)
+    parser.add_argument("--max_samples", type=positive_int, default=None)
+    parser.add_argument("--synthetic_num_validation", type=positive_int, default=200)
+    parser.add_argument("--synthetic_image_size", type=positive_int, default=128)
+    parser.add_argument("--synthetic_seed", type=seed, default=0)
+    parser.add_argument("--synthetic_dir", default=None, help="synthetic data cache folder")
     parser.add_argument("--revision", default=None)
     parser.add_argument("--token", default=None)
     parser.add_argument("--json", dest="json_path", default=None, help="also write the results to this file")
@@ -45,12 +46,12 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from accelerate import Accelerator
     from torch.utils.data import DataLoader
 
-    from .modeling.modeling_png import PngForPanopticNarrativeGrounding
-    from .modeling.processing_png import PngProcessor
-    from .training.collate import PngCollator
-    from .training.data import load_training_data, select_split
-    from .training.distributed import cpu_multiprocess_launch
-    from .training.evaluation import evaluate_average_recall, format_average_recall_table, scalar_metrics
+    from ..modeling.modeling_png import PngForPanopticNarrativeGrounding
+    from ..modeling.processing_png import PngProcessor
+    from ..training.collate import PngCollator
+    from ..training.data import load_training_data, select_split
+    from ..training.distributed import cpu_multiprocess_launch
+    from ..training.evaluation import evaluate_average_recall, format_average_recall_table, scalar_metrics
 
     accelerator = Accelerator(cpu=cpu_multiprocess_launch())
     model = PngForPanopticNarrativeGrounding.from_pretrained(
