@@ -14,7 +14,7 @@ from tiny_models import TEST_VOCAB_SIZE, make_inputs, tiny_config
 
 from narrative_grounding import PngConfig, PngForPanopticNarrativeGrounding, load_config
 from narrative_grounding.modeling.attention import CrossAttention, LocalityPerceptiveAttention, grid_distance
-from narrative_grounding.modeling.heads_drmn import DrmnHead, RefinementRound
+from narrative_grounding.modeling.heads_drmn import DrmnHead
 from narrative_grounding.modeling.heads_epng import CommunicatorLayer, EpngHead
 from narrative_grounding.modeling.losses import (
     SAMPLES,
@@ -400,3 +400,36 @@ def test_released_epoch_ema_matches_the_release_aliasing():
             p.data = shadow[name]
         for (name, ours), theirs in zip(model.named_parameters(), reference.parameters(), strict=True):
             torch.testing.assert_close(ours, theirs, msg=f"epoch {epoch}: {name}")
+
+
+@pytest.mark.slow
+def test_released_recipe_trains_end_to_end_with_the_release_ema(tmp_path):
+    from safetensors.torch import load_file
+
+    from narrative_grounding.training import train
+
+    def run(name: str, *extra: str):
+        argv = [
+            "--synthetic", "easy", "--synthetic_num_train", "8", "--synthetic_num_validation", "4",
+            "--synthetic_image_size", "64", "--synthetic_dir", str(tmp_path / "synthetic"),
+            "--dataset_cache_dir", str(tmp_path / "arrow"), "--output_dir", str(tmp_path / name),
+            "--optimization", "epng-released", "--learning_rate", "1e-2", "--per_device_train_batch_size", "2",
+            "--gradient_accumulation_steps", "2", "--num_train_epochs", "1", "--eval_image_size", "128",
+            "--config_overrides", '{"lpa_implementation": "direct"}', "--report_to", "none",
+            "--no_progress_bar", "--cpu", "--seed", "3", *extra,
+        ]  # fmt: skip
+        result = train(parse_args(argv))
+        return result, load_file(tmp_path / name / "model.safetensors")
+
+    with_ema, averaged = run("ema")
+    _, trained = run("no-ema", "--ema_decay", "0")
+    assert with_ema.completed_steps == 2 and with_ema.metrics["num_phrases"] > 0  # evaluated at 128 x 128
+    torch.manual_seed(3)  # the trainer's set_seed(3) before building the model: the initial weights
+    from narrative_grounding.training.loading import load_model_and_processor
+
+    initial = load_model_and_processor("epng-tiny", config_overrides='{"lpa_implementation": "direct"}')[0]
+    initial = initial.state_dict()
+    name = "head.phrase_projection.weight"
+    assert not torch.allclose(trained[name], initial[name])  # the step moved it
+    # after the first epoch the release's EMA leaves 0.999 x initial + 0.001 x trained
+    torch.testing.assert_close(averaged[name], 0.999 * initial[name] + 0.001 * trained[name])
