@@ -176,6 +176,16 @@ def test_mask_losses_at_input_size_per_sample_match_the_release():
     torch.testing.assert_close(dice_sum / counts[SAMPLES], expected_dice / 2)
 
 
+def test_input_size_losses_run_under_bfloat16_autocast():
+    logits = torch.randn(1, 2, 4, 4, requires_grad=True)
+    labels = (torch.rand(1, 2, 16, 16) > 0.5).float()
+    args = (labels, torch.ones(1, 2, dtype=torch.bool), torch.ones(1, 16, 16, dtype=torch.bool))
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # torch refuses plain BCE on probabilities there
+        bce, dice = mask_loss_sums(logits, *args, resolution="input")
+    torch.testing.assert_close(bce, mask_loss_sums(logits, *args, resolution="input")[0])
+    (bce + dice).backward()
+
+
 def test_released_sal_on_two_phrases_and_sixteen_pixels():
     generator = torch.Generator().manual_seed(0)
     phrases = torch.randn(1, 2, 3, generator=generator) * 4  # B x P x D

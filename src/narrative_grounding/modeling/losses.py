@@ -97,10 +97,12 @@ def mask_loss_terms(
         bce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
         probs = logits.sigmoid()
     else:
-        probs = F.interpolate(
-            logits.sigmoid(), size=targets.shape[-2:], mode="bilinear", align_corners=False
-        ).clamp(0.0, 1.0)  # B x P x H x W, eq. 10: Up(Sigmoid(F_N * F))
-        bce = F.binary_cross_entropy(probs, targets, reduction="none")
+        # torch refuses BCE on probabilities under autocast (it is unsafe in half precision): float32 here.
+        with torch.autocast(device_type=logits.device.type, enabled=False):
+            probs = F.interpolate(
+                logits.sigmoid(), size=targets.shape[-2:], mode="bilinear", align_corners=False
+            ).clamp(0.0, 1.0)  # B x P x H x W, eq. 10: Up(Sigmoid(F_N * F))
+            bce = F.binary_cross_entropy(probs, targets.float(), reduction="none")
     bce_per_phrase = (bce * valid).flatten(2).sum(dim=-1) / num_valid  # B x P
     probs = probs * valid
     targets = targets * valid
