@@ -326,6 +326,35 @@ def test_drmn_kernel_mlp_and_round_pixel_map_give_the_masks():
     torch.testing.assert_close(output.pred_masks, dot, atol=1e-4, rtol=1e-4)
 
 
+def test_drmn_semantic_fpn_initial_matching():
+    torch.manual_seed(0)
+    config = tiny_drmn_config(drmn_level_projection="conv_gn_relu", drmn_initial_matching="semantic_fpn")
+    head = DrmnHead(config).eval()
+    fpn = head.semantic_fpn
+    # semantic_fpn_wrapper_new.py: 1 + 1 + 2 + 3 conv3x3 + GN blocks over levels of strides 8, 8, 16, 32,
+    # then kernel_head_new.py's loc_convs (1x1 without bias + GN)
+    conv3x3, group_norm = 64 * 64 * 9 + 64, 2 * 64
+    assert sum(p.numel() for p in fpn.parameters()) == 7 * (conv3x3 + group_norm) + 64 * 64 + group_norm
+    encoded = []
+    head.encoder_layers[-1].register_forward_hook(lambda module, args, output: encoded.append(output))
+    features = {s: torch.randn(1, 32, 64 // s, 64 // s) for s in (4, 8, 16, 32)}
+    phrase_features = torch.randn(1, 2, 64)
+    output = head(features, phrase_features, torch.ones(1, 2, dtype=torch.bool))
+    shapes = [(8, 8), (8, 8), (4, 4), (2, 2)]
+    levels = [
+        level.transpose(1, 2).reshape(1, 64, *shape)
+        for level, shape in zip(encoded[0].split([64, 64, 16, 4], dim=1), shapes, strict=True)
+    ]
+    kernels = head.initial_kernels(
+        head.phrase_projection(phrase_features)
+    )  # init_kernels(text_encoder_pre(.))
+    logits = torch.einsum("bpd,bdhw->bphw", kernels, fpn(levels)) * head.logit_scale  # B x P x H/8 x W/8
+    expected = F.interpolate(logits, size=(16, 16), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(output.auxiliary_masks[0], expected)
+    with pytest.raises((ValueError, StrictDataclassClassValidationError), match="semantic_fpn"):
+        tiny_drmn_config(drmn_initial_matching="semantic_fpn")  # stride 4 cannot join a stride-8 sum
+
+
 def test_drmn_reference_preset_builds_and_groups_norms_need_width_32():
     config = load_config("drmn-r101-bert-base-reference")
     assert (config.drmn_ffn_dim, config.drmn_text_conditioning, config.drmn_top_k_stride) == (256, False, 16)
@@ -338,6 +367,7 @@ def test_tiny_drmn_with_every_reference_switch_trains():
     config = tiny_drmn_config(
         drmn_level_projection="conv_gn_relu", drmn_top_k_stride=16, drmn_kernel_mlp_layers=3,
         drmn_round_pixel_projection=True, drmn_text_conditioning=False, drmn_ffn_dim=64, drmn_top_k=8,
+        drmn_initial_matching="semantic_fpn",
     )  # fmt: skip
     model = PngForPanopticNarrativeGrounding(config).train()
     output = model(**make_inputs([2, 1], with_labels=True))

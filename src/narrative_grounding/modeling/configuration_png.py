@@ -28,6 +28,7 @@ RELEASED_SWITCH_CHOICES = {
     "sal_aggregation": ("mean_log", "log_sum"),
     "sal_directions": ("both", "phrase_to_pixel"),
     "drmn_level_projection": ("linear", "conv_gn_relu"),
+    "drmn_initial_matching": ("kernel", "semantic_fpn"),
 }
 DRMN_GROUP_NORM_GROUPS = 32  # the reference's GroupNorm(32, C)
 
@@ -113,7 +114,8 @@ class PngConfig(PreTrainedConfig):
         the positives (eqs. 13-14) or -log of their summed probability (release); both directions (paper) or
         phrase -> pixels only (release).
     drmn_level_projection (`"linear"` | `"conv_gn_relu"`), drmn_top_k_stride (8 | 16), drmn_kernel_mlp_layers
-        (0 | 3), drmn_round_pixel_projection (False | True): DRMN's reference reconstruction (see heads_drmn.py).
+        (0 | 3), drmn_round_pixel_projection (False | True), drmn_initial_matching (`"kernel"` |
+        `"semantic_fpn"`): DRMN's reference reconstruction (see heads_drmn.py).
     drmn_* : the DRMN head's hyper-parameters (see `heads_drmn.py`): width `drmn_hidden_dim` (256),
         `drmn_encoder_layers` deformable encoder layers (2) with `drmn_num_heads` heads (8), `drmn_num_levels`
         FPN levels (4; fewer keep stride 8 and drop stride 4 first: 1 -> {8}, 2 -> {8, 16}, 3 -> {8, 16, 32})
@@ -203,6 +205,7 @@ class PngConfig(PreTrainedConfig):
         0  # 3: Linear + LN + ReLU layers, then a Linear, phrase -> kernel (reference)
     )
     drmn_round_pixel_projection: bool = False  # True: each round's own conv + GN + ReLU pixel map (reference)
+    drmn_initial_matching: str = "kernel"  # "semantic_fpn": a K-Net style semantic FPN map (reference)
     # --- end released-code switches ---
 
     initializer_range: float = 0.02
@@ -273,7 +276,21 @@ class PngConfig(PreTrainedConfig):
             raise ValueError(f"drmn_top_k_stride must be 8 or 16, got {self.drmn_top_k_stride}")
         if self.grounding_head == "drmn" and self.drmn_top_k_stride == 16 and self.drmn_num_levels < 2:
             raise ValueError("drmn_top_k_stride=16 needs the stride-16 level: drmn_num_levels >= 2")
-        uses_group_norm = self.drmn_level_projection == "conv_gn_relu" or self.drmn_round_pixel_projection
+        if (
+            self.grounding_head == "drmn"
+            and self.drmn_initial_matching == "semantic_fpn"
+            and self.drmn_num_levels == 4
+            and self.drmn_level_projection != "conv_gn_relu"
+        ):
+            raise ValueError(
+                "drmn_initial_matching='semantic_fpn' merges levels of stride 8 and coarser: with drmn_num_levels=4 "
+                "it needs drmn_level_projection='conv_gn_relu' (which reduces stride 4 to 8)"
+            )
+        uses_group_norm = (
+            self.drmn_level_projection == "conv_gn_relu"
+            or self.drmn_round_pixel_projection
+            or self.drmn_initial_matching == "semantic_fpn"
+        )
         if (
             self.grounding_head == "drmn"
             and uses_group_norm

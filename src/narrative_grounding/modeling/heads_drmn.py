@@ -30,13 +30,16 @@ Choices the paper leaves open, and what this implementation does:
   `drmn_top_k_stride=16` (top-k pixels picked on the stride-16 level), `drmn_kernel_mlp_layers=3` (the
   round's mask kernel is an MLP of the phrase state, which itself goes on to the next round) and
   `drmn_round_pixel_projection=True` (each round matches its kernel against its own conv + GN + ReLU of
-  the stride-8 map).
+  the stride-8 map), `drmn_initial_matching="semantic_fpn"` (the initial masks and every round's pixel map
+  come from a K-Net style semantic FPN over the encoded levels, with a Linear to the initial kernels).
 - Padded phrases: the encoder's cross-attention never reads them and a round only reads its own phrase, so
   they cannot change a real phrase's output; their own logits are computed but meaningless (the loss and
   the metric ignore them through `phrase_mask`). A narrative without real phrases gets no text context.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -98,6 +101,47 @@ def level_projection(config, stride: int) -> nn.Module:
             return _conv_gn_relu(channels, d_model, kernel_size=4, stride=2, padding=1)
         return _conv_gn_relu(channels, d_model, kernel_size=1)
     return nn.Identity() if channels == d_model else nn.Conv2d(channels, d_model, 1)
+
+
+def encoded_level_strides(config) -> tuple[int, ...]:
+    """Strides of the levels the DRMN encoder reads, after the level projection (P2 reduced to stride 8 by
+    `drmn_level_projection="conv_gn_relu"`)."""
+    strides = drmn_level_strides(config.drmn_num_levels)
+    if config.drmn_level_projection == "conv_gn_relu":
+        return tuple(MATCHING_STRIDE if stride == 4 else stride for stride in strides)
+    return strides
+
+
+class SemanticFpn(nn.Module):
+    """The reference's K-Net style semantic FPN for the initial matching (`drmn_initial_matching=
+    "semantic_fpn"`): each encoded level (strides 8-32) through 3x3 conv + GroupNorm + ReLU blocks with a
+    x2 nearest upsampling between blocks until stride 8, sine positions added to the coarsest level first,
+    the levels summed, then a 1x1 conv (no bias) + GN + ReLU. Returns the B x D x H/8 x W/8 map the initial
+    kernels and every round's masks are matched against."""
+
+    def __init__(self, d_model: int, strides: tuple[int, ...]) -> None:
+        super().__init__()
+        self.branches = nn.ModuleList()
+        for stride in strides:
+            blocks = [_conv_gn_relu(d_model, d_model, kernel_size=3, padding=1)]
+            for _ in range(int(math.log2(stride // MATCHING_STRIDE))):
+                blocks += [
+                    nn.Upsample(scale_factor=2.0),
+                    _conv_gn_relu(d_model, d_model, kernel_size=3, padding=1),
+                ]
+            self.branches.append(nn.Sequential(*blocks))
+        self.output = _conv_gn_relu(d_model, d_model, kernel_size=1, bias=False)
+
+    def forward(self, levels: list[torch.Tensor]) -> torch.Tensor:
+        """levels: B x D x H_l x W_l encoded maps, fine to coarse."""
+        coarsest = levels[-1]
+        height, width = coarsest.shape[-2:]
+        positions = sine_position_embedding(
+            height, width, coarsest.shape[1], device=coarsest.device, dtype=coarsest.dtype
+        )
+        levels = [*levels[:-1], coarsest + positions.transpose(0, 1).reshape(1, -1, height, width)]
+        summed = sum(branch(level) for branch, level in zip(self.branches, levels, strict=True))
+        return self.output(summed)  # B x D x H/8 x W/8
 
 
 def kernel_mlp(d_model: int, num_layers: int) -> nn.Module:
@@ -248,6 +292,11 @@ class DrmnHead(nn.Module):
             DeformableEncoderLayer(config) for _ in range(config.drmn_encoder_layers)
         )
         self.rounds = nn.ModuleList(RefinementRound(config) for _ in range(config.drmn_refinement_rounds))
+        # The reference's initial matching: a semantic FPN map and a Linear from phrase features to kernels.
+        self.semantic_fpn = self.initial_kernels = None
+        if config.drmn_initial_matching == "semantic_fpn":
+            self.semantic_fpn = SemanticFpn(d_model, encoded_level_strides(config))
+            self.initial_kernels = nn.Linear(d_model, d_model)
         # Kernel . pixel products of D-dim LayerNormed features grow like sqrt(D): keep logits O(1).
         self.logit_scale = d_model**-0.5
 
@@ -309,6 +358,14 @@ class DrmnHead(nn.Module):
                 selection = F.interpolate(logits, size=selection_shape, mode="bilinear", align_corners=False)
             return selection.flatten(2), upsampled  # B x P x Ns, B x P x H/4 x W/4
 
+        if self.semantic_fpn is not None:
+            matching_map = self.semantic_fpn(
+                [
+                    level.transpose(1, 2).reshape(batch, d_model, *shape)
+                    for level, shape in zip(pixels.split(sizes, dim=1), level_shapes, strict=True)
+                ]
+            )  # B x D x H/8 x W/8
+            phrases = self.initial_kernels(phrases)  # B x P x D: the initial kernels and phrase states
         pixel_map = matching_map
         scores, masks = match(phrases, pixel_map)
         all_masks = [masks]
