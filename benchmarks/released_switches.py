@@ -8,6 +8,8 @@ default, with a verdict: "matters" when the difference exceeds the larger of the
 "not resolved" otherwise.
 
 Notes on the rows:
+- "all reference" sets every DRMN switch but `drmn_initial_matching` (its own row), with the tiny model's
+  width as FFN (the reference's FFN equals its width) and top-8 of the 16 stride-16 pixels at 128 px.
 - `sal_similarity=dot` is measured with the release's temperature 10 (raw dot products / 0.1 would be
   nobody's reading); the "all released" and "paper" rows set every switch of `epng-r101-bert-base-released`
   / `-paper` (the model sizes stay tiny).
@@ -85,6 +87,12 @@ def build_groups() -> dict[str, list[tuple[str, str, dict]]]:
         ("top-k on stride 16", "drmn-tiny", {"drmn_top_k_stride": 16, "drmn_top_k": 8}),
         ("3-layer kernel MLP", "drmn-tiny", {"drmn_kernel_mlp_layers": 3}),
         ("per-round pixel map", "drmn-tiny", {"drmn_round_pixel_projection": True}),
+        (
+            "semantic-FPN initial matching",
+            "drmn-tiny",
+            {"drmn_level_projection": "conv_gn_relu", "drmn_initial_matching": "semantic_fpn"},
+        ),
+        # every switch above but the initial matching (measured before the semantic FPN was a switch)
         ("all reference", "drmn-tiny", {**reference, "drmn_ffn_dim": 64, "drmn_top_k": 8}),
     ]
     return {"epng": epng, "drmn": drmn}
