@@ -19,6 +19,7 @@ Notes on the rows:
 
     python benchmarks/released_switches.py                                   # 3 seeds, 600 s per run
     python benchmarks/released_switches.py --budget-seconds 30 --seeds 0 1 2 --groups epng
+    python benchmarks/released_switches.py --budget-steps 30     # equal steps: immune to machine load
     python benchmarks/released_switches.py --budget-seconds 20 --rows default "all released"  # a subset
 """
 
@@ -134,7 +135,16 @@ def main(argv: list[str] | None = None) -> dict:
     )
     parser.add_argument("--groups", nargs="+", choices=("epng", "drmn"), default=["epng", "drmn"])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--budget-seconds", type=float, default=600.0, help="training seconds per run")
+    budget = parser.add_mutually_exclusive_group()
+    budget.add_argument(
+        "--budget-seconds", type=float, default=None, help="training seconds per run (default 600)"
+    )
+    budget.add_argument(
+        "--budget-steps",
+        type=int,
+        default=None,
+        help="optimizer steps per run instead: immune to other load on the machine",
+    )
     parser.add_argument("--num-train", type=int, default=1000)
     parser.add_argument("--num-validation", type=int, default=200)
     parser.add_argument("--batch-size", type=int, default=8)
@@ -144,8 +154,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--json", default=None, help="write the record here (and FILE.runs.jsonl per run)")
     args = parser.parse_args(argv)
 
-    budget_args = ["--max_train_time", str(args.budget_seconds), "--fit_schedule_to_time"]
-    budget_text = f"{args.budget_seconds:.0f} s of training per run (batch {args.batch_size})"
+    if args.budget_steps is not None:
+        budget_args = ["--max_train_steps", str(args.budget_steps)]
+        budget_text = f"{args.budget_steps} optimizer steps per run (batch {args.batch_size})"
+    else:
+        seconds = 600.0 if args.budget_seconds is None else args.budget_seconds
+        budget_args = ["--max_train_time", str(seconds), "--fit_schedule_to_time"]
+        budget_text = f"{seconds:.0f} s of training per run (batch {args.batch_size})"
     data = {
         "num_train": args.num_train,
         "num_validation": args.num_validation,
