@@ -130,6 +130,7 @@ class LocalityPerceptiveAttention(nn.Module):
         distance_clamp: float,
         distance_form: str,
         implementation: str = "auto",
+        attention_dropout: float = 0.0,
     ) -> None:
         super().__init__()
         self.num_heads = num_heads
@@ -137,8 +138,9 @@ class LocalityPerceptiveAttention(nn.Module):
         self.distance_clamp = distance_clamp
         self.distance_form = distance_form
         self.implementation = implementation
-        # No dropout on the attention weights (flex attention has none): the communicator applies dropout
-        # to this module's output instead, so both paths compute the same function in training too.
+        # Dropout on the attention weights (EPNG's released code: 0.1). Flex attention has none, so training
+        # with it takes the direct path; at 0 (our default) the communicator's output dropout is the only one.
+        self.attention_dropout = attention_dropout
         self.qkv = nn.Linear(d_model, 3 * d_model)
         self.out_proj = nn.Linear(d_model, d_model)  # W_O of eq. 7
         # W_j of eq. 4, one learnable scalar per head, initialised to 1 (by the model's _init_weights).
@@ -146,6 +148,12 @@ class LocalityPerceptiveAttention(nn.Module):
 
     def resolve_implementation(self, query: torch.Tensor) -> str:
         """The path `forward` takes for this B x N x D input: "flex" or "direct"."""
+        drops_weights = self.training and self.attention_dropout > 0
+        if drops_weights and self.implementation == "flex":
+            raise RuntimeError(
+                "lpa_implementation='flex' cannot drop attention weights: set epng_attention_dropout=0 or use "
+                "lpa_implementation='direct' / 'auto' for training"
+            )
         if self.implementation != "auto":
             if self.implementation == "flex" and not flex_attention_available():
                 raise RuntimeError(
@@ -155,7 +163,7 @@ class LocalityPerceptiveAttention(nn.Module):
         needs_backward = torch.is_grad_enabled() and (
             query.requires_grad or any(p.requires_grad for p in self.parameters())
         )
-        if not flex_attention_available() or query.shape[1] < FLEX_MIN_TOKENS:
+        if not flex_attention_available() or query.shape[1] < FLEX_MIN_TOKENS or drops_weights:
             return "direct"
         if needs_backward and query.device.type == "cpu":
             return "direct"  # "FlexAttention does not support backward on CPU" (torch 2.15)
@@ -185,7 +193,8 @@ class LocalityPerceptiveAttention(nn.Module):
         ).to(query.dtype)  # N x N
         prior = self.prior_scale.view(-1, 1, 1) * distance  # Hd x N x N, R^j of eq. 4
         scores = (query @ key.transpose(-1, -2)) / math.sqrt(self.head_dim) * prior  # B x Hd x N x N, eq. 5
-        return scores.softmax(dim=-1) @ value  # B x Hd x N x Dh, eq. 6
+        weights = F.dropout(scores.softmax(dim=-1), self.attention_dropout, self.training)  # B x Hd x N x N
+        return weights @ value  # B x Hd x N x Dh, eq. 6
 
     def _flex(
         self,
@@ -217,9 +226,12 @@ class CrossAttention(nn.Module):
     phrase) returns zeros instead of the NaN a plain softmax over -inf would give.
     """
 
-    def __init__(self, *, d_model: int, num_heads: int, key_dim: int | None = None) -> None:
+    def __init__(
+        self, *, d_model: int, num_heads: int, key_dim: int | None = None, attention_dropout: float = 0.0
+    ) -> None:
         super().__init__()
         self.num_heads = num_heads
+        self.attention_dropout = attention_dropout  # on the attention weights, in training only
         self.head_dim = d_model // num_heads
         self.q_proj = nn.Linear(d_model, d_model)
         self.k_proj = nn.Linear(key_dim or d_model, d_model)
@@ -237,7 +249,9 @@ class CrossAttention(nn.Module):
         has_keys = key_mask.any(dim=1)  # B
         # Rows without any real key attend to everything (finite softmax) and are zeroed below.
         attend = (key_mask | ~has_keys[:, None])[:, None, None, :]  # B x 1 x 1 x P
-        attended = F.scaled_dot_product_attention(q, k, v, attn_mask=attend)  # B x Hd x N x Dh
+        attended = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=attend, dropout_p=self.attention_dropout if self.training else 0.0
+        )  # B x Hd x N x Dh
         attended = attended * has_keys.view(batch, 1, 1, 1).to(attended.dtype)
         attended = attended.transpose(1, 2).reshape(batch, num_queries, d_model)  # B x N x D
         return self.out_proj(attended)

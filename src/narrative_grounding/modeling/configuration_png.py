@@ -31,10 +31,23 @@ if TYPE_CHECKING:
     # fetched with it by a trust_remote_code load, whose copy of this class then saves them again.
     from .pipeline_png import PanopticNarrativeGroundingPipeline  # noqa: F401
 
-from .heads import GROUNDING_HEADS
 
 LPA_DISTANCE_FORMS = ("squared", "euclidean")
 LPA_IMPLEMENTATIONS = ("auto", "flex", "direct")
+# Released-code switches with a fixed set of values: the first is our earlier choice (the default).
+RELEASED_SWITCH_CHOICES = {
+    "epng_phrase_activation": ("none", "relu6"),
+    "epng_residual_norm": ("single", "double"),
+    "mask_loss_resolution": ("stride4", "input"),
+    "mask_loss_reduction": ("phrases", "samples"),
+    "sal_similarity": ("cosine", "dot"),
+    "sal_positives": ("majority", "any"),
+    "sal_aggregation": ("mean_log", "log_sum"),
+    "sal_directions": ("both", "phrase_to_pixel"),
+    "drmn_level_projection": ("linear", "conv_gn_relu"),
+    "drmn_initial_matching": ("kernel", "semantic_fpn"),
+}
+DRMN_GROUP_NORM_GROUPS = 32  # the reference's GroupNorm(32, C)
 
 # The pipeline saved with every model, as transformers' `pipeline()` reads it from config.json: the class as
 # "module.Class" of the repository, the model classes as names in `transformers` (AutoModel follows the
@@ -114,7 +127,30 @@ class PngConfig(PreTrainedConfig):
         `"none"` (plain self-attention: LPA with the prior disabled) or `"absolute"` (plain self-attention
         over pixel tokens plus a 2D sine position embedding).
     bce_loss_weight, dice_loss_weight, sal_loss_weight (`float`, defaults 2.0, 2.0, 1.0): EPNG eq. 15.
-    sal_temperature (`float`, defaults to 0.1): tau of EPNG eqs. 13-14 (the released code scales by 10).
+    sal_temperature (`float`, defaults to 0.1): tau of EPNG eqs. 13-14: similarities are divided by it. With
+        our cosine similarity 0.1 bounds the logits to [-10, 10]. The released code multiplies raw dot
+        products by 0.1, i.e. tau = 10 (the `*-released` variant); the paper gives no value.
+    Released-code switches (docs/models.md has the table: paper, release, ours, which matter). Each default is
+    our earlier choice:
+    epng_phrase_activation (`"none"` | `"relu6"`): activation after the phrase projection (release: ReLU6).
+    epng_residual_norm (`"single"` | `"double"`): one Add & LN per attention block (eqs. 8-9), or the release's
+        LN(x + LN(x + attention(x))).
+    epng_attention_dropout (`float`, 0.0): dropout on LPA's and the cross-attention's weights (release: 0.1).
+    epng_scale_mask_logits (`bool`, True): scale EPNG's mask logits by d_model^-1/2; False is eq. 10's (and the
+        release's) plain dot product.
+    mask_loss_resolution (`"stride4"` | `"input"`): BCE with logits and Dice at stride 4 against area-averaged
+        labels, or BCE and Dice on the sigmoid probabilities upsampled to the input size (eqs. 10-12, release).
+    mask_loss_reduction (`"phrases"` | `"samples"`): average every loss term over the batch's items, or per
+        sample and then over the samples (release).
+    dice_eps (`float`, 1.0): added to Dice's denominator (release: 1e-3 on each of two sums, i.e. 2e-3).
+    sal_similarity (`"cosine"` | `"dot"`), sal_positives (`"majority"` | `"any"`), sal_aggregation
+        (`"mean_log"` | `"log_sum"`), sal_directions (`"both"` | `"phrase_to_pixel"`): SAL on normalised or
+        raw features; a pixel positive when at least half / any part of it is covered; the mean of -log over
+        the positives (eqs. 13-14) or -log of their summed probability (release); both directions (paper) or
+        phrase -> pixels only (release).
+    drmn_level_projection (`"linear"` | `"conv_gn_relu"`), drmn_top_k_stride (8 | 16), drmn_kernel_mlp_layers
+        (0 | 3), drmn_round_pixel_projection (False | True), drmn_initial_matching (`"kernel"` |
+        `"semantic_fpn"`): DRMN's reference reconstruction (see heads_drmn.py).
     drmn_* : the DRMN head's hyper-parameters (see `heads_drmn.py`): width `drmn_hidden_dim` (256),
         `drmn_encoder_layers` deformable encoder layers (2) with `drmn_num_heads` heads (8), `drmn_num_levels`
         FPN levels (4; fewer keep stride 8 and drop stride 4 first: 1 -> {8}, 2 -> {8, 16}, 3 -> {8, 16, 32})
@@ -191,6 +227,30 @@ class PngConfig(PreTrainedConfig):
     sal_loss_weight: float = 1.0
     sal_temperature: float = 0.1
 
+    # --- Released-code switches (EPNG's release, DRMN's reference; docs/models.md has the table) ---
+    # Each field's default is our earlier choice; the `*-released` / `*-reference` variants set the other.
+    epng_phrase_activation: str = "none"  # "relu6": the release's ReLU6 after the phrase projection
+    epng_residual_norm: str = "single"  # "double": the release's LN(x + LN(x + sublayer(x))), 5 LNs a layer
+    epng_attention_dropout: float = 0.0  # dropout on LPA's and the cross-attention's weights (release: 0.1)
+    epng_scale_mask_logits: bool = True  # False: plain phrase . pixel dot product (EPNG eq. 10, release)
+    mask_loss_resolution: str = "stride4"  # "input": BCE + Dice on upsampled probabilities (eqs. 10-12)
+    mask_loss_reduction: str = "phrases"  # "samples": mean over each sample's phrases, then over samples
+    dice_eps: float = 1.0  # added to Dice's denominator (release: 1e-3 on each of its two sums, i.e. 2e-3)
+    sal_similarity: str = "cosine"  # "dot": raw dot product / sal_temperature (eqs. 13-14, release)
+    sal_positives: str = "majority"  # "any": a pixel is positive if any part of it is covered (release)
+    sal_aggregation: str = "mean_log"  # "log_sum": -log of the summed positive probability (release)
+    sal_directions: str = "both"  # "phrase_to_pixel": eq. 13 only (release)
+    drmn_level_projection: str = (
+        "linear"  # "conv_gn_relu": conv + GroupNorm + ReLU, stride 4 -> 8 (reference)
+    )
+    drmn_top_k_stride: int = 8  # 16: top-k pixels from the stride-16 mask and encoder level (reference)
+    drmn_kernel_mlp_layers: int = (
+        0  # 3: Linear + LN + ReLU layers, then a Linear, phrase -> kernel (reference)
+    )
+    drmn_round_pixel_projection: bool = False  # True: each round's own conv + GN + ReLU pixel map (reference)
+    drmn_initial_matching: str = "kernel"  # "semantic_fpn": a K-Net style semantic FPN map (reference)
+    # --- end released-code switches ---
+
     initializer_range: float = 0.02
     layer_norm_eps: float = 1e-5
 
@@ -256,6 +316,9 @@ class PngConfig(PreTrainedConfig):
     def validate_architecture(self) -> None:
         """Called by `@strict` after init: reject inconsistent settings with a message naming the field."""
         self._check_field_types_and_ranges()
+        # imported here, not at the top: the head modules import this module's constants
+        from .heads import GROUNDING_HEADS
+
         if self.grounding_head not in GROUNDING_HEADS:
             raise ValueError(
                 f"grounding_head must be one of {tuple(GROUNDING_HEADS)}, got {self.grounding_head!r}"
@@ -295,6 +358,47 @@ class PngConfig(PreTrainedConfig):
         if not 0.0 <= self.drmn_dropout < 1.0:
             raise ValueError(f"drmn_dropout must be in [0, 1), got {self.drmn_dropout}")
         # --- end DRMN head validation ---
+        # --- released-code switch validation ---
+        for name, allowed in RELEASED_SWITCH_CHOICES.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if not 0.0 <= self.epng_attention_dropout < 1.0:
+            raise ValueError(f"epng_attention_dropout must be in [0, 1), got {self.epng_attention_dropout}")
+        if self.dice_eps <= 0:
+            raise ValueError(
+                f"dice_eps must be > 0 (it keeps Dice finite on empty masks), got {self.dice_eps}"
+            )
+        if self.drmn_kernel_mlp_layers < 0:
+            raise ValueError(f"drmn_kernel_mlp_layers must be >= 0, got {self.drmn_kernel_mlp_layers}")
+        if self.grounding_head == "drmn" and self.drmn_top_k_stride not in (8, 16):
+            raise ValueError(f"drmn_top_k_stride must be 8 or 16, got {self.drmn_top_k_stride}")
+        if self.grounding_head == "drmn" and self.drmn_top_k_stride == 16 and self.drmn_num_levels < 2:
+            raise ValueError("drmn_top_k_stride=16 needs the stride-16 level: drmn_num_levels >= 2")
+        if (
+            self.grounding_head == "drmn"
+            and self.drmn_initial_matching == "semantic_fpn"
+            and self.drmn_num_levels == 4
+            and self.drmn_level_projection != "conv_gn_relu"
+        ):
+            raise ValueError(
+                "drmn_initial_matching='semantic_fpn' merges levels of stride 8 and coarser: with drmn_num_levels=4 "
+                "it needs drmn_level_projection='conv_gn_relu' (which reduces stride 4 to 8)"
+            )
+        uses_group_norm = (
+            self.drmn_level_projection == "conv_gn_relu"
+            or self.drmn_round_pixel_projection
+            or self.drmn_initial_matching == "semantic_fpn"
+        )
+        if (
+            self.grounding_head == "drmn"
+            and uses_group_norm
+            and self.drmn_hidden_dim % DRMN_GROUP_NORM_GROUPS
+        ):
+            raise ValueError(
+                f"drmn_hidden_dim ({self.drmn_hidden_dim}) must be divisible by {DRMN_GROUP_NORM_GROUPS} "
+                "for the GroupNorm of drmn_level_projection='conv_gn_relu' / drmn_round_pixel_projection"
+            )
+        # --- end released-code switch validation ---
         if self.text_layers_to_average < 1:
             raise ValueError(f"text_layers_to_average must be >= 1, got {self.text_layers_to_average}")
         # --- text layer averaging bound ---

@@ -24,6 +24,14 @@ Choices the paper leaves open, and what this implementation does:
   number of stride-8 pixels). Selection is per phrase: no phrase's choice depends on another phrase.
 - The re-encoded top-k features feed the phrase update only; the shared pixel map is the encoder output
   in every round (per-phrase pixel maps would cost P x the memory).
+- Switches for the choices of the reference reconstruction (JaMesLiMers/DRMN, recovered from bytecode; see
+  docs/models.md): `drmn_level_projection="conv_gn_relu"` (each level through conv + GroupNorm(32) + ReLU,
+  the stride-4 level reduced to stride 8 by a 4x4 stride-2 conv, so the encoder reads {8, 8, 16, 32}),
+  `drmn_top_k_stride=16` (top-k pixels picked on the stride-16 level), `drmn_kernel_mlp_layers=3` (the
+  round's mask kernel is an MLP of the phrase state, which itself goes on to the next round) and
+  `drmn_round_pixel_projection=True` (each round matches its kernel against its own conv + GN + ReLU of
+  the stride-8 map), `drmn_initial_matching="semantic_fpn"` (the initial masks and every round's pixel map
+  come from a K-Net style semantic FPN over the encoded levels, with a Linear to the initial kernels).
 - Padded phrases: the encoder's cross-attention never reads them and a round only reads its own phrase, so
   they cannot change a real phrase's output; their own logits are computed but meaningless (the loss and
   the metric ignore them through `phrase_mask`). A narrative without real phrases gets no text context.
@@ -31,11 +39,14 @@ Choices the paper leaves open, and what this implementation does:
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .attention import CrossAttention
+from .configuration_png import DRMN_GROUP_NORM_GROUPS
 from .deformable_attention import MultiScaleDeformableAttention
 from .head_output import GroundingHeadOutput
 from .position_encoding import sine_position_embedding
@@ -71,6 +82,77 @@ def _feed_forward(d_model: int, hidden: int, dropout: float) -> nn.Sequential:
     return nn.Sequential(
         nn.Linear(d_model, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, d_model)
     )
+
+
+def _conv_gn_relu(in_channels: int, out_channels: int, **conv_kwargs) -> nn.Sequential:
+    """conv + GroupNorm(32) + ReLU, the reference's level and pixel-map projection."""
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, **conv_kwargs),
+        nn.GroupNorm(DRMN_GROUP_NORM_GROUPS, out_channels),
+        nn.ReLU(),
+    )
+
+
+def level_projection(config, stride: int) -> nn.Module:
+    """The projection of FPN level `stride` to the DRMN width (`drmn_level_projection`)."""
+    d_model, channels = config.drmn_hidden_dim, config.fpn_channels
+    if config.drmn_level_projection == "conv_gn_relu":
+        if stride == 4:  # the reference reduces P2 to stride 8: (H/4 + 2 - 4) / 2 + 1 = H/8
+            return _conv_gn_relu(channels, d_model, kernel_size=4, stride=2, padding=1)
+        return _conv_gn_relu(channels, d_model, kernel_size=1)
+    return nn.Identity() if channels == d_model else nn.Conv2d(channels, d_model, 1)
+
+
+def encoded_level_strides(config) -> tuple[int, ...]:
+    """Strides of the levels the DRMN encoder reads, after the level projection (P2 reduced to stride 8 by
+    `drmn_level_projection="conv_gn_relu"`)."""
+    strides = drmn_level_strides(config.drmn_num_levels)
+    if config.drmn_level_projection == "conv_gn_relu":
+        return tuple(MATCHING_STRIDE if stride == 4 else stride for stride in strides)
+    return strides
+
+
+class SemanticFpn(nn.Module):
+    """The reference's K-Net style semantic FPN for the initial matching (`drmn_initial_matching=
+    "semantic_fpn"`): each encoded level (strides 8-32) through 3x3 conv + GroupNorm + ReLU blocks with a
+    x2 nearest upsampling between blocks until stride 8, sine positions added to the coarsest level first,
+    the levels summed, then a 1x1 conv (no bias) + GN + ReLU. Returns the B x D x H/8 x W/8 map the initial
+    kernels and every round's masks are matched against."""
+
+    def __init__(self, d_model: int, strides: tuple[int, ...]) -> None:
+        super().__init__()
+        self.branches = nn.ModuleList()
+        for stride in strides:
+            blocks = [_conv_gn_relu(d_model, d_model, kernel_size=3, padding=1)]
+            for _ in range(int(math.log2(stride // MATCHING_STRIDE))):
+                blocks += [
+                    nn.Upsample(scale_factor=2.0),
+                    _conv_gn_relu(d_model, d_model, kernel_size=3, padding=1),
+                ]
+            self.branches.append(nn.Sequential(*blocks))
+        self.output = _conv_gn_relu(d_model, d_model, kernel_size=1, bias=False)
+
+    def forward(self, levels: list[torch.Tensor]) -> torch.Tensor:
+        """levels: B x D x H_l x W_l encoded maps, fine to coarse."""
+        coarsest = levels[-1]
+        height, width = coarsest.shape[-2:]
+        positions = sine_position_embedding(
+            height, width, coarsest.shape[1], device=coarsest.device, dtype=coarsest.dtype
+        )
+        levels = [*levels[:-1], coarsest + positions.transpose(0, 1).reshape(1, -1, height, width)]
+        summed = sum(branch(level) for branch, level in zip(self.branches, levels, strict=True))
+        return self.output(summed)  # B x D x H/8 x W/8
+
+
+def kernel_mlp(d_model: int, num_layers: int) -> nn.Module:
+    """Phrase state -> mask kernel: `num_layers` x (Linear without bias + LN + ReLU), then a Linear (the
+    reference's 3-layer mask MLP); the identity for 0 layers (the state is the kernel)."""
+    if num_layers == 0:
+        return nn.Identity()
+    layers = []
+    for _ in range(num_layers):
+        layers += [nn.Linear(d_model, d_model, bias=False), nn.LayerNorm(d_model), nn.ReLU()]
+    return nn.Sequential(*layers, nn.Linear(d_model, d_model))
 
 
 class DeformableEncoderLayer(nn.Module):
@@ -145,6 +227,13 @@ class RefinementRound(nn.Module):
         self.phrase_ffn = _feed_forward(d_model, config.drmn_ffn_dim, config.drmn_dropout)
         self.phrase_ffn_norm = nn.LayerNorm(d_model, eps=eps)
         self.dropout = nn.Dropout(config.drmn_dropout)
+        self.kernel_mlp = kernel_mlp(d_model, config.drmn_kernel_mlp_layers)
+        # The reference's per-round pixel map (1x1 conv without bias + GN + ReLU over the stride-8 map).
+        self.pixel_projection = (
+            _conv_gn_relu(d_model, d_model, kernel_size=1, bias=False)
+            if config.drmn_round_pixel_projection
+            else None
+        )
 
     def forward(
         self,
@@ -158,10 +247,11 @@ class RefinementRound(nn.Module):
         top_k: int,
     ) -> torch.Tensor:
         """
-        phrases: B x P x D phrase states (the current kernels); scores: B x P x N current logits at stride 8.
-        matching_pixels: B x N x D encoded stride-8 pixels; matching_positions: N x D; matching_centres: N x 2.
+        phrases: B x P x D phrase states; scores: B x P x N current logits on the selection level.
+        matching_pixels: B x N x D encoded pixels of the selection level (stride 8, or 16 with
+        drmn_top_k_stride=16); matching_positions: N x D; matching_centres: N x 2.
         pixels: B x N x D all encoded levels (flattened, concatenated) of shapes level_shapes.
-        Returns the new phrase states, B x P x D.
+        Returns the new phrase states, B x P x D (this round's mask kernels are `kernel_mlp` of them).
         """
         batch, num_phrases, d_model = phrases.shape
         indices = select_top_pixels(scores, top_k)  # B x P x K
@@ -191,19 +281,22 @@ class DrmnHead(nn.Module):
     def __init__(self, config) -> None:
         super().__init__()
         d_model = config.drmn_hidden_dim
-        self.strides = drmn_level_strides(config.drmn_num_levels)
+        self.strides = drmn_level_strides(config.drmn_num_levels)  # the FPN levels read (P2 may be reduced)
         self.matching_level = self.strides.index(MATCHING_STRIDE)
+        self.selection_level = self.strides.index(config.drmn_top_k_stride)  # where top-k pixels are picked
         self.top_k = config.drmn_top_k
-        self.input_projections = nn.ModuleList(
-            nn.Identity() if config.fpn_channels == d_model else nn.Conv2d(config.fpn_channels, d_model, 1)
-            for _ in self.strides
-        )
+        self.input_projections = nn.ModuleList(level_projection(config, stride) for stride in self.strides)
         self.level_embedding = nn.Embedding(len(self.strides), d_model)
         self.phrase_projection = nn.Linear(config.text_config.hidden_size, d_model)  # the phrase kernels
         self.encoder_layers = nn.ModuleList(
             DeformableEncoderLayer(config) for _ in range(config.drmn_encoder_layers)
         )
         self.rounds = nn.ModuleList(RefinementRound(config) for _ in range(config.drmn_refinement_rounds))
+        # The reference's initial matching: a semantic FPN map and a Linear from phrase features to kernels.
+        self.semantic_fpn = self.initial_kernels = None
+        if config.drmn_initial_matching == "semantic_fpn":
+            self.semantic_fpn = SemanticFpn(d_model, encoded_level_strides(config))
+            self.initial_kernels = nn.Linear(d_model, d_model)
         # Kernel . pixel products of D-dim LayerNormed features grow like sqrt(D): keep logits O(1).
         self.logit_scale = d_model**-0.5
 
@@ -241,22 +334,42 @@ class DrmnHead(nn.Module):
         matching_pixels = pixels.split(sizes, dim=1)[self.matching_level]  # B x N8 x D
         stride4_size = features[4].shape[-2:]
 
-        def match(kernels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            """Stride-8 logits B x P x N8 (for top-k) and stride-4 logits B x P x H/4 x W/4."""
-            logits = torch.bmm(kernels, matching_pixels.transpose(1, 2)) * self.logit_scale  # B x P x N8
-            if logits.shape[1] == 0:  # no phrase in the whole batch: empty masks (interpolate rejects them)
-                return logits, logits.reshape(batch, 0, *stride4_size)
-            height, width = level_shapes[self.matching_level]
-            upsampled = F.interpolate(
-                logits.view(batch, logits.shape[1], height, width),
-                size=stride4_size,
-                mode="bilinear",
-                align_corners=False,
-            )  # B x P x H/4 x W/4
-            return logits, upsampled
+        matching_shape = level_shapes[self.matching_level]
+        matching_map = matching_pixels.transpose(1, 2).reshape(
+            batch, d_model, *matching_shape
+        )  # B x D x H/8 x W/8
+        selection_pixels = pixels.split(sizes, dim=1)[self.selection_level]  # B x Ns x D
+        selection_shape = level_shapes[self.selection_level]
 
-        scores, masks = match(phrases)
+        def match(kernels: torch.Tensor, pixel_map: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            """kernels B x P x D against the B x D x H/8 x W/8 pixel_map: logits on the selection level
+            (B x P x Ns, for top-k) and stride-4 logits (B x P x H/4 x W/4)."""
+            logits = (
+                torch.einsum("bpd,bdhw->bphw", kernels, pixel_map) * self.logit_scale
+            )  # B x P x H/8 x W/8
+            num_phrases = logits.shape[1]
+            if num_phrases == 0:  # no phrase in the whole batch: empty masks (interpolate rejects them)
+                return logits.flatten(2), logits.new_zeros(batch, 0, *stride4_size)
+            upsampled = F.interpolate(
+                logits, size=stride4_size, mode="bilinear", align_corners=False
+            )  # B x P x H/4 x W/4
+            selection = logits
+            if selection_shape != matching_shape:  # drmn_top_k_stride=16: the mask brought to stride 16
+                selection = F.interpolate(logits, size=selection_shape, mode="bilinear", align_corners=False)
+            return selection.flatten(2), upsampled  # B x P x Ns, B x P x H/4 x W/4
+
+        if self.semantic_fpn is not None:
+            matching_map = self.semantic_fpn(
+                [
+                    level.transpose(1, 2).reshape(batch, d_model, *shape)
+                    for level, shape in zip(pixels.split(sizes, dim=1), level_shapes, strict=True)
+                ]
+            )  # B x D x H/8 x W/8
+            phrases = self.initial_kernels(phrases)  # B x P x D: the initial kernels and phrase states
+        pixel_map = matching_map
+        scores, masks = match(phrases, pixel_map)
         all_masks = [masks]
+        kernels = phrases
         for refinement in self.rounds:
             if phrases.shape[1] == 0:  # nothing to refine; every round still reports its (empty) masks
                 all_masks.append(masks)
@@ -264,25 +377,25 @@ class DrmnHead(nn.Module):
             phrases = refinement(
                 phrases,
                 scores,
-                matching_pixels,
-                positions[self.matching_level],
-                centres[self.matching_level],
+                selection_pixels,
+                positions[self.selection_level],
+                centres[self.selection_level],
                 pixels,
                 level_shapes,
                 self.top_k,
             )
-            scores, masks = match(phrases)
+            kernels = refinement.kernel_mlp(phrases)  # B x P x D (the states themselves without an MLP)
+            if refinement.pixel_projection is not None:
+                pixel_map = refinement.pixel_projection(matching_map)  # B x D x H/8 x W/8
+            scores, masks = match(kernels, pixel_map)
             all_masks.append(masks)
-        matching_map = matching_pixels.transpose(1, 2).reshape(
-            batch, d_model, *level_shapes[self.matching_level]
-        )  # B x D x H/8 x W/8
         pixel_embeddings = F.interpolate(
-            matching_map, size=stride4_size, mode="bilinear", align_corners=False
-        )  # B x D x H/4 x W/4: the kernels' logits are exactly phrases . these * logit_scale
+            pixel_map, size=stride4_size, mode="bilinear", align_corners=False
+        )  # B x D x H/4 x W/4: the last kernels' logits are exactly kernels . these * logit_scale
         return GroundingHeadOutput(
             pred_masks=all_masks[-1],
             auxiliary_masks=tuple(all_masks[:-1]),
-            phrase_embeddings=phrases,
+            phrase_embeddings=kernels,
             pixel_embeddings=pixel_embeddings,
         )
 

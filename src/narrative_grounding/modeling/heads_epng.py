@@ -22,10 +22,11 @@ class PixelSelfAttention(nn.Module):
     prior disabled, i.e. a prior multiplier of 1 on every score. The "none" and "absolute" rows of EPNG
     Table 2. Same projections as `LocalityPerceptiveAttention` (fused qkv, out_proj), no prior parameter."""
 
-    def __init__(self, *, d_model: int, num_heads: int) -> None:
+    def __init__(self, *, d_model: int, num_heads: int, attention_dropout: float = 0.0) -> None:
         super().__init__()
         self.num_heads = num_heads
         self.head_dim = d_model // num_heads
+        self.attention_dropout = attention_dropout
         self.qkv = nn.Linear(d_model, 3 * d_model)
         self.out_proj = nn.Linear(d_model, d_model)
 
@@ -34,17 +35,26 @@ class PixelSelfAttention(nn.Module):
         batch, num_pixels, d_model = hidden_states.shape
         qkv = self.qkv(hidden_states).view(batch, num_pixels, 3, self.num_heads, self.head_dim)
         query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each B x Hd x N x Dh
-        attended = F.scaled_dot_product_attention(query, key, value)  # B x Hd x N x Dh
+        attended = F.scaled_dot_product_attention(
+            query, key, value, dropout_p=self.attention_dropout if self.training else 0.0
+        )  # B x Hd x N x Dh
         attended = attended.transpose(1, 2).reshape(batch, num_pixels, d_model)  # B x N x D
         return self.out_proj(attended)
 
 
 class CommunicatorLayer(nn.Module):
-    """One layer of the multi-modal communicator: LPA, cross-attention to phrases, FFN; each residual + LN."""
+    """One layer of the multi-modal communicator: LPA, cross-attention to phrases, FFN; each residual + LN.
+
+    `epng_residual_norm="double"` reproduces EPNG's released code, whose attention modules already return
+    LN(x + dropout(attention(x))) and whose layer adds x and normalises again around them:
+    x' = LN(x + dropout(LN_inner(x + dropout(attention(x))))), for LPA and for the cross-attention (5 LayerNorms
+    a layer with the FFN's). "single" is eqs. 8-9 as written: x' = LN(x + dropout(attention(x))).
+    """
 
     def __init__(self, config) -> None:
         super().__init__()
         d_model = config.d_model
+        attention_dropout = config.epng_attention_dropout
         # EPNG Table 2: LPA, or plain self-attention ("none" / "absolute"; the latter adds position codes
         # to the pixel tokens in EpngHead). Exactly one of the two attributes is set.
         self.lpa = self.self_attention = None
@@ -55,12 +65,21 @@ class CommunicatorLayer(nn.Module):
                 distance_clamp=config.lpa_distance_clamp,
                 distance_form=config.lpa_distance,
                 implementation=config.lpa_implementation,
+                attention_dropout=attention_dropout,
             )
         else:
-            self.self_attention = PixelSelfAttention(d_model=d_model, num_heads=config.num_attention_heads)
+            self.self_attention = PixelSelfAttention(
+                d_model=d_model, num_heads=config.num_attention_heads, attention_dropout=attention_dropout
+            )
         self.lpa_norm = nn.LayerNorm(d_model, eps=config.layer_norm_eps)
-        self.cross_attention = CrossAttention(d_model=d_model, num_heads=config.num_attention_heads)
+        self.cross_attention = CrossAttention(
+            d_model=d_model, num_heads=config.num_attention_heads, attention_dropout=attention_dropout
+        )
         self.cross_norm = nn.LayerNorm(d_model, eps=config.layer_norm_eps)
+        # The released code's inner Add & LN of each attention block (None: eqs. 8-9 as written).
+        double = config.epng_residual_norm == "double"
+        self.lpa_inner_norm = nn.LayerNorm(d_model, eps=config.layer_norm_eps) if double else None
+        self.cross_inner_norm = nn.LayerNorm(d_model, eps=config.layer_norm_eps) if double else None
         self.ffn = nn.Sequential(
             nn.Linear(d_model, config.ffn_dim),
             nn.ReLU(),
@@ -82,10 +101,13 @@ class CommunicatorLayer(nn.Module):
         attended = (
             self.lpa(pixels, height, width) if self.lpa is not None else self.self_attention(pixels)
         )  # B x N x D
+        if self.lpa_inner_norm is not None:
+            attended = self.lpa_inner_norm(pixels + self.dropout(attended))
         pixels = self.lpa_norm(pixels + self.dropout(attended))  # eq. 8
-        pixels = self.cross_norm(
-            pixels + self.dropout(self.cross_attention(pixels, phrases, phrase_mask))
-        )  # eq. 9
+        attended = self.cross_attention(pixels, phrases, phrase_mask)  # B x N x D
+        if self.cross_inner_norm is not None:
+            attended = self.cross_inner_norm(pixels + self.dropout(attended))
+        pixels = self.cross_norm(pixels + self.dropout(attended))  # eq. 9
         return self.ffn_norm(pixels + self.dropout(self.ffn(pixels)))
 
 
@@ -95,6 +117,8 @@ class EpngHead(nn.Module):
         d_model = config.d_model
         fused_channels = 3 * config.fpn_channels
         self.phrase_projection = nn.Linear(config.text_config.hidden_size, d_model)
+        # EPNG's released code bounds the projected phrases with ReLU6; the paper names a linear layer only.
+        self.phrase_activation = nn.ReLU6() if config.epng_phrase_activation == "relu6" else nn.Identity()
         # eq. 2 concatenates three FPN levels: 3 x 256 = 768 = d_model in the paper, so no projection there.
         self.fuse_projection = (
             nn.Identity() if fused_channels == d_model else nn.Conv2d(fused_channels, d_model, kernel_size=1)
@@ -104,8 +128,9 @@ class EpngHead(nn.Module):
             nn.Conv2d(config.fpn_channels, d_model, kernel_size=1) if config.use_stride4_skip else None
         )
         self.absolute_position = config.epng_position_encoding == "absolute"
-        # Dot products of D-dim features grow like sqrt(D): scale them so initial logits are O(1).
-        self.logit_scale = d_model**-0.5
+        # Dot products of D-dim features grow like sqrt(D): our default scales them so initial logits are O(1).
+        # EPNG eq. 10 and the released code use the plain dot product (epng_scale_mask_logits=False).
+        self.logit_scale = d_model**-0.5 if config.epng_scale_mask_logits else 1.0
 
     def forward(
         self, features: dict[int, torch.Tensor], phrase_features: torch.Tensor, phrase_mask: torch.Tensor
@@ -127,7 +152,7 @@ class EpngHead(nn.Module):
             pixels = pixels + sine_position_embedding(
                 height, width, d_model, device=pixels.device, dtype=pixels.dtype
             )  # N x D, broadcast over B
-        phrases = self.phrase_projection(phrase_features)  # B x P x D
+        phrases = self.phrase_activation(self.phrase_projection(phrase_features))  # B x P x D
         for layer in self.layers:
             pixels = layer(pixels, height, width, phrases, phrase_mask)
         pixel_map = pixels.transpose(1, 2).reshape(batch, d_model, height, width)  # B x D x h x w

@@ -22,9 +22,9 @@ from .configuration_png import PngConfig
 from .heads import GROUNDING_HEADS
 from .losses import (
     PHRASES,
-    SAL_PHRASES,
-    SAL_PIXELS,
+    SAMPLES,
     mask_loss_sums,
+    sal_count_names,
     semantic_alignment_loss_sums,
 )
 from .losses import loss_counts as count_loss_items
@@ -43,7 +43,7 @@ class PngOutput(ModelOutput):
         Weighted total: bce_loss_weight * BCE + dice_loss_weight * Dice + sal_loss_weight * SAL (EPNG eq. 15).
     loss_dict (`dict[str, torch.Tensor]`, *optional*, returned when `labels` is given):
         The unweighted terms: `bce`, `dice` (summed over every supervised prediction for multi-round heads),
-        `sal_phrase_to_pixel`, `sal_pixel_to_phrase` (EPNG heads with SAL).
+        `sal_phrase_to_pixel` and, with `sal_directions="both"`, `sal_pixel_to_phrase` (EPNG heads with SAL).
     pred_masks (`torch.Tensor` of shape `(batch_size, num_phrases, height / 4, width / 4)`):
         Mask logits per phrase at stride 4 of `pixel_values`. Padded phrases are present (ignore them with
         `phrase_mask`).
@@ -293,13 +293,14 @@ class PngForPanopticNarrativeGrounding(PngPreTrainedModel):
         return phrase_mask
 
     def _compute_loss(self, head_output, labels, phrase_mask, pixel_mask, counts_override):
+        config = self.config
         logits = head_output.pred_masks
         size = logits.shape[-2:]
         targets = (
             F.interpolate(labels.float(), size=size, mode="area")
             if labels.shape[-2:] != size
             else labels.float()
-        )
+        )  # B x P x H/4 x W/4
         if pixel_mask is None:
             pixel_valid = torch.ones(logits.shape[0], *size, dtype=torch.bool, device=logits.device)
         else:
@@ -313,13 +314,36 @@ class PngForPanopticNarrativeGrounding(PngPreTrainedModel):
                 }
             )
 
-        def normalised(total, name):
-            return total / counts[name].clamp(min=1.0)
+        per_sample = config.mask_loss_reduction == "samples"
 
-        config = self.config
+        def normalised(total, name):
+            return total / counts[SAMPLES if per_sample else name].clamp(min=1.0)
+
+        # Mask losses at stride 4 (ours) or on probabilities upsampled to the input size (EPNG eqs. 10-11).
+        mask_targets, mask_valid = targets, pixel_valid
+        if config.mask_loss_resolution == "input":
+            if labels.shape[-2:] == size:
+                raise ValueError(
+                    "mask_loss_resolution='input' needs labels at the size of pixel_values, got stride-4 labels "
+                    f"({size[0]}x{size[1]})"
+                )
+            mask_targets = labels.float()  # B x P x H x W
+            mask_valid = (
+                torch.ones(labels.shape[0], *labels.shape[-2:], dtype=torch.bool, device=labels.device)
+                if pixel_mask is None
+                else pixel_mask.bool()
+            )
         bce = dice = logits.new_zeros((), dtype=torch.float32)
         for prediction in (*head_output.auxiliary_masks, logits):  # deep supervision on every round
-            bce_sum, dice_sum = mask_loss_sums(prediction, targets, phrase_mask, pixel_valid)
+            bce_sum, dice_sum = mask_loss_sums(
+                prediction,
+                mask_targets,
+                phrase_mask,
+                mask_valid,
+                resolution=config.mask_loss_resolution,
+                dice_eps=config.dice_eps,
+                reduction=config.mask_loss_reduction,
+            )
             bce = bce + normalised(bce_sum, PHRASES)
             dice = dice + normalised(dice_sum, PHRASES)
         loss_dict = {"bce": bce, "dice": dice}
@@ -332,12 +356,18 @@ class PngForPanopticNarrativeGrounding(PngPreTrainedModel):
                 phrase_mask,
                 pixel_valid,
                 config.sal_temperature,
+                similarity=config.sal_similarity,
+                positives=config.sal_positives,
+                aggregation=config.sal_aggregation,
+                reduction=config.mask_loss_reduction,
             )
-            loss_dict["sal_phrase_to_pixel"] = normalised(to_pixel, SAL_PHRASES)
-            loss_dict["sal_pixel_to_phrase"] = normalised(to_phrase, SAL_PIXELS)
-            loss = loss + config.sal_loss_weight * (
-                loss_dict["sal_phrase_to_pixel"] + loss_dict["sal_pixel_to_phrase"]
-            )
+            phrases_count, pixels_count = sal_count_names(config.sal_positives)
+            loss_dict["sal_phrase_to_pixel"] = normalised(to_pixel, phrases_count)
+            sal = loss_dict["sal_phrase_to_pixel"]
+            if config.sal_directions == "both":
+                loss_dict["sal_pixel_to_phrase"] = normalised(to_phrase, pixels_count)
+                sal = sal + loss_dict["sal_pixel_to_phrase"]
+            loss = loss + config.sal_loss_weight * sal
         return loss, loss_dict
 
 

@@ -16,7 +16,7 @@ from ..argument_types import (
 )
 from ..cli import ArgumentParser
 from ..data.synthetic.levels import LEVELS
-from .optimization import OPTIMIZERS, PRESETS, SCHEDULES
+from .optimization import OPTIMIZERS, PRESETS, RECIPE_DEFAULTS, SCHEDULES
 
 
 def checkpointing_steps_type(value: str) -> int | str:
@@ -95,22 +95,44 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
         "--optimization",
         default="auto",
         choices=("auto", *PRESETS),
-        help="preset: 'paper' (Adam 1e-5, halved every 5 epochs, 5e-7 after 10), 'fast' (AdamW + warm-up + "
-        "cosine at a higher lr, for tiny models from scratch), 'auto' (fast below 10M parameters); the options "
-        "below override single fields (default: %(default)s)",
+        help="preset: 'paper' (Adam 1e-5, halved every 5 epochs, 5e-7 after 10), 'epng-released' (the recipe of "
+        "EPNG's released code: Adam + L2 0.01, 1e-5/5e-6/2e-6/5e-7 from epochs 0/5/10/20, 60 epochs, 8 x 4 "
+        "accumulation, per-epoch EMA, evaluation at 1216), 'drmn-reference' (Adam 1e-4, 20 epochs), 'fast' "
+        "(AdamW + warm-up + cosine at a higher lr, for tiny models from scratch), 'auto' (fast below 10M "
+        "parameters, else drmn-reference or paper by head); the options below override single fields "
+        "(default: %(default)s)",
     )
     optim.add_argument("--optimizer", choices=OPTIMIZERS, default=None)
     optim.add_argument("--learning_rate", type=positive_float, default=None)
     optim.add_argument("--weight_decay", type=non_negative_float, default=None)
     optim.add_argument("--lr_scheduler_type", choices=SCHEDULES, default=None)
     optim.add_argument("--warmup_ratio", type=unit_interval, default=None)
+    # --- training recipe options: default None = the --optimization preset's value, else RECIPE_DEFAULTS ---
     optim.add_argument(
-        "--max_grad_norm", type=non_negative_float, default=1.0, help="gradient clipping (0 disables)"
+        "--max_grad_norm",
+        type=non_negative_float,
+        default=None,
+        help="gradient clipping (0 disables; default 1.0)",
     )
-    optim.add_argument("--per_device_train_batch_size", type=positive_int, default=8)
+    optim.add_argument("--per_device_train_batch_size", type=positive_int, default=None, help="default 8")
+    optim.add_argument("--gradient_accumulation_steps", type=positive_int, default=None, help="default 1")
+    optim.add_argument("--num_train_epochs", type=positive_int, default=None, help="default 20")
+    optim.add_argument(
+        "--ema_decay",
+        type=unit_interval,
+        default=None,
+        help="EPNG's released per-epoch EMA (see docs/training.md: after the first epoch the weights become "
+        "decay x initial + (1 - decay) x trained, then nothing); 0 disables (default 0)",
+    )
+    optim.add_argument(
+        "--eval_image_size",
+        type=positive_int,
+        default=None,
+        help="evaluate at this square input size (a multiple of 32; EPNG's release: 1216) instead of the "
+        "processor's size",
+    )
+    # --- end training recipe options ---
     optim.add_argument("--per_device_eval_batch_size", type=positive_int, default=16)
-    optim.add_argument("--gradient_accumulation_steps", type=positive_int, default=1)
-    optim.add_argument("--num_train_epochs", type=positive_int, default=20)
     optim.add_argument(
         "--max_train_steps", type=positive_int, default=None, help="overrides --num_train_epochs"
     )
@@ -206,4 +228,22 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error("give the data: --data_dir (official layout), --dataset_name or --synthetic [LEVEL]")
     if args.push_to_hub and args.hub_model_id is None:
         parser.error("--push_to_hub needs --hub_model_id (namespace/name)")
+    # --- training recipe resolution ---
+    apply_recipe(args)
+    if args.ema_decay and not 0.0 < args.ema_decay < 1.0:
+        parser.error(f"--ema_decay must be in (0, 1) (or 0 to disable), got {args.ema_decay}")
+    if args.eval_image_size is not None and args.eval_image_size % 32:
+        parser.error(f"--eval_image_size must be a multiple of 32, got {args.eval_image_size}")
+    # --- end training recipe resolution ---
+    return args
+
+
+def apply_recipe(args: argparse.Namespace) -> argparse.Namespace:
+    """Fills the recipe options the user left out (None) from the --optimization preset, then from
+    RECIPE_DEFAULTS ("auto" has no recipe of its own: it only picks optimizer and schedule)."""
+    preset = PRESETS.get(args.optimization)
+    for name, default in RECIPE_DEFAULTS.items():
+        if getattr(args, name, None) is None:
+            value = getattr(preset, name, None) if preset is not None else None
+            setattr(args, name, default if value is None else value)
     return args

@@ -13,6 +13,7 @@ killed while saving never leaves a checkpoint that "latest" would pick.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
@@ -35,7 +36,7 @@ from .distributed import cpu_multiprocess_launch, global_loss_counts
 from .evaluation import evaluate_average_recall, format_average_recall_table, scalar_metrics
 from .hub import HubPusher
 from .model_card import write_model_card
-from .optimization import build_optimizer, build_scheduler, fit_schedule, resolve_preset
+from .optimization import ReleasedEpochEma, build_optimizer, build_scheduler, fit_schedule, resolve_preset
 from .sampler import EpochSeededSampler
 
 logger = logging.getLogger(__name__)
@@ -212,25 +213,33 @@ def train(args: Namespace) -> TrainingResult:
         generator=torch.Generator().manual_seed(args.seed),
     )
     eval_dataloader = None
+    eval_processor = processor
+    if getattr(args, "eval_image_size", None):  # e.g. EPNG's release evaluates at 1216 x 1216
+        eval_processor = copy.deepcopy(processor)
+        eval_processor.image_processor.size = {"height": args.eval_image_size, "width": args.eval_image_size}
     if eval_dataset is not None:
         eval_dataloader = DataLoader(
             eval_dataset,
             batch_size=args.per_device_eval_batch_size,
             shuffle=False,
-            collate_fn=PngCollator(processor, with_references=True),
+            collate_fn=PngCollator(eval_processor, with_references=True),
             num_workers=args.dataloader_num_workers,
             generator=torch.Generator().manual_seed(args.seed),
         )
 
     num_parameters = sum(p.numel() for p in model.parameters())
-    preset = resolve_preset(args.optimization, num_parameters)
+    preset = resolve_preset(args.optimization, num_parameters, model.config.grounding_head)
     optimizer_name = args.optimizer or preset.optimizer
     learning_rate = args.learning_rate if args.learning_rate is not None else preset.learning_rate
     weight_decay = args.weight_decay if args.weight_decay is not None else preset.weight_decay
     schedule_name = args.lr_scheduler_type or preset.lr_scheduler_type
     warmup_ratio = args.warmup_ratio if args.warmup_ratio is not None else preset.warmup_ratio
     optimizer = build_optimizer(
-        model, optimizer=optimizer_name, learning_rate=learning_rate, weight_decay=weight_decay
+        model,
+        optimizer=optimizer_name,
+        learning_rate=learning_rate,
+        weight_decay=weight_decay,
+        decay_all_parameters=preset.decay_all_parameters,
     )
 
     if eval_dataloader is not None:
@@ -254,6 +263,10 @@ def train(args: Namespace) -> TrainingResult:
     progress = TrainingProgress()
     accelerator.register_for_checkpointing(lr_scheduler)
     accelerator.register_for_checkpointing(progress)
+    ema = None
+    if getattr(args, "ema_decay", 0.0):
+        ema = ReleasedEpochEma(accelerator.unwrap_model(model), args.ema_decay)
+        accelerator.register_for_checkpointing(ema)
 
     batch_layout = {
         "per_device_train_batch_size": args.per_device_train_batch_size,
@@ -315,7 +328,7 @@ def train(args: Namespace) -> TrainingResult:
             model,
             eval_dataloader,
             accelerator,
-            processor,
+            eval_processor,
             protocol=args.eval_protocol,
             progress=not args.no_progress_bar,
             description=description,
@@ -518,6 +531,8 @@ def train(args: Namespace) -> TrainingResult:
             step_started = time.perf_counter()  # evaluation and checkpoints are not training time
         if progress.batches_in_epoch >= len(train_dataloader):  # the epoch is complete
             progress.epoch, progress.batches_in_epoch = epoch + 1, 0
+            if ema is not None:  # the release averages before its epoch-end evaluation
+                ema.end_epoch(accelerator.unwrap_model(model))
             last_metrics, last_eval_step = (
                 evaluate(f"Evaluating (epoch {epoch + 1})"),
                 progress.completed_steps,
