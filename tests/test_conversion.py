@@ -527,6 +527,31 @@ def test_epng_checkpoint_loads_strictly(epng_source, tmp_path):
     assert image_config["resample"] == 3
 
 
+def test_epng_checkpoint_loads_completely_into_the_released_layer(epng_source, tmp_path):
+    """With the released doubled Add & LN every tensor of the checkpoint has its place: nothing unrepresented."""
+    _, _, state = epng_source
+    path = tmp_path / "checkpoint.pth"
+    torch.save({"model_state": state}, path)
+    output = tmp_path / "converted"
+    overrides = {**EPNG_OVERRIDES, "epng_residual_norm": "double"}
+    converted = convert_epng(path, output, variant="epng-tiny", config_overrides=overrides)
+    assert not converted.result.unrepresented
+    model = PngForPanopticNarrativeGrounding.from_pretrained(output)  # strict by default
+    for index, layer in enumerate(model.head.layers):
+        prefix = f"encoder.layers.{index}"
+        # theirs: lnorm1(x + self_att.layer_norm(x + LPA(x))); ours: lpa_norm(x + lpa_inner_norm(x + LPA(x)))
+        assert torch.equal(layer.lpa_inner_norm.weight, state[f"{prefix}.self_att.layer_norm.weight"])
+        assert torch.equal(layer.lpa_norm.bias, state[f"{prefix}.lnorm1.bias"])
+        assert torch.equal(layer.cross_inner_norm.bias, state[f"{prefix}.enc_att.layer_norm.bias"])
+        assert torch.equal(layer.cross_norm.weight, state[f"{prefix}.lnorm2.weight"])
+
+
+def test_epng_converter_defaults_to_the_released_variant():
+    from narrative_grounding.conversion.converters import EPNG_VARIANT
+
+    assert load_config(EPNG_VARIANT).epng_residual_norm == "double"
+
+
 def test_cli_convert_epng(epng_source, tmp_path, capsys):
     _, _, state = epng_source
     path = tmp_path / "checkpoint.pth"

@@ -20,7 +20,7 @@ from .panoptic_fpn import (
 )
 
 PANOPTIC_FPN_VARIANT = "epng-r101-panoptic-fpn-bert-base"
-EPNG_VARIANT = "epng-r101-bert-base"
+EPNG_VARIANT = "epng-r101-bert-base-released"  # the variant that computes what the released code computes
 
 
 @dataclass

@@ -14,9 +14,10 @@ Facts from the released model code (models/EPNG/*.py; names and shapes only):
   (`fc1`, `fc2`, `layer_norm`): five LayerNorms per layer, where our communicator layer has three.
 - input pipeline (data/dataset_mix.py): RGB, bicubic resize to 640x640, CLIP's mean and std.
 
-The released code's extra LayerNorms (`lnorm1`, `lnorm2`: it computes `lnorm1(x + LN(x + LPA(x)))`) have no
-counterpart in our modules yet; their rows below say so. A switch of ours that adds them extends this table
-with rows carrying a `when` placed before those.
+The released code's extra LayerNorms (`lnorm1`, `lnorm2`: it computes `lnorm1(x + LN(x + LPA(x)))`) exist in
+our layer with `epng_residual_norm="double"` (the `epng-r101-bert-base-released` variant, the converter's
+default): the block-internal norm is then our `*_inner_norm` and `lnorm1` / `lnorm2` our outer norm. With
+one norm per block (our other variants) they have no counterpart, and the rows below say so.
 """
 
 from __future__ import annotations
@@ -52,6 +53,10 @@ def _projection(theirs: str, ours: str, **kwargs: Any) -> KeyRule:
     return KeyRule(rf"{_LAYER}\.{theirs}\.{_PARAM}", rf"{_OURS}.{ours}.\2", **kwargs)
 
 
+def _double_norm(config: Any) -> bool:
+    return getattr(config, "epng_residual_norm", "single") == "double"
+
+
 EPNG_KEY_MAP: tuple[KeyRule, ...] = (
     # Visual encoder: torchvision's names are timm's, under body.; FPN blocks with or without the ".0" of
     # Conv2dNormActivation (torchvision >= 0.13 and older).
@@ -66,13 +71,18 @@ EPNG_KEY_MAP: tuple[KeyRule, ...] = (
     _projection(r"self_att\.attention\.fc_v", "lpa.qkv", part=(2, 3)),
     _projection(r"self_att\.attention\.fc_o", "lpa.out_proj"),
     KeyRule(rf"{_LAYER}\.self_att\.attention\.W", rf"{_OURS}.lpa.prior_scale", transform=torch.flatten),
-    _projection(r"self_att\.layer_norm", "lpa_norm"),  # eq. 8
+    # eq. 8; with the released doubled Add & LN, the attention's own norm is the inner one and lnorm1 the outer
+    _projection(r"self_att\.layer_norm", "lpa_inner_norm", when=_double_norm),
+    _projection(r"lnorm1", "lpa_norm", when=_double_norm),
+    _projection(r"self_att\.layer_norm", "lpa_norm"),
     KeyRule(rf"{_LAYER}\.lnorm1\.{_PARAM}", None, requires=_SEPARATE_LAYER_NORM),
     # Cross-attention pixels -> phrases (eq. 9).
     _projection(r"enc_att\.attention\.fc_q", "cross_attention.q_proj"),
     _projection(r"enc_att\.attention\.fc_k", "cross_attention.k_proj"),
     _projection(r"enc_att\.attention\.fc_v", "cross_attention.v_proj"),
     _projection(r"enc_att\.attention\.fc_o", "cross_attention.out_proj"),
+    _projection(r"enc_att\.layer_norm", "cross_inner_norm", when=_double_norm),
+    _projection(r"lnorm2", "cross_norm", when=_double_norm),
     _projection(r"enc_att\.layer_norm", "cross_norm"),
     KeyRule(rf"{_LAYER}\.lnorm2\.{_PARAM}", None, requires=_SEPARATE_LAYER_NORM),
     # FFN: our nn.Sequential(Linear, ReLU, Dropout, Linear).
