@@ -7,7 +7,7 @@ import torch
 from huggingface_hub.errors import StrictDataclassClassValidationError
 from tiny_models import make_inputs, select_sample, tiny_model
 
-from narrative_grounding.modeling.configuration_png import GROUNDING_HEADS
+from narrative_grounding.modeling.heads import GROUNDING_HEADS
 from narrative_grounding.modeling.losses import loss_counts
 
 
