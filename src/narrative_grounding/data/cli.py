@@ -37,6 +37,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     prepare.add_argument(
         "--no-embed", action="store_true", help="store file paths, not bytes, in the Arrow cache"
     )
+    prepare.add_argument(
+        "--no-image-check",
+        action="store_true",
+        help="do not decode the images and panoptic PNGs while preparing (faster; a file that does not "
+        "decode then fails later, in training)",
+    )
     prepare.add_argument("--report-json", help="also write the problem report as JSON to this file")
     prepare.set_defaults(func=_prepare_data)
 
@@ -48,7 +54,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     validate.add_argument(
         "--splits", nargs="+", choices=sorted(SPLIT_DIRS), help="default: train and validation"
     )
-    validate.add_argument("--no-pixel-check", action="store_true", help="skip decoding the panoptic PNGs")
+    validate.add_argument(
+        "--no-pixel-check", action="store_true", help="skip decoding the images and panoptic PNGs"
+    )
     validate.add_argument("--json", action="store_true", help="print the full report as JSON")
     validate.add_argument("--max-issues", type=int, default=50, help="issues listed in the text report")
     validate.set_defaults(func=_validate)
@@ -67,6 +75,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     synthetic.add_argument("--seed", type=int, default=0)
     synthetic.add_argument("--num-workers", type=int, default=None, help="default: all CPU cores")
     synthetic.add_argument("--json", action="store_true", help="print the statistics as JSON")
+    synthetic.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the synthetic dataset already in OUTPUT_DIR (by default OUTPUT_DIR must be new or "
+        "empty; a folder make-synthetic did not write is never touched)",
+    )
     synthetic.set_defaults(func=_make_synthetic)
 
 
@@ -92,6 +106,7 @@ def _prepare_data(args: argparse.Namespace) -> int:
             splits=tuple(args.splits) if args.splits else None,
             embed_files=not args.no_embed,
             strict=args.strict,
+            check_images=not args.no_image_check,
             progress=True,
         )
         builder.download_and_prepare()
@@ -144,8 +159,9 @@ def _make_synthetic(args: argparse.Namespace) -> int:
             seed=args.seed,
             num_workers=args.num_workers,
             progress=not args.json,
+            overwrite=args.overwrite,
         )
-    except ValueError as error:
+    except (ValueError, FileExistsError) as error:
         print(f"make-synthetic: {error}", file=sys.stderr)
         return 2
     print(json.dumps(stats.to_dict(), indent=2) if args.json else stats.format())

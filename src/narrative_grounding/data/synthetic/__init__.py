@@ -4,13 +4,14 @@
 writes it; :data:`VOCABULARY` lists every word its captions can contain.
 """
 
-from .generator import VALIDATION_ID_OFFSET, SyntheticStats, generate_synthetic_dataset
+from .generator import SYNTHETIC_MARKER, VALIDATION_ID_OFFSET, SyntheticStats, generate_synthetic_dataset
 from .levels import LEVELS, SyntheticLevel, get_level
 from .vocabulary import STUFF_CATEGORIES, THING_CATEGORIES, THING_COLORS, VOCABULARY, categories, vocabulary
 
 __all__ = [
     "LEVELS",
     "STUFF_CATEGORIES",
+    "SYNTHETIC_MARKER",
     "THING_CATEGORIES",
     "THING_COLORS",
     "VALIDATION_ID_OFFSET",
