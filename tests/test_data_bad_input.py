@@ -95,6 +95,20 @@ def test_duplicate_annotation_segment_and_category_ids_are_reported(data_dir, tm
         assert all(category["id"] not in phrase["category_ids"] for phrase in example["phrases"])
 
 
+def test_segment_id_repeated_in_a_phrase_is_reported(data_dir, tmp_path):
+    path = data_dir / "annotations/png_coco_train2017.json"
+    records = _load(path)
+    phrase = next(u for u in records[1]["segments"] if u["noun"] and len(u["segment_ids"]) == 1)
+    phrase["segment_ids"] = phrase["segment_ids"] * 2  # one segment, but it would count as plural
+    path.write_text(json.dumps(records))
+    dataset, report = load_png_dataset(data_dir, splits="train", cache_dir=tmp_path, return_report=True)
+    [issue] = report.issues
+    assert issue.kind == "duplicate_id" and issue.image_id == int(records[1]["image_id"])
+    assert phrase["utterance"] in issue.message and phrase["segment_ids"][0] in issue.message
+    example = next(e for e in dataset["train"] if e["image_id"] == int(records[1]["image_id"]))
+    assert all(len(set(p["segment_ids"])) == p["num_segments"] for p in example["phrases"])
+
+
 # Corrupt images and the Arrow cache ----------------------------------------------------------------------
 
 
@@ -299,3 +313,19 @@ def test_make_synthetic_overwrite_replaces_the_whole_dataset(tmp_path, capsys):
     )
     assert validate_png_directory(root, splits=["train"]).ok
     assert main(["validate", str(root), "--splits", "train"]) == 0
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"num_train": -1}, "num_train must be an integer >= 0, got -1"),
+        ({"seed": -3}, "seed must be an integer >= 0"),
+        ({"num_workers": -2}, "num_workers must be None"),
+        ({"jpeg_quality": 0}, "jpeg_quality must be an integer from 1 to 100"),
+        ({"image_size": (64, 64, 3)}, "image_size must be an integer S or a pair"),
+    ],
+)
+def test_make_synthetic_settings_are_checked_before_anything_is_written(tmp_path, options, message):
+    with pytest.raises(ValueError, match=message):
+        generate_synthetic_dataset(tmp_path / "out", **{"num_train": 2, "num_validation": 0, **options})
+    assert not (tmp_path / "out").exists()

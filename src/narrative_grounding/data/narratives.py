@@ -153,6 +153,17 @@ def parse_phrases(
             continue
         grounded += 1
         segment_ids = [_as_int(value, f"segments[{index}].segment_ids") for value in raw_ids]
+        repeated = sorted({sid for sid in segment_ids if segment_ids.count(sid) > 1})
+        if repeated:
+            # Kept, it would count as more segments than it has: a singular phrase scored as plural.
+            report.add(
+                "duplicate_id",
+                split,
+                f"phrase {utterance['utterance']!r} (characters {start}-{end}) lists segment id(s) {repeated} "
+                "more than once; phrase left out",
+                image_id=image_id,
+            )
+            continue
         missing = [sid for sid in segment_ids if sid not in segments]
         if missing:
             report.add(

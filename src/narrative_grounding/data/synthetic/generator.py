@@ -80,11 +80,17 @@ class SyntheticStats:
         return self.format()
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
 def _normalise_size(image_size: int | tuple[int, int]) -> tuple[int, int]:
-    height, width = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
-    if min(height, width) < 32:
+    sides = (image_size, image_size) if _is_int(image_size) else image_size
+    if not (isinstance(sides, (tuple, list)) and len(sides) == 2 and all(_is_int(side) for side in sides)):
+        raise ValueError(f"image_size must be an integer S or a pair (height, width), got {image_size!r}")
+    if min(sides) < 32:
         raise ValueError(f"image_size must be at least 32 pixels a side, got {image_size}")
-    return int(height), int(width)
+    return int(sides[0]), int(sides[1])
 
 
 def _make_image(task: tuple) -> dict[str, Any]:
@@ -208,9 +214,17 @@ def generate_synthetic_dataset(
     """
     level = get_level(level)
     height, width = _normalise_size(image_size)
-    for split, count in (("train", num_train), ("validation", num_validation)):
-        if count < 0:
-            raise ValueError(f"num_{split} must be >= 0, got {count}")
+    for name, value, low in (
+        ("num_train", num_train, 0),
+        ("num_validation", num_validation, 0),
+        ("seed", seed, 0),
+    ):
+        if not _is_int(value) or value < low:
+            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    if num_workers is not None and (not _is_int(num_workers) or num_workers < 0):
+        raise ValueError(f"num_workers must be None (all CPU cores) or an integer >= 0, got {num_workers!r}")
+    if not _is_int(jpeg_quality) or not 1 <= jpeg_quality <= 100:
+        raise ValueError(f"jpeg_quality must be an integer from 1 to 100, got {jpeg_quality!r}")
     if num_workers is None:
         num_workers = os.cpu_count() or 1
     started = time.perf_counter()
