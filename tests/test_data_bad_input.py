@@ -74,9 +74,11 @@ def test_duplicate_annotation_segment_and_category_ids_are_reported(data_dir, tm
     path, panoptic = _panoptic(data_dir)
     victim = _first_narrative_image(data_dir)
     annotation = next(a for a in panoptic["annotations"] if a["image_id"] == victim)
-    panoptic["annotations"].append(json.loads(json.dumps(annotation)))  # the same image annotated twice
+    # The same image annotated twice, differently.
+    panoptic["annotations"].append({**annotation, "segments_info": annotation["segments_info"][:1]})
     second = next(a for a in panoptic["annotations"] if a["image_id"] != victim)
-    second["segments_info"].append(dict(second["segments_info"][0]))  # one segment id listed twice
+    # One segment id listed twice, with two categories.
+    second["segments_info"].append({**second["segments_info"][0], "category_id": 2})
     category = next(c for c in panoptic["categories"] if c["isthing"])
     panoptic["categories"].append({**category, "isthing": 1 - category["isthing"]})  # and a category
     path.write_text(json.dumps(panoptic))
@@ -107,6 +109,21 @@ def test_segment_id_repeated_in_a_phrase_is_reported(data_dir, tmp_path):
     assert phrase["utterance"] in issue.message and phrase["segment_ids"][0] in issue.message
     example = next(e for e in dataset["train"] if e["image_id"] == int(records[1]["image_id"]))
     assert all(len(set(p["segment_ids"])) == p["num_segments"] for p in example["phrases"])
+
+
+def test_identical_copies_are_reported_but_lose_nothing(data_dir, tmp_path):
+    path, panoptic = _panoptic(data_dir)
+    victim = _first_narrative_image(data_dir)
+    panoptic["images"].append(dict(next(i for i in panoptic["images"] if i["id"] == victim)))
+    annotation = next(a for a in panoptic["annotations"] if a["image_id"] == victim)
+    annotation["segments_info"].append(dict(annotation["segments_info"][0]))
+    path.write_text(json.dumps(panoptic))
+    dataset, report = load_png_dataset(data_dir, splits="train", cache_dir=tmp_path, return_report=True)
+    assert [(i.kind, i.image_id) for i in report.issues] == [("duplicate_id", victim)] * 2
+    assert all("identical copies" in issue.message for issue in report.issues)
+    assert dataset["train"].num_rows == NUM_TRAIN
+    example = next(e for e in dataset["train"] if e["image_id"] == victim)
+    assert len(example["segments_info"]) == len(annotation["segments_info"]) - 1
 
 
 # Corrupt images and the Arrow cache ----------------------------------------------------------------------

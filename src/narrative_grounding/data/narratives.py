@@ -253,7 +253,9 @@ class PanopticIndex:
             try:
                 if not isinstance(entry, dict):
                     raise RecordError("invalid_panoptic_record", f"{name}[{position}] is not a JSON object")
-                value = _as_int(entry.get(key), f"{name}[{position}].{key}")
+                if key not in entry:
+                    raise RecordError("invalid_panoptic_record", f"{name}[{position}] has no '{key}'")
+                value = _as_int(entry[key], f"{name}[{position}].{key}")
                 if name == "images":
                     _check_image_entry(entry, f"{name}[{position}]")
                 elif name == "annotations" and not isinstance(entry.get("file_name", ""), str):
@@ -271,19 +273,29 @@ class PanopticIndex:
                 continue
             listed = ", ".join(f"{name}[{p}] ({_describe(panoptic[name][p])})" for p in places)
             label = "category id" if name == "categories" else "image id"
-            consequence = (
-                "its segments' phrases are left out"
-                if name == "categories"
-                else "its narratives are left out"
-            )
+            message = f"{label} {value} is listed {len(places)} times in '{name}': {listed}"
+            if all(panoptic[name][p] == index[value] for p in places):
+                # Copies of one entry: nothing is ambiguous, so nothing is lost (but the file is still wrong).
+                self._report.add(
+                    "duplicate_id",
+                    self._split,
+                    f"{message}; identical copies, the first is used",
+                    image_id=None if name == "categories" else value,
+                    file=self.path,
+                )
+                continue
             if name == "categories":
                 del index[value]
-            self._problem(
-                "duplicate_id",
-                f"{label} {value} is listed {len(places)} times in '{name}': {listed}; which one is meant "
-                f"cannot be told, so {consequence}",
-                None if name == "categories" else value,
-            )
+                self._problem(
+                    "duplicate_id",
+                    f"{message}; which one is meant cannot be told, so its segments' phrases are left out",
+                )
+            else:
+                self._problem(
+                    "duplicate_id",
+                    f"{message}; which one is meant cannot be told, so its narratives are left out",
+                    value,
+                )
         return index
 
     def _check_segments(self, image_id: int, annotation: dict[str, Any], position: int) -> None:
@@ -292,7 +304,7 @@ class PanopticIndex:
         if not isinstance(infos, list):
             self._problem("invalid_panoptic_record", f"{where} must be a list", image_id)
             return
-        seen: dict[int, int] = {}
+        seen: dict[int, int] = {}  # segment id -> its first entry's number
         for number, info in enumerate(infos):
             try:
                 if not isinstance(info, dict):
@@ -311,12 +323,18 @@ class PanopticIndex:
                 )
                 return
             if segment_id in seen:
-                self._problem(
-                    "duplicate_id",
-                    f"segment id {segment_id} is listed twice in {where} (entries {seen[segment_id]} and "
-                    f"{number}); its narratives are left out",
-                    image_id,
-                )
+                message = f"segment id {segment_id} is listed twice in {where} (entries {seen[segment_id]} and {number})"
+                if info == infos[seen[segment_id]]:
+                    # segments() keeps one of two identical copies: nothing is ambiguous.
+                    self._report.add(
+                        "duplicate_id",
+                        self._split,
+                        f"{message}; identical copies, one is used",
+                        image_id=image_id,
+                        file=self.path,
+                    )
+                    continue
+                self._problem("duplicate_id", f"{message}; the image's narratives are left out", image_id)
                 return
             seen[segment_id] = number
 

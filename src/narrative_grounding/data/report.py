@@ -13,7 +13,8 @@ ISSUE_KINDS: dict[str, str] = {
     "invalid_json": "an annotation file cannot be parsed; the split cannot be read",
     "invalid_record": "a narrative record lacks a field or has a field of the wrong type; narrative skipped",
     "invalid_panoptic_record": "a panoptic json entry lacks a field or has one of the wrong type; its image skipped",
-    "duplicate_id": "an id is listed twice (images, annotations, segments_info, categories); what uses it skipped",
+    "duplicate_id": "an id is listed twice (images, annotations, segments_info, categories, a phrase's segment_ids); "
+    "what uses it skipped, unless the copies are identical",
     "empty_split": "a split has no usable narrative; the split is left out of the prepared dataset",
     "caption_mismatch": "the utterances do not rebuild the caption; narrative skipped",
     "missing_panoptic_annotation": "no panoptic annotation for the narrative's image; narrative skipped",
