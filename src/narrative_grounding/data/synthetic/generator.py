@@ -279,8 +279,8 @@ def _claim_output_dir(output_dir: Path, overwrite: bool) -> None:
         return
     if not overwrite:
         raise FileExistsError(
-            f"{output_dir} is not empty; give a new or empty folder, or overwrite=True (make-synthetic "
-            "--overwrite) to replace a synthetic dataset written there before"
+            f"{output_dir} is not empty; give a new or empty folder, or --overwrite (overwrite=True) to "
+            "replace a synthetic dataset that make-synthetic wrote there before"
         )
     if not (output_dir / SYNTHETIC_MARKER).is_file():
         raise FileExistsError(
