@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .layout import PngDataError, SplitPaths, load_json
+from .panoptic_checks import IDENTIFYING_FIELD, PanopticChecker
 from .report import PngDataReport
 
 
@@ -198,145 +199,39 @@ def parse_phrases(
     return caption, phrases, grounded
 
 
-# What a panoptic json lists under each key, and the field that identifies an entry there.
-_INDEXED_LISTS = {"categories": "id", "images": "id", "annotations": "image_id"}
-
-
-def _describe(entry: dict[str, Any]) -> str:
-    # What tells two entries with the same id apart in a message: their file or their name.
-    for key in ("file_name", "name"):
-        if isinstance(entry.get(key), str):
-            return f"{key} {entry[key]!r}"
-    return "no file_name"
-
-
 class PanopticIndex:
-    """The panoptic json of one split, indexed by image id, with every malformed or duplicated entry reported.
+    """The panoptic json of one split, indexed by image id; every entry checked by :class:`PanopticChecker`.
 
-    Nothing ambiguous is guessed: an image id listed twice in ``images`` or ``annotations`` (two pictures
-    or two annotations for one narrative), or whose ``segments_info`` has a malformed entry or a segment id
-    listed twice, is put in :attr:`unusable`, and its narratives are left out (reported once, here). A
-    category id listed twice is dropped, so the phrases of its segments are reported as ``unknown_category``.
+    :attr:`unusable` holds the image ids whose narratives are left out (a malformed entry, or an id listed
+    twice with different content: reported once, by the checker); a category listed twice with different
+    content is not indexed, so the phrases of its segments are reported as ``unknown_category``.
     """
 
     def __init__(self, panoptic: Any, path: str, report: PngDataReport, split: str):
         if not isinstance(panoptic, dict) or not all(
-            isinstance(panoptic.get(key), list) for key in _INDEXED_LISTS
+            isinstance(panoptic.get(key), list) for key in IDENTIFYING_FIELD
         ):
             raise PngDataError(
                 f"{path}: a COCO panoptic json needs 'images', 'annotations' and 'categories' lists",
                 file=path,
             )
-        self.path = path
-        self._report = report
-        self._split = split
-        # image id -> the kind of problem that makes its annotation unusable (already reported).
-        self.unusable: dict[int, str] = {}
-        self.categories = self._index(panoptic, "categories")
-        self.images = self._index(panoptic, "images")
-        self.annotations = self._index(panoptic, "annotations")
-        positions = {id(entry): index for index, entry in enumerate(panoptic["annotations"])}
-        for image_id, annotation in self.annotations.items():
-            if image_id not in self.unusable:
-                self._check_segments(image_id, annotation, positions[id(annotation)])
-
-    def _problem(self, kind: str, message: str, image_id: int | None = None) -> None:
-        self._report.add(kind, self._split, message, image_id=image_id, file=self.path)
-        if image_id is not None:
-            self.unusable.setdefault(image_id, kind)
-
-    def _index(self, panoptic: dict[str, Any], name: str) -> dict[int, dict[str, Any]]:
-        key = _INDEXED_LISTS[name]
-        index: dict[int, dict[str, Any]] = {}
-        where: dict[int, list[int]] = {}
-        for position, entry in enumerate(panoptic[name]):
-            try:
-                if not isinstance(entry, dict):
-                    raise RecordError("invalid_panoptic_record", f"{name}[{position}] is not a JSON object")
-                if key not in entry:
-                    raise RecordError("invalid_panoptic_record", f"{name}[{position}] has no '{key}'")
-                value = _as_int(entry[key], f"{name}[{position}].{key}")
-                if name == "images":
-                    _check_image_entry(entry, f"{name}[{position}]")
-                elif name == "annotations" and not isinstance(entry.get("file_name", ""), str):
-                    raise RecordError(
-                        "invalid_panoptic_record", f"{name}[{position}].file_name must be a string"
-                    )
-            except RecordError as error:
-                image_id = None if name == "categories" else _image_id_or_none(entry, key)
-                self._problem("invalid_panoptic_record", str(error), image_id)
-                continue
-            where.setdefault(value, []).append(position)
-            index.setdefault(value, entry)
-        for value, places in where.items():
-            if len(places) == 1:
-                continue
-            listed = ", ".join(f"{name}[{p}] ({_describe(panoptic[name][p])})" for p in places)
-            label = "category id" if name == "categories" else "image id"
-            message = f"{label} {value} is listed {len(places)} times in '{name}': {listed}"
-            if all(panoptic[name][p] == index[value] for p in places):
-                # Copies of one entry: nothing is ambiguous, so nothing is lost (but the file is still wrong).
-                self._report.add(
-                    "duplicate_id",
-                    self._split,
-                    f"{message}; identical copies, the first is used",
-                    image_id=None if name == "categories" else value,
-                    file=self.path,
-                )
-                continue
-            if name == "categories":
-                del index[value]
-                self._problem(
-                    "duplicate_id",
-                    f"{message}; which one is meant cannot be told, so its segments' phrases are left out",
-                )
-            else:
-                self._problem(
-                    "duplicate_id",
-                    f"{message}; which one is meant cannot be told, so its narratives are left out",
-                    value,
-                )
-        return index
-
-    def _check_segments(self, image_id: int, annotation: dict[str, Any], position: int) -> None:
-        where = f"annotations[{position}].segments_info"
-        infos = annotation.get("segments_info", [])
-        if not isinstance(infos, list):
-            self._problem("invalid_panoptic_record", f"{where} must be a list", image_id)
-            return
-        seen: dict[int, int] = {}  # segment id -> its first entry's number
-        for number, info in enumerate(infos):
-            try:
-                if not isinstance(info, dict):
-                    raise RecordError("invalid_panoptic_record", f"{where}[{number}] is not a JSON object")
-                for field_name in ("id", "category_id"):
-                    if field_name not in info:
-                        raise RecordError(
-                            "invalid_panoptic_record", f"{where}[{number}] has no '{field_name}'"
-                        )
-                segment_id = _as_int(info["id"], f"{where}[{number}].id")
-                _as_int(info["category_id"], f"{where}[{number}].category_id")
-                _check_segment_numbers(info, f"{where}[{number}]")
-            except RecordError as error:
-                self._problem(
-                    "invalid_panoptic_record", f"{error}; the image's annotation is not used", image_id
-                )
-                return
-            if segment_id in seen:
-                message = f"segment id {segment_id} is listed twice in {where} (entries {seen[segment_id]} and {number})"
-                if info == infos[seen[segment_id]]:
-                    # segments() keeps one of two identical copies: nothing is ambiguous.
-                    self._report.add(
-                        "duplicate_id",
-                        self._split,
-                        f"{message}; identical copies, one is used",
-                        image_id=image_id,
-                        file=self.path,
-                    )
-                    continue
-                self._problem("duplicate_id", f"{message}; the image's narratives are left out", image_id)
-                return
-            seen[segment_id] = number
+        checker = PanopticChecker(path, report, split)
+        indexes: dict[str, dict[int, dict[str, Any]]] = {}
+        for name in IDENTIFYING_FIELD:
+            index = indexes[name] = {}
+            for position, entry in enumerate(panoptic[name]):
+                value = checker.check(name, position, entry)
+                if value is not None:
+                    index.setdefault(value, entry)  # the first copy, as the checker's message says
+        checker.finish()
+        self.categories = {
+            key: value
+            for key, value in indexes["categories"].items()
+            if key not in checker.dropped_categories
+        }
+        self.images = indexes["images"]
+        self.annotations = indexes["annotations"]
+        self.unusable = checker.unusable
 
     def segments(self, image_id: int) -> dict[int, dict[str, Any]]:
         """segment id -> segments_info entry, with ``is_thing`` (None for an unknown category) added."""
@@ -352,43 +247,6 @@ class PanopticIndex:
                 "is_thing": None if category is None else bool(category.get("isthing", 0)),
             }
         return segments
-
-
-def _image_id_or_none(entry: Any, key: str) -> int | None:
-    # The image a malformed entry belongs to, when that much can be read from it.
-    try:
-        return _as_int(entry.get(key), key) if isinstance(entry, dict) else None
-    except RecordError:
-        return None
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _check_image_entry(entry: dict[str, Any], where: str) -> None:
-    if not isinstance(entry.get("file_name", ""), str):
-        raise RecordError("invalid_panoptic_record", f"{where}.file_name must be a string")
-    for size in ("width", "height"):
-        value = entry.get(size, 0)
-        if not (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
-            raise RecordError(
-                "invalid_panoptic_record", f"{where}.{size} must be a non-negative integer, got {value!r}"
-            )
-
-
-def _check_segment_numbers(info: dict[str, Any], where: str) -> None:
-    # The fields the prepared dataset stores as numbers (bbox as exactly 4 of them).
-    bbox = info.get("bbox", [0, 0, 0, 0])
-    if not (isinstance(bbox, list) and len(bbox) == 4 and all(_is_number(v) for v in bbox)):
-        raise RecordError(
-            "invalid_panoptic_record", f"{where}.bbox must be a list of 4 numbers, got {bbox!r}"
-        )
-    for name in ("area", "iscrowd"):
-        if not _is_number(info.get(name, 0)):
-            raise RecordError(
-                "invalid_panoptic_record", f"{where}.{name} must be a number, got {info[name]!r}"
-            )
 
 
 def read_split(
