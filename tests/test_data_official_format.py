@@ -338,7 +338,7 @@ def test_streamed_json_errors_name_file_line_and_column(tmp_path, monkeypatch):
         list(iter_json_list(path))
     path.write_text('{"images": []}')
     with pytest.raises(
-        PngDataError, match="expected a JSON list of narratives, but the file starts with '{'"
+        PngDataError, match=r"expected a JSON list of narratives, got a dict \(the file starts with '\{'\)"
     ):
         list(iter_json_list(path))
 
