@@ -192,6 +192,33 @@ def test_corrupt_panoptic_png_is_reported_by_the_builder(data_dir, tmp_path):
     ]
 
 
+def test_problems_found_by_writing_processes_are_reported_once(data_dir, tmp_path):
+    # num_proc=2: the duplicate is found while scanning, the corrupt image by one of the writing processes.
+    path, panoptic = _panoptic(data_dir)
+    victim = _first_narrative_image(data_dir)
+    panoptic["images"].append(dict(next(i for i in panoptic["images"] if i["id"] == victim)))
+    path.write_text(json.dumps(panoptic))
+    records = _load(data_dir / "annotations/png_coco_train2017.json")
+    corrupt = int(records[-1]["image_id"])
+    image = data_dir / "images/train2017" / f"{corrupt:012d}.jpg"
+    _truncate(image)
+    dataset, report = load_png_dataset(
+        data_dir, splits="train", cache_dir=tmp_path / "cache", num_proc=2, return_report=True
+    )
+    assert sorted((i.kind, i.image_id) for i in report.issues) == [
+        ("corrupt_image_file", corrupt),
+        ("duplicate_id", victim),
+    ]
+    assert dataset["train"].num_rows == report.splits["train"].narratives_kept == NUM_TRAIN - 1
+    assert corrupt not in dataset["train"]["image_id"] and victim in dataset["train"]["image_id"]
+    with pytest.raises(PngDataError, match="duplicate_id"):
+        load_png_dataset(data_dir, splits="train", cache_dir=tmp_path / "strict", num_proc=2, strict=True)
+    path.write_text(json.dumps({**panoptic, "images": panoptic["images"][:-1]}))
+    # strict=True stopped in a writing process: the error still names the file, not "an error occurred".
+    with pytest.raises(PngDataError, match=f"corrupt_image_file: {image}"):
+        load_png_dataset(data_dir, splits="train", cache_dir=tmp_path / "strict", num_proc=2, strict=True)
+
+
 # Malformed annotation files and empty splits ------------------------------------------------------------
 
 

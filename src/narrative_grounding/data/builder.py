@@ -261,7 +261,14 @@ class PanopticNarrativeGroundingBuilder(datasets.GeneratorBasedBuilder):
         # merged into self.report by download_and_prepare.
         for shard in shards:
             self._shard_report = PngDataReport(data_dir=str(self.config.data_dir))
-            yield from self._generate_shard_examples(paths, shard)
+            try:
+                yield from self._generate_shard_examples(paths, shard)
+            except PngDataError as error:
+                # strict=True: raised in a worker process, the error reaches download_and_prepare without its
+                # cause (datasets re-raises a DatasetGenerationError), so it also goes to a file.
+                with open(_shard_error_path(shard), "w", encoding="utf-8") as handle:
+                    json.dump({"message": str(error), "file": error.file}, handle)
+                raise
             with open(_shard_report_path(shard), "w", encoding="utf-8") as handle:
                 handle.write(self._shard_report.to_json())
 
@@ -342,6 +349,10 @@ class PanopticNarrativeGroundingBuilder(datasets.GeneratorBasedBuilder):
             # datasets wraps whatever _generate_examples raises; ours (strict=True) names the file: unwrap it.
             if isinstance(error.__cause__, PngDataError):
                 raise error.__cause__ from None
+            errors = sorted(Path(self._work_dir).glob("*.error.json")) if self._work_dir else []
+            if errors:  # raised in a worker process (num_proc > 1)
+                found = json.loads(errors[0].read_text(encoding="utf-8"))
+                raise PngDataError(found["message"], file=found["file"]) from None
             raise
         finally:
             if self._work_dir is not None:
@@ -418,6 +429,11 @@ def _read_narratives(path: str, start: int, stop: int, count: int) -> Iterator[N
         handle.seek(start)
         while handle.tell() < stop:
             yield Narrative.from_json(handle.readline())
+
+
+def _shard_error_path(shard: Shard) -> str:
+    path, start, _, _ = shard
+    return f"{path}.{start:015d}.error.json"
 
 
 def _shard_report_path(shard: Shard) -> str:
