@@ -291,7 +291,7 @@ def _claim_output_dir(output_dir: Path, overwrite: bool) -> None:
     # behind to be mixed with the new one; files of other kinds in the folder are left alone.
     for split in SPLIT_DIRS:
         paths = split_paths(output_dir, split)
-        for folder in (paths.images_dir, paths.panoptic_dir):
+        for folder in (paths.images_dir, *paths.panoptic_dirs):  # either panoptic layout
             shutil.rmtree(folder, ignore_errors=True)
         for file in paths.annotation_files():
             file.unlink(missing_ok=True)
