@@ -2,8 +2,10 @@
 
 Narratives are not stored in the order of the panoptic annotations, so reading them needs random access by
 image id. A dict of the whole json costs memory in proportion to the number of images (about 1 GB of Python
-objects for train2017); this index streams the json once into a temporary SQLite table and keeps only the
-categories in memory, so reading a split takes the same memory for 1,000 images as for 118,000.
+objects for train2017); this index streams the json once into a temporary SQLite table and keeps in memory
+only the categories and, to find ids listed twice, the checker's position, hash and file name per id: about
+760 bytes an image (90 MB for train2017's 118k images and annotations, measured with tracemalloc) instead of
+the entries themselves.
 """
 
 from __future__ import annotations
