@@ -331,7 +331,9 @@ def test_make_synthetic_refuses_a_folder_that_is_not_empty(tmp_path, capsys):
         "1",
     ]
     assert main(argv) == 2
-    assert "not empty" in capsys.readouterr().err
+    [line] = capsys.readouterr().err.splitlines()  # one line, as every input error of the CLI
+    assert line.startswith("narrative-grounding make-synthetic: error: ") and "not empty" in line
+    assert "--overwrite" in line
     assert main([*argv, "--overwrite"]) == 2  # not a synthetic dataset of ours: never touched
     assert "not a synthetic dataset" in capsys.readouterr().err
     assert _files(precious) == before

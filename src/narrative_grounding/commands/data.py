@@ -156,23 +156,19 @@ def _make_synthetic(args: argparse.Namespace) -> int:
     from ..data.synthetic import generate_synthetic_dataset
 
     if len(args.image_size) not in (1, 2):
-        print("make-synthetic: --image_size takes S or H W", file=sys.stderr)
-        return 2
+        raise ValueError(f"--image_size takes S or H W, got {len(args.image_size)} values")
     size = args.image_size[0] if len(args.image_size) == 1 else tuple(args.image_size)
-    try:
-        stats = generate_synthetic_dataset(
-            args.output_dir,
-            num_train=args.num_train,
-            num_validation=args.num_validation,
-            image_size=size,
-            level=args.level,
-            seed=args.seed,
-            num_workers=args.num_workers,
-            progress=not args.json,
-            overwrite=args.overwrite,
-        )
-    except (ValueError, FileExistsError) as error:
-        print(f"make-synthetic: {error}", file=sys.stderr)
-        return 2
+    # A bad setting (ValueError) or a folder that is not empty (FileExistsError): one line, exit 2 (cli.main).
+    stats = generate_synthetic_dataset(
+        args.output_dir,
+        num_train=args.num_train,
+        num_validation=args.num_validation,
+        image_size=size,
+        level=args.level,
+        seed=args.seed,
+        num_workers=args.num_workers,
+        progress=not args.json,
+        overwrite=args.overwrite,
+    )
     print(json.dumps(stats.to_dict(), indent=2) if args.json else stats.format())
     return 0
