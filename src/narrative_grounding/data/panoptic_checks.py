@@ -3,19 +3,21 @@
 Each problem is reported with the file and the entry (``annotations[12].segments_info[3]``) and nothing
 ambiguous is guessed: an image whose entry is malformed, or whose id is listed twice with different
 content, is marked unusable and its narratives are left out instead of being paired with the wrong
-picture or segments. The checker sees each entry once and keeps only its position, a hash of the fields
-the dataset uses and a short description per id (not the entry), so an index that streams the json can
-use it as well as one that holds the whole json in memory.
+picture or segments. The checker sees each entry once and keeps only its position and a hash of the
+fields the dataset uses per id (not the entry), so an index that streams the json can use it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from .report import PngDataReport
 
 # The field that identifies an entry of each list of a panoptic json.
 IDENTIFYING_FIELD: dict[str, str] = {"categories": "id", "images": "id", "annotations": "image_id"}
+_HASH_BITS = 64
+_HASH_MASK = (1 << _HASH_BITS) - 1
 
 
 class _Malformed(ValueError):
@@ -84,6 +86,12 @@ class PanopticChecker:
     of its (already reported) problem, and :attr:`dropped_categories` holds the category ids listed twice
     with different content (their segments count as of an unknown category). Copies of an entry that agree
     on every field the dataset uses are reported but lose nothing.
+
+    Per id it keeps one integer (the first copy's position and a hash of its used fields: ~100 bytes with
+    its dict slot, 23 MB for the images and annotations of COCO train's 118k images, measured with
+    tracemalloc); only the later copies of an id listed twice keep their description. The first copy's
+    description is asked of whoever holds it (``finish(first_entry=...)``), so that memory stays small
+    for the 118k images of COCO train.
     """
 
     def __init__(self, path: str, report: PngDataReport, split: str):
@@ -92,7 +100,9 @@ class PanopticChecker:
         self.dropped_categories: set[int] = set()
         self._report = report
         self._split = split
-        # (list name, id) -> [(position, hash of the used fields, description)], one item per copy.
+        # list name -> id -> first position << 64 | hash of the used fields
+        self._first: dict[str, dict[int, int]] = {name: {} for name in IDENTIFYING_FIELD}
+        # (list name, id) -> [(position, hash of the used fields, description)] of the copies after the first
         self._copies: dict[tuple[str, int], list[tuple[int, int, str]]] = {}
 
     def _problem(self, kind: str, message: str, image_id: int | None, *, unusable: bool = True) -> None:
@@ -132,7 +142,12 @@ class PanopticChecker:
             }[name]
             self._problem(error.kind, f"{error}; {consequence}", image_id)
             return None
-        self._copies.setdefault((name, value), []).append((position, hash(used), _describe(entry)))
+        digest = hash(used) & _HASH_MASK
+        first = self._first[name]
+        if value in first:
+            self._copies.setdefault((name, value), []).append((position, digest, _describe(entry)))
+        else:
+            first[value] = position << _HASH_BITS | digest
         return value
 
     def _check_annotation(self, image_id: int, entry: dict[str, Any], where: str) -> tuple:
@@ -161,11 +176,18 @@ class PanopticChecker:
             first[segment_id] = number
         return entry.get("file_name"), tuple(segments.values())
 
-    def finish(self) -> None:
-        """Report every id listed more than once; copies that differ make what uses them unusable."""
-        for (name, value), copies in self._copies.items():
-            if len(copies) == 1:
-                continue
+    def finish(self, first_entry: Callable[[str, int], Any] | None = None) -> None:
+        """Report every id listed more than once; copies that differ make what uses them unusable.
+
+        Args:
+            first_entry: ``(list name, id) -> the first copy's entry`` (as indexed), to name it in the
+                message by its file or name; without it, the first copy is named by its position only.
+        """
+        for (name, value), later in self._copies.items():
+            packed = self._first[name][value]
+            entry = first_entry(name, value) if first_entry is not None else None
+            description = _describe(entry) if isinstance(entry, dict) else "the first copy"
+            copies = [(packed >> _HASH_BITS, packed & _HASH_MASK, description), *later]
             label = "category id" if name == "categories" else "image id"
             listed = ", ".join(f"{name}[{position}] ({description})" for position, _, description in copies)
             message = f"{label} {value} is listed {len(copies)} times in '{name}': {listed}"
@@ -192,6 +214,7 @@ class PanopticChecker:
                     image_id,
                 )
         self._copies.clear()
+        self._first.clear()
 
 
 __all__ = ["IDENTIFYING_FIELD", "PanopticChecker"]

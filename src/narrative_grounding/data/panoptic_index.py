@@ -3,9 +3,8 @@
 Narratives are not stored in the order of the panoptic annotations, so reading them needs random access by
 image id. A dict of the whole json costs memory in proportion to the number of images (about 1 GB of Python
 objects for train2017); this index streams the json once into a temporary SQLite table and keeps in memory
-only the categories and, to find ids listed twice, the checker's position, hash and file name per id: about
-760 bytes an image (90 MB for train2017's 118k images and annotations, measured with tracemalloc) instead of
-the entries themselves.
+only the categories and, to find ids listed twice, one integer per id and list (the first copy's position and
+a hash): about 200 bytes an image for its image and annotation entries.
 """
 
 from __future__ import annotations
@@ -62,13 +61,20 @@ class PanopticIndex:
             self.categories: dict[int, dict[str, Any]] = {}
             checker = PanopticChecker(self.path, report, split)
             self._build(checker)
-            checker.finish()
+            checker.finish(first_entry=self._first_entry)
             for category_id in checker.dropped_categories:
                 self.categories.pop(category_id, None)
             self.unusable: dict[int, str] = checker.unusable
         except BaseException:
             self.close()
             raise
+
+    def _first_entry(self, name: str, entry_id: int) -> dict[str, Any] | None:
+        # The copy that was indexed: the first (the checker names it in a duplicate_id message).
+        if name == "categories":
+            return self.categories.get(entry_id)
+        image, annotation = self.entry(entry_id)
+        return image if name == "images" else annotation
 
     def _structure_error(self, message: str) -> PngDataError:
         return PngDataError(
