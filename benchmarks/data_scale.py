@@ -42,9 +42,6 @@ TRAIN_NARRATIVES, TRAIN_PHRASES = 133_103, 875_073  # the PNG train split (png_c
 # cocodataset.org's download page: "2017 Train images [118K/18GB]"; the benchmark's images are the same
 # size (640x480) but not the same content, so the disk figures are also given at COCO's mean JPEG size.
 COCO_TRAIN_IMAGES, COCO_TRAIN_JPEG_BYTES = 118_287, 18e9
-TOKENIZER_DIR = (
-    Path(__file__).resolve().parents[1] / "src" / "narrative_grounding" / "hub_configs" / "tokenizer-tiny"
-)
 
 THINGS = [(1, "person", "people"), (3, "car", "cars"), (18, "dog", "dogs"), (62, "chair", "chairs"),
           (44, "bottle", "bottles"), (64, "potted plant", "plants")]  # fmt: skip
@@ -252,6 +249,7 @@ def decode_costs(data_dir: Path, cache_dir: Path, samples: int) -> dict:
     from transformers import AutoTokenizer
 
     from narrative_grounding.data import PanopticNarrativeGroundingBuilder
+    from narrative_grounding.factory import variant_path  # the tiny tokenizer ships in the tiny variants
     from narrative_grounding.modeling.image_processing_png import PngImageProcessor
     from narrative_grounding.modeling.processing_png import PngProcessor
     from narrative_grounding.training.collate import PngCollator, row_phrase_masks
@@ -259,7 +257,8 @@ def decode_costs(data_dir: Path, cache_dir: Path, samples: int) -> dict:
     builder = PanopticNarrativeGroundingBuilder(data_dir=str(data_dir), cache_dir=str(cache_dir))
     dataset = builder.as_dataset()["train"]
     indices = range(min(samples, dataset.num_rows))
-    collator = PngCollator(PngProcessor(PngImageProcessor(), AutoTokenizer.from_pretrained(TOKENIZER_DIR)))
+    tokenizer = AutoTokenizer.from_pretrained(variant_path("epng-tiny"))
+    collator = PngCollator(PngProcessor(PngImageProcessor(), tokenizer))
     collator([dataset[0]])  # warm-up
 
     def per_example(function) -> float:

@@ -338,7 +338,7 @@ def test_streamed_json_errors_name_file_line_and_column(tmp_path, monkeypatch):
         list(iter_json_list(path))
     path.write_text('{"images": []}')
     with pytest.raises(
-        PngDataError, match="expected a JSON list of narratives, but the file starts with '{'"
+        PngDataError, match=r"expected a JSON list of narratives, got a dict \(the file starts with '\{'\)"
     ):
         list(iter_json_list(path))
 
@@ -349,7 +349,15 @@ def test_panoptic_index_names_the_bad_entry(official_dir, tmp_path):
     panoptic = json.loads(path.read_text())
     del panoptic["images"][0]["id"]
     path.write_text(json.dumps(panoptic))
-    with pytest.raises(PngDataError, match=r"panoptic_val2017\.json: images\[0\] has no integer 'id'"):
+    # The streamed index reports the entry with its position and goes on: the split is read to its end.
+    dataset, report = load_png_dataset(root, cache_dir=tmp_path / "cache", return_report=True)
+    [malformed] = report.of_kind("invalid_panoptic_record")
+    assert malformed.file == str(path) and malformed.message.startswith("images[0] has no 'id'")
+    # Its narratives have no image entry left: validation keeps none and is left out, train is prepared.
+    assert {issue.image_id for issue in report.of_kind("missing_image_entry")} == {5000}
+    assert [issue.split for issue in report.of_kind("empty_split")] == ["validation"]
+    assert list(dataset) == ["train"] and dataset["train"].num_rows == report.splits["train"].narratives_kept
+    with pytest.raises(PngDataError, match="split 'validation' has no usable narrative"):
         load_png_dataset(root, splits="validation", cache_dir=tmp_path / "cache")
     del panoptic["categories"]
     panoptic["images"][0]["id"] = 5000

@@ -14,6 +14,7 @@ from transformers import AutoTokenizer, pipeline
 import narrative_grounding.pipeline  # noqa: F401  (registers the task)
 from narrative_grounding import create_model
 from narrative_grounding.cli import main
+from narrative_grounding.commands.predict import RecordsSkippedError
 from narrative_grounding.factory import variant_path
 from narrative_grounding.modeling.image_processing_png import PngImageProcessor
 from narrative_grounding.modeling.processing_png import PngProcessor, rle_to_mask
@@ -105,7 +106,7 @@ def test_predict_one_image_png_masks_and_overlay(saved, tmp_path) -> None:
 def test_predict_fast_gives_the_same_masks(saved, tmp_path) -> None:
     folder, _, _ = saved
     picture().save(tmp_path / "bear.jpg")
-    argv = ["--model", str(folder), "--image", str(tmp_path / "bear.jpg"), "--format", "rle", "--no-overlay"]
+    argv = ["--model", str(folder), "--image", str(tmp_path / "bear.jpg"), "--format", "rle", "--no_overlay"]
     argv += ["--narrative", NARRATIVE, "--phrases", *PHRASES]
     assert predict([*argv, "--output", str(tmp_path / "eager")]) == 0
     assert predict([*argv, "--output", str(tmp_path / "fast"), "--fast"]) == 0
@@ -132,14 +133,14 @@ def test_predict_jsonl_and_folder_with_rle(saved, tmp_path) -> None:
     for source, ids in ((tmp_path / "records.jsonl", ["first", "second"]), (images, ["a", "b"])):
         out = tmp_path / f"out-{source.stem}"
         argv = ["--model", str(folder), "--input", str(source), "--output", str(out), "--format", "rle"]
-        assert predict([*argv, "--no-overlay"]) == 0
+        assert predict([*argv, "--no_overlay"]) == 0
         records = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
         assert [record["id"] for record in records] == ids
         assert rle_to_mask(records[1]["masks"][0]).shape == (64, 40)
         assert not (out / "overlays").exists()
 
 
-def test_predict_reports_bad_records(saved, tmp_path) -> None:
+def test_predict_reports_bad_records(saved, tmp_path, capsys) -> None:
     folder, _, _ = saved
     picture().save(tmp_path / "a.png")
     (tmp_path / "records.jsonl").write_text(
@@ -153,17 +154,36 @@ def test_predict_reports_bad_records(saved, tmp_path) -> None:
         "--output",
         str(tmp_path / "o"),
     ]
+    # The CLI prints one line and exits 2; --debug raises the exception instead.
+    assert predict(argv) == 2
+    [line] = capsys.readouterr().err.splitlines()
+    assert (
+        line.startswith("narrative-grounding predict: error: ") and "records.jsonl:2: not valid JSON" in line
+    )
     with pytest.raises(ValueError, match=r"records.jsonl:2: not valid JSON"):
-        predict(argv)
+        main(["--debug", "predict", *argv])
     (tmp_path / "records.jsonl").write_text(
         json.dumps({"image": "a.png", "narrative": NARRATIVE, "phrases": ["x y"]})
     )
-    with pytest.raises(ValueError, match=r"record a .*phrase 0 'x y' not found"):
-        predict(argv)
+    # A phrase not in its narrative is the record's own problem: skipped, listed, and the run fails.
+    with pytest.raises(RecordsSkippedError, match=r"(?s)1 of 1 record.*record a .*phrase 0 'x y' not found"):
+        main(["--debug", "predict", *argv])
+    assert (tmp_path / "o" / "skipped.jsonl").is_file()
     (tmp_path / "records.jsonl").write_text(
         json.dumps({"image": "missing.png", "narrative": "a", "phrases": ["a"]})
     )
     with pytest.raises(FileNotFoundError, match="missing.png does not exist"):
-        predict(argv)
+        main(["--debug", "predict", *argv])
     with pytest.raises(ValueError, match="--image needs --narrative and --phrases"):
-        predict(["--model", str(folder), "--image", str(tmp_path / "a.png"), "--output", str(tmp_path / "o")])
+        main(
+            [
+                "--debug",
+                "predict",
+                "--model",
+                str(folder),
+                "--image",
+                str(tmp_path / "a.png"),
+                "--output",
+                str(tmp_path / "o"),
+            ]
+        )

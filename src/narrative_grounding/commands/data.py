@@ -42,9 +42,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     prepare.add_argument("--report_json", help="also write the problem report as JSON to this file")
     prepare.add_argument(
         "--num_proc",
-        type=int,
+        type=positive_int,
         default=None,
         help="processes that read the image and PNG files and write the Arrow shards (default: one)",
+    )
+    prepare.add_argument(
+        "--no_image_check",
+        action="store_true",
+        help="do not decode the images and panoptic PNGs while preparing (faster; a file that does not "
+        "decode then fails later, in training)",
     )
     prepare.set_defaults(func=_prepare_data)
 
@@ -56,7 +62,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     validate.add_argument(
         "--splits", nargs="+", choices=sorted(SPLIT_DIRS), help="default: train and validation"
     )
-    validate.add_argument("--no_pixel_check", action="store_true", help="skip decoding the panoptic PNGs")
+    validate.add_argument(
+        "--no_pixel_check", action="store_true", help="skip decoding the images and panoptic PNGs"
+    )
     validate.add_argument("--json", action="store_true", help="print the full report as JSON")
     validate.add_argument(
         "--max_issues", type=non_negative_int, default=50, help="issues listed in the text report"
@@ -77,6 +85,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     synthetic.add_argument("--seed", type=seed, default=0)
     synthetic.add_argument("--num_workers", type=positive_int, default=None, help="default: all CPU cores")
     synthetic.add_argument("--json", action="store_true", help="print the statistics as JSON")
+    synthetic.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the synthetic dataset already in OUTPUT_DIR (by default OUTPUT_DIR must be new or "
+        "empty; a folder make-synthetic did not write is never touched)",
+    )
     synthetic.set_defaults(func=_make_synthetic)
 
 
@@ -102,6 +116,7 @@ def _prepare_data(args: argparse.Namespace) -> int:
             splits=tuple(args.splits) if args.splits else None,
             embed_files=not args.no_embed,
             strict=args.strict,
+            check_images=not args.no_image_check,
             progress=True,
         )
         builder.download_and_prepare(num_proc=args.num_proc)
@@ -141,22 +156,19 @@ def _make_synthetic(args: argparse.Namespace) -> int:
     from ..data.synthetic import generate_synthetic_dataset
 
     if len(args.image_size) not in (1, 2):
-        print("make-synthetic: --image_size takes S or H W", file=sys.stderr)
-        return 2
+        raise ValueError(f"--image_size takes S or H W, got {len(args.image_size)} values")
     size = args.image_size[0] if len(args.image_size) == 1 else tuple(args.image_size)
-    try:
-        stats = generate_synthetic_dataset(
-            args.output_dir,
-            num_train=args.num_train,
-            num_validation=args.num_validation,
-            image_size=size,
-            level=args.level,
-            seed=args.seed,
-            num_workers=args.num_workers,
-            progress=not args.json,
-        )
-    except ValueError as error:
-        print(f"make-synthetic: {error}", file=sys.stderr)
-        return 2
+    # A bad setting (ValueError) or a folder that is not empty (FileExistsError): one line, exit 2 (cli.main).
+    stats = generate_synthetic_dataset(
+        args.output_dir,
+        num_train=args.num_train,
+        num_validation=args.num_validation,
+        image_size=size,
+        level=args.level,
+        seed=args.seed,
+        num_workers=args.num_workers,
+        progress=not args.json,
+        overwrite=args.overwrite,
+    )
     print(json.dumps(stats.to_dict(), indent=2) if args.json else stats.format())
     return 0

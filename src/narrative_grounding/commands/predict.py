@@ -13,6 +13,9 @@ Outputs in --output:
                            names with --format png, COCO RLE dicts with --format rle)
   masks/<id>/<k>.png       phrase k's mask, 0/255 (with --format png)
   overlays/<id>.png        masks over the image with the coloured narrative (unless --no_overlay)
+  skipped.jsonl            the records whose input could not be used (unreadable image, bad sidecar, a
+                           phrase not in its narrative), with the reason; they are reported as they come,
+                           every other record is still predicted, and the command then fails
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import argparse
 import json
 import math
 import re
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -31,6 +35,7 @@ from tqdm.auto import tqdm
 
 from ..argument_types import max_length, torch_device, unit_interval
 
+SKIPPED_FILE = "skipped.jsonl"
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
 
@@ -96,15 +101,20 @@ def iter_records(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 
 def _folder_records(folder: Path) -> Iterator[dict[str, Any]]:
+    # One unreadable or malformed sidecar must not cost the rest of the folder: such a record carries its
+    # "error" and `run` reports it and goes on with the next image.
     images = sorted(path for path in folder.iterdir() if path.suffix.lower() in IMAGE_SUFFIXES)
     if not images:
         raise ValueError(f"no image files in {folder}")
     for path in images:
         sidecar = path.with_suffix(".json")
-        if not sidecar.is_file():
-            raise ValueError(f"{path.name} has no {sidecar.name} with its narrative and phrases")
-        record = _parse_json(sidecar.read_text(encoding="utf-8"), str(sidecar))
-        yield _record(record, str(sidecar), default_id=path.stem, image=path)
+        try:
+            if not sidecar.is_file():
+                raise ValueError(f"{path.name} has no {sidecar.name} with its narrative and phrases")
+            record = _parse_json(sidecar.read_text(encoding="utf-8"), str(sidecar))
+            yield _record(record, str(sidecar), default_id=path.stem, image=path)
+        except (OSError, UnicodeDecodeError, ValueError) as error:
+            yield {"id": path.stem, "image": path, "error": str(error)}
 
 
 def _jsonl_records(file: Path) -> Iterator[dict[str, Any]]:
@@ -158,7 +168,6 @@ def run(args: argparse.Namespace) -> int:
 
     from ..modeling.modeling_png import PngForPanopticNarrativeGrounding
     from ..modeling.processing_png import PngProcessor
-    from ..visualization import draw_grounding
 
     records = iter_records(args)
     model_dir = Path(args.model)
@@ -180,50 +189,104 @@ def run(args: argparse.Namespace) -> int:
     if args.max_length is not None:
         text_options["max_length"] = args.max_length
 
-    with (output / "predictions.jsonl").open("w", encoding="utf-8") as lines:
-        for record in tqdm(records, desc="predict", unit="image"):
-            image = record["image"]  # a path: the processor and the overlay both apply EXIF orientation
-            try:
-                inputs = processor(
-                    images=image, text=record["narrative"], phrases=record["phrases"], **text_options
-                )
-            except ValueError as error:
-                raise ValueError(f"record {record['id']} ({record['image']}): {error}") from error
-            with no_gradients():
-                outputs = model(**inputs.to(args.device))
-            result = processor.post_process_panoptic_narrative_grounding(
-                outputs, threshold=args.threshold, inputs=inputs, return_rle=args.format == "rle"
-            )[0]
-            masks: list[Any]
-            if args.format == "png":
-                folder = output / "masks" / record["id"]
-                folder.mkdir(parents=True, exist_ok=True)
-                masks = []
-                for index, plane in enumerate(result["masks"]):
-                    name = f"{index}.png"
-                    PIL.Image.fromarray(plane.numpy().astype(np.uint8) * 255).save(folder / name)
-                    masks.append(f"masks/{record['id']}/{name}")
-            else:
-                masks = result["masks"]
-            if not args.no_overlay:
-                (output / "overlays").mkdir(exist_ok=True)
-                picture = draw_grounding(image, result, record["narrative"])
-                picture.save(output / "overlays" / f"{record['id']}.png")
-            line = {
-                "id": record["id"],
-                "image": str(record["image"]),
-                "narrative": record["narrative"],
-                "phrases": result["phrases"],
-                "spans": [list(span) for span in result["spans"]],
-                # NaN (a phrase lost to truncation) is not JSON: null
-                "scores": [
-                    None if math.isnan(score) else round(score, 6) for score in result["scores"].tolist()
-                ],
-                "masks": masks,
-            }
-            lines.write(json.dumps(line) + "\n")
-    print(f"wrote {len(records)} prediction(s) to {output}")
+    written: list[str] = []
+    skipped: list[dict[str, str]] = []
+    record: dict[str, Any] = {}
+    try:
+        with (output / "predictions.jsonl").open("w", encoding="utf-8") as lines:
+            for record in tqdm(records, desc="predict", unit="image"):
+                line = _predict_record(record, model, processor, no_gradients, text_options, output, args)
+                if isinstance(line, str):  # this record's own input is bad: report it and go on
+                    skipped.append({"id": record["id"], "image": str(record["image"]), "error": line})
+                    tqdm.write(f"predict: skipped {line}", file=sys.stderr)
+                    continue
+                lines.write(json.dumps(line) + "\n")
+                written.append(record["id"])
+    except BaseException:
+        # Not a bad input (a model or device failure, an interrupt): say what is kept, then let it propagate.
+        print(
+            f"predict stopped at record {record.get('id')!r} ({record.get('image')}); "
+            f"{output / 'predictions.jsonl'} holds the {len(written)} prediction(s) written before it",
+            file=sys.stderr,
+        )
+        raise
+    skipped_file = output / SKIPPED_FILE
+    skipped_file.unlink(missing_ok=True)  # a previous run's list would describe another run
+    if skipped:
+        skipped_file.write_text("".join(json.dumps(item) + "\n" for item in skipped), encoding="utf-8")
+        raise RecordsSkippedError(written, skipped, output)
+    print(f"wrote {len(written)} prediction(s) to {output}")
     return 0
 
 
-__all__ = ["iter_records", "register", "run"]
+class RecordsSkippedError(ValueError):
+    """Some records could not be read; every other record was predicted and written.
+
+    Attributes:
+        written: ids of the records in predictions.jsonl.
+        skipped: ``{"id", "image", "error"}`` of each record left out (also in ``skipped.jsonl``).
+    """
+
+    def __init__(self, written: list[str], skipped: list[dict[str, str]], output: Path, shown: int = 20):
+        self.written, self.skipped = written, skipped
+        listed = "\n".join(f"  - {item['error']}" for item in skipped[:shown])
+        more = f"\n  ... and {len(skipped) - shown} more" if len(skipped) > shown else ""
+        super().__init__(
+            f"{len(skipped)} of {len(written) + len(skipped)} record(s) could not be read and were skipped; "
+            f"the other {len(written)} prediction(s) are in {output / 'predictions.jsonl'} and the skipped "
+            f"records are listed in {output / SKIPPED_FILE}:\n{listed}{more}"
+        )
+
+
+def _predict_record(
+    record: dict[str, Any],
+    model: Any,
+    processor: Any,
+    no_gradients: Any,
+    text_options: dict[str, Any],
+    output: Path,
+    args: argparse.Namespace,
+) -> dict[str, Any] | str:
+    """The predictions.jsonl line of one record (masks and overlay written), or why its input is unusable."""
+    where = f"record {record['id']} ({record['image']})"
+    if "error" in record:
+        return f"{where}: {record['error']}"
+    image = record["image"]  # a path: the processor and the overlay both apply EXIF orientation
+    try:
+        inputs = processor(images=image, text=record["narrative"], phrases=record["phrases"], **text_options)
+    except (OSError, ValueError) as error:  # an unreadable image, a phrase not in the narrative...
+        return f"{where}: {error}"
+    with no_gradients():
+        outputs = model(**inputs.to(args.device))
+    result = processor.post_process_panoptic_narrative_grounding(
+        outputs, threshold=args.threshold, inputs=inputs, return_rle=args.format == "rle"
+    )[0]
+    masks: list[Any]
+    if args.format == "png":
+        folder = output / "masks" / record["id"]
+        folder.mkdir(parents=True, exist_ok=True)
+        masks = []
+        for index, plane in enumerate(result["masks"]):
+            name = f"{index}.png"
+            PIL.Image.fromarray(plane.numpy().astype(np.uint8) * 255).save(folder / name)
+            masks.append(f"masks/{record['id']}/{name}")
+    else:
+        masks = result["masks"]
+    if not args.no_overlay:
+        from ..visualization import draw_grounding
+
+        (output / "overlays").mkdir(exist_ok=True)
+        draw_grounding(image, result, record["narrative"]).save(output / "overlays" / f"{record['id']}.png")
+    return {
+        "id": record["id"],
+        "image": str(record["image"]),
+        "narrative": record["narrative"],
+        "phrases": result["phrases"],
+        "spans": [list(span) for span in result["spans"]],
+        # NaN (a phrase lost to truncation) is not JSON: null
+        "scores": [None if math.isnan(score) else round(score, 6) for score in result["scores"].tolist()],
+        "masks": masks,
+    }
+
+
+__all__ = ["RecordsSkippedError", "iter_records", "register", "run"]

@@ -28,8 +28,13 @@ from datasets.fingerprint import Hasher
 from .layout import SPLIT_DIRS, PngDataError, SplitPaths, available_splits, split_paths
 from .narratives import Narrative, read_split
 from .report import PngDataReport
+from .validation import DECODE_ERRORS, decode_image
 
 REPORT_FILE = "png_data_report.json"
+
+
+class _Undecodable(Exception):
+    """A file that was read but does not decode (its PIL error is the cause)."""
 
 
 def png_features() -> datasets.Features:
@@ -84,23 +89,46 @@ class PngBuilderConfig(datasets.BuilderConfig):
         embed_files: store the image and PNG bytes in the Arrow files (self-contained, shareable as Parquet)
             rather than paths into ``data_dir``.
         strict: raise :class:`PngDataError` listing the problems instead of leaving bad records out.
+        check_images: decode every image and panoptic PNG while preparing, so that one that does not decode
+            (a truncated download, say) is reported and left out here rather than failing training
+            mid-epoch; False skips the decoding (faster on data already checked with ``validate``).
     """
 
     splits: tuple[str, ...] | None = None
     embed_files: bool = True
     strict: bool = False
+    check_images: bool = True
 
 
-def _annotation_fingerprint(data_dir: str | None) -> str | None:
-    # Part of the cache path: editing an annotation file in place must not reuse a stale Arrow cache.
+def _listing(folder: Path) -> str:
+    # "name size mtime" of every file in one folder, one string (hashed far faster than a list of tuples).
+    if not folder.is_dir():
+        return ""
+    with os.scandir(folder) as entries:
+        return "\n".join(
+            sorted(
+                f"{entry.name} {stat.st_size} {stat.st_mtime_ns}"
+                for entry in entries
+                if entry.is_file() and (stat := entry.stat())
+            )
+        )
+
+
+def _data_fingerprint(data_dir: str | None) -> str | None:
+    # Part of the cache path: replacing an annotation file, an image or a panoptic PNG in place (a repaired
+    # download, say) must not reuse a stale Arrow cache that still holds the old bytes.
     if data_dir is None:
         return None
     stats = []
     for split in SPLIT_DIRS:
-        for path in split_paths(data_dir, split).annotation_files():
+        paths = split_paths(data_dir, split)
+        for path in paths.annotation_files():
             if path.is_file():
                 stat = path.stat()
                 stats.append((path.name, stat.st_size, stat.st_mtime_ns))
+        # Both panoptic layouts' folders: moving the PNGs from one layout to the other is a change too.
+        for folder in (paths.images_dir, *paths.panoptic_dirs):
+            stats.append(_listing(folder))
     return Hasher.hash(stats)
 
 
@@ -114,8 +142,8 @@ class PanopticNarrativeGroundingBuilder(datasets.GeneratorBasedBuilder):
         data_dir: root of the official layout (``images/``, ``annotations/``).
         cache_dir: where the Arrow files go (default: the datasets cache).
         progress: show a tqdm bar over the narratives while preparing.
-        **kwargs: ``splits``, ``embed_files``, ``strict`` (see :class:`PngBuilderConfig`) and the usual
-            ``datasets.DatasetBuilder`` arguments.
+        **kwargs: ``splits``, ``embed_files``, ``strict``, ``check_images`` (see :class:`PngBuilderConfig`)
+            and the usual ``datasets.DatasetBuilder`` arguments.
     """
 
     BUILDER_CONFIG_CLASS = PngBuilderConfig
@@ -129,7 +157,7 @@ class PanopticNarrativeGroundingBuilder(datasets.GeneratorBasedBuilder):
             splits = [kwargs["splits"]] if isinstance(kwargs["splits"], str) else kwargs["splits"]
             kwargs["splits"] = tuple(splits)
         kwargs.setdefault("dataset_name", "panoptic_narrative_grounding")
-        kwargs.setdefault("hash", _annotation_fingerprint(kwargs.get("data_dir")))
+        kwargs.setdefault("hash", _data_fingerprint(kwargs.get("data_dir")))
         self.progress = progress
         self._work_dir: str | None = None  # the narratives kept, between scanning and writing
         super().__init__(*args, **kwargs)
@@ -212,8 +240,20 @@ class PanopticNarrativeGroundingBuilder(datasets.GeneratorBasedBuilder):
         return self._work_dir
 
     def _file_feature(self, path: Path) -> dict[str, Any]:
+        """The Image feature value of one file; with ``check_images``, only once it has decoded fully.
+
+        Raises:
+            OSError: the file cannot be read (``missing_*``).
+            _Undecodable: it is read but does not decode (``corrupt_*``).
+        """
+        data = path.read_bytes() if self.config.embed_files or self.config.check_images else None
+        if self.config.check_images:
+            try:
+                decode_image(data)
+            except DECODE_ERRORS as error:
+                raise _Undecodable(error) from error
         if self.config.embed_files:
-            return {"path": path.name, "bytes": path.read_bytes()}
+            return {"path": path.name, "bytes": data}
         return {"path": str(path), "bytes": None}
 
     def _generate_examples(self, paths: SplitPaths, shards: list[Shard]) -> Iterator[tuple[str, dict]]:
@@ -221,7 +261,14 @@ class PanopticNarrativeGroundingBuilder(datasets.GeneratorBasedBuilder):
         # merged into self.report by download_and_prepare.
         for shard in shards:
             self._shard_report = PngDataReport(data_dir=str(self.config.data_dir))
-            yield from self._generate_shard_examples(paths, shard)
+            try:
+                yield from self._generate_shard_examples(paths, shard)
+            except PngDataError as error:
+                # strict=True: raised in a worker process, the error reaches download_and_prepare without its
+                # cause (datasets re-raises a DatasetGenerationError), so it also goes to a file.
+                with open(_shard_error_path(shard), "w", encoding="utf-8") as handle:
+                    json.dump({"message": str(error), "file": error.file}, handle)
+                raise
             with open(_shard_report_path(shard), "w", encoding="utf-8") as handle:
                 handle.write(self._shard_report.to_json())
 
@@ -232,16 +279,10 @@ class PanopticNarrativeGroundingBuilder(datasets.GeneratorBasedBuilder):
 
             narratives = tqdm(narratives, desc=f"Preparing {paths.split}", unit=" narratives", total=shard[3])
         for narrative in narratives:
-            try:
-                image = self._file_feature(paths.image_path(narrative.image_file))
-            except OSError as error:
-                self._left_out(paths, narrative, "missing_image_file", error)
+            files = self._narrative_files(paths, narrative)
+            if files is None:
                 continue
-            try:
-                png = self._file_feature(paths.panoptic_png_path(narrative.panoptic_file))
-            except OSError as error:
-                self._left_out(paths, narrative, "missing_panoptic_png", error)
-                continue
+            image, png = files
             yield (
                 narrative.key,
                 {
@@ -257,15 +298,39 @@ class PanopticNarrativeGroundingBuilder(datasets.GeneratorBasedBuilder):
                 },
             )
 
-    def _left_out(self, paths: SplitPaths, narrative: Narrative, kind: str, error: OSError) -> None:
-        # A file that vanished or became unreadable after the scan: counted like any other problem.
+    def _narrative_files(self, paths: SplitPaths, narrative: Narrative) -> tuple[dict, dict] | None:
+        """The image and panoptic PNG feature values, or None when one is left out (and reported)."""
+        files = []
+        for path, missing, corrupt in (
+            (paths.image_path(narrative.image_file), "missing_image_file", "corrupt_image_file"),
+            (
+                paths.panoptic_png_path(narrative.panoptic_file),
+                "missing_panoptic_png",
+                "corrupt_panoptic_png",
+            ),
+        ):
+            try:
+                files.append(self._file_feature(path))
+            except _Undecodable as error:
+                self._left_out(paths, narrative, corrupt, path, f"cannot be decoded: {error.__cause__}")
+                return None
+            except OSError as error:
+                self._left_out(paths, narrative, missing, path, f"cannot be read: {error}")
+                return None
+        return files[0], files[1]
+
+    def _left_out(self, paths: SplitPaths, narrative: Narrative, kind: str, path: Path, message: str) -> None:
+        # A file that does not decode, or vanished after the scan: counted like any other problem (in the
+        # shard's report: this may run in a worker process).
         report = self._shard_report
-        report.add(kind, paths.split, f"cannot be read: {error}", image_id=narrative.image_id)
+        report.add(kind, paths.split, message, image_id=narrative.image_id, file=str(path))
         counts = report.split_counts(paths.split)
         counts.narratives_kept -= 1
         counts.phrases_kept -= len(narrative.phrases)
         if self.config.strict:
-            raise PngDataError(f"strict=True: image {narrative.image_id}: {kind}: {error}")
+            raise PngDataError(
+                f"strict=True: image {narrative.image_id}: {kind}: {path}: {message}", file=path
+            )
 
     def download_and_prepare(self, *args: Any, **kwargs: Any) -> None:
         """Prepare the Arrow files (or reuse the cache), and keep :attr:`report` with them.
@@ -280,16 +345,62 @@ class PanopticNarrativeGroundingBuilder(datasets.GeneratorBasedBuilder):
             if self._prepared_now:
                 for path in sorted(Path(self._work_dir).glob("*.report.json")):
                     self.report.merge(PngDataReport.from_dict(json.loads(path.read_text(encoding="utf-8"))))
+        except datasets.exceptions.DatasetGenerationError as error:
+            # datasets wraps whatever _generate_examples raises; ours (strict=True) names the file: unwrap it.
+            if isinstance(error.__cause__, PngDataError):
+                raise error.__cause__ from None
+            errors = sorted(Path(self._work_dir).glob("*.error.json")) if self._work_dir else []
+            if errors:  # raised in a worker process (num_proc > 1)
+                found = json.loads(errors[0].read_text(encoding="utf-8"))
+                raise PngDataError(found["message"], file=found["file"]) from None
+            raise
         finally:
             if self._work_dir is not None:
                 shutil.rmtree(self._work_dir, ignore_errors=True)
         report_path = os.path.join(self.cache_dir, REPORT_FILE)
         if self._prepared_now:
+            for split in self._empty_splits():
+                self.report.add(
+                    "empty_split",
+                    split,
+                    f"none of its {self.report.split_counts(split).narratives_read} narrative(s) can be used; "
+                    "left out of the prepared dataset",
+                    file=str(split_paths(self.config.data_dir, split).narratives_json),
+                )
             with open(report_path, "w", encoding="utf-8") as handle:
                 handle.write(self.report.to_json())
         elif os.path.isfile(report_path):
             with open(report_path, encoding="utf-8") as handle:
                 self.report = PngDataReport.from_dict(json.load(handle))
+        if self.info.splits and len(self._empty_splits()) == len(self.info.splits):
+            raise PngDataError(self._no_data_message(list(self.info.splits)))
+
+    def _empty_splits(self) -> list[str]:
+        return [name for name, info in (self.info.splits or {}).items() if not info.num_examples]
+
+    def _no_data_message(self, splits: list[str]) -> str:
+        causes = [issue for issue in self.report.issues if issue.kind != "empty_split"]
+        problems = "\n".join(f"  - {issue}" for issue in causes[:10])
+        names = " and ".join(f"split {split!r}" for split in splits)
+        return (
+            f"{self.config.data_dir}: {names} {'has' if len(splits) == 1 else 'have'} no usable narrative"
+            + (f"; the first problems:\n{problems}" if problems else " (its narratives file lists none)")
+        )
+
+    def as_dataset(self, split: Any = None, **kwargs: Any) -> datasets.Dataset | datasets.DatasetDict:
+        """The prepared splits (by default every split that kept at least one narrative).
+
+        Raises:
+            PngDataError: the requested split kept no narrative (datasets itself cannot hold an empty split).
+        """
+        empty = self._empty_splits()
+        if split is None:
+            split = {name: name for name in self.info.splits if name not in empty}
+            if not split:
+                raise PngDataError(self._no_data_message(empty))
+        elif isinstance(split, str) and split in empty:
+            raise PngDataError(self._no_data_message([split]))
+        return super().as_dataset(split=split, **kwargs)
 
 
 # A shard of a split for one writing process: (JSON-lines file, first byte, end byte, number of narratives).
@@ -320,6 +431,11 @@ def _read_narratives(path: str, start: int, stop: int, count: int) -> Iterator[N
             yield Narrative.from_json(handle.readline())
 
 
+def _shard_error_path(shard: Shard) -> str:
+    path, start, _, _ = shard
+    return f"{path}.{start:015d}.error.json"
+
+
 def _shard_report_path(shard: Shard) -> str:
     path, start, _, _ = shard
     return f"{path}.{start:015d}.report.json"  # zero-padded: sorting the names sorts the shards
@@ -332,6 +448,7 @@ def load_png_dataset(
     cache_dir: str | os.PathLike | None = None,
     embed_files: bool = True,
     strict: bool = False,
+    check_images: bool = True,
     progress: bool = False,
     return_report: bool = False,
     num_proc: int | None = None,
@@ -345,12 +462,18 @@ def load_png_dataset(
         cache_dir: where the Arrow files go (default: the datasets cache).
         embed_files: store image/PNG bytes in the dataset (needed for Parquet export / push_to_hub).
         strict: raise on the first problem instead of leaving bad records out and reporting them.
+        check_images: decode every image and panoptic PNG while preparing; one that does not decode is
+            reported (``corrupt_image_file`` / ``corrupt_panoptic_png``) and left out.
         progress: show a progress bar while preparing.
         return_report: also return the :class:`PngDataReport`.
         num_proc: processes that read the image / PNG files and write the Arrow shards (default: one).
         **builder_kwargs: passed to the builder (e.g. ``download_mode`` is not; use the builder for that).
     Returns:
-        A ``DatasetDict`` keyed by split name (and the report when ``return_report``).
+        A ``DatasetDict`` keyed by split name (and the report when ``return_report``); a split that kept no
+        narrative is left out and reported as ``empty_split``.
+    Raises:
+        PngDataError: an annotation file is missing or malformed, no split kept a narrative, or (``strict``)
+            any problem; the message names the file.
     """
     if isinstance(splits, str):
         splits = [splits]
@@ -360,6 +483,7 @@ def load_png_dataset(
         splits=None if splits is None else tuple(splits),
         embed_files=embed_files,
         strict=strict,
+        check_images=check_images,
         progress=progress,
         **builder_kwargs,
     )

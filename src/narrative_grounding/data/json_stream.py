@@ -53,7 +53,8 @@ class _Stream:
             chunk = self.handle.read(_CHUNK_CHARS)
         except UnicodeDecodeError as error:
             raise PngDataError(
-                f"{self.path}: not UTF-8 text after character {self.dropped + len(self.buffer)}: {error.reason}"
+                f"{self.path}: not UTF-8 text after character {self.dropped + len(self.buffer)}: {error.reason}",
+                file=self.path,
             ) from error
         if chunk:
             self.buffer += chunk
@@ -68,7 +69,8 @@ class _Stream:
         truncated = self.eof and (pos >= len(self.buffer) - 1 or message.startswith("Unterminated"))
         return PngDataError(
             f"{self.path}: invalid JSON at line {line}, column {column} (character {self.dropped + pos} of "
-            f"{size} bytes): {message}" + (" (the file ends there: it looks truncated)" if truncated else "")
+            f"{size} bytes): {message}" + (" (the file ends there: it looks truncated)" if truncated else ""),
+            file=self.path,
         )
 
     def peek(self) -> str:
@@ -146,10 +148,19 @@ class _Stream:
             raise self.error("Extra data", self.pos)
 
 
+def _kind_of(first: str) -> str:
+    # What a JSON document is, told from its first character (the document itself is not parsed).
+    if not first:
+        return "an empty file"
+    kinds = {"{": "dict", '"': "str", "t": "bool", "f": "bool", "n": "null"}
+    kind = kinds.get(first, "number" if first in "-0123456789" else None)
+    return f"a {kind} (the file starts with {first!r})" if kind else f"a file that starts with {first!r}"
+
+
 def _open(path: str | os.PathLike) -> tuple[Path, Any]:
     path = Path(path)
     if not path.is_file():
-        raise PngDataError(f"Annotation file not found: {path}")
+        raise PngDataError(f"Annotation file not found: {path}", file=path)
     return path, path.open(encoding="utf-8")
 
 
@@ -164,9 +175,8 @@ def iter_json_list(path: str | os.PathLike) -> Iterator[Any]:
     with handle:
         stream = _Stream(path, handle)
         if stream.peek() != "[":
-            found = stream.peek() or "an empty file"
             raise PngDataError(
-                f"{path}: expected a JSON list of narratives, but the file starts with {found!r}"
+                f"{path}: expected a JSON list of narratives, got {_kind_of(stream.peek())}", file=path
             )
         yield from stream.items()
         stream.finish()
@@ -187,6 +197,8 @@ def iter_json_members(
         stream = _Stream(path, handle)
         if stream.peek() != "{":
             found = stream.peek() or "an empty file"
-            raise PngDataError(f"{path}: expected a JSON object, but the file starts with {found!r}")
+            raise PngDataError(
+                f"{path}: expected a JSON object, but the file starts with {found!r}", file=path
+            )
         yield from stream.members(streamed)
         stream.finish()

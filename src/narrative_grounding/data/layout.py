@@ -25,7 +25,14 @@ SPLIT_DIRS: dict[str, str] = {"train": "train2017", "validation": "val2017"}
 
 
 class PngDataError(ValueError):
-    """A data directory that cannot be read at all (a missing or malformed annotation file)."""
+    """A data directory that cannot be read at all (a missing or malformed annotation file).
+
+    ``file`` names the file at fault when there is one (``validate`` puts it in its report).
+    """
+
+    def __init__(self, message: str, *, file: str | os.PathLike | None = None):
+        super().__init__(message)
+        self.file = None if file is None else str(file)
 
 
 @dataclass(frozen=True)

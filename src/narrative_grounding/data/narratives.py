@@ -149,6 +149,17 @@ def parse_phrases(
             continue
         grounded += 1
         segment_ids = [_as_int(value, f"segments[{index}].segment_ids") for value in raw_ids]
+        repeated = sorted({sid for sid in segment_ids if segment_ids.count(sid) > 1})
+        if repeated:
+            # Kept, it would count as more segments than it has: a singular phrase scored as plural.
+            report.add(
+                "duplicate_id",
+                split,
+                f"phrase {utterance['utterance']!r} (characters {start}-{end}) lists segment id(s) {repeated} "
+                "more than once; phrase left out",
+                image_id=image_id,
+            )
+            continue
         missing = [sid for sid in segment_ids if sid not in segments]
         if missing:
             report.add(
@@ -200,10 +211,11 @@ def read_split(
         check_files: check that each narrative's image and panoptic PNG exist.
         temp_dir: where the panoptic json's on-disk index goes (default: the system's temporary folder).
     Raises:
-        PngDataError: an annotation file is missing or is not valid JSON (names the file and position).
+        PngDataError: an annotation file is missing, is not valid JSON (names the file and position) or
+            does not have the structure of its kind (a narratives file that is not a list, say).
     """
     # Both files are streamed: memory does not grow with the number of images (see json_stream.py).
-    with PanopticIndex(paths.panoptic_json, temp_dir=temp_dir) as panoptic:
+    with PanopticIndex(paths.panoptic_json, report, paths.split, temp_dir=temp_dir) as panoptic:
         report.split_counts(paths.split)  # a split with no narrative still shows in the report
         for index, record in enumerate(iter_json_list(paths.narratives_json)):
             narrative = _read_record(paths, panoptic, report, index, record, check_files=check_files)
@@ -229,6 +241,8 @@ def _read_record(
         if not isinstance(record, dict):
             raise RecordError("invalid_record", f"narrative {index} is not a JSON object")
         image_id = _as_int(record.get("image_id"), f"narrative {index} image_id")
+        if image_id in panoptic.unusable:
+            return None  # the index reported why, once for all the image's narratives
         image, annotation = panoptic.entry(image_id)
         if annotation is None:
             raise RecordError("missing_panoptic_annotation", "no entry in the panoptic json's annotations")

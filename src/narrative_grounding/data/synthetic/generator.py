@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import shutil
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -22,6 +23,8 @@ from .vocabulary import categories
 
 # Image ids of the two splits never collide: validation ids start here.
 VALIDATION_ID_OFFSET = 5_000_000
+# Written first into every dataset the generator makes: only a folder holding it may be overwritten.
+SYNTHETIC_MARKER = "narrative_grounding_synthetic.json"
 _SPLIT_CODES = {"train": 0, "validation": 1}
 
 
@@ -77,11 +80,17 @@ class SyntheticStats:
         return self.format()
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
 def _normalise_size(image_size: int | tuple[int, int]) -> tuple[int, int]:
-    height, width = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
-    if min(height, width) < 32:
+    sides = (image_size, image_size) if _is_int(image_size) else image_size
+    if not (isinstance(sides, (tuple, list)) and len(sides) == 2 and all(_is_int(side) for side in sides)):
+        raise ValueError(f"image_size must be an integer S or a pair (height, width), got {image_size!r}")
+    if min(sides) < 32:
         raise ValueError(f"image_size must be at least 32 pixels a side, got {image_size}")
-    return int(height), int(width)
+    return int(sides[0]), int(sides[1])
 
 
 def _make_image(task: tuple) -> dict[str, Any]:
@@ -180,6 +189,7 @@ def generate_synthetic_dataset(
     keep_masks: bool = False,
     jpeg_quality: int = 92,
     progress: bool = False,
+    overwrite: bool = False,
 ) -> SyntheticStats:
     """Write a synthetic PNG dataset in the official layout (JPEG images, panoptic PNGs + json, png_coco json).
 
@@ -193,21 +203,44 @@ def generate_synthetic_dataset(
         keep_masks: also return the generator's own phrase masks in ``stats.phrase_masks`` (for tests).
         jpeg_quality: of the images.
         progress: show a tqdm bar.
+        overwrite: replace the synthetic dataset already in ``output_dir`` (its images, PNGs and annotation
+            files of both splits). Only a folder this function wrote (it holds ``SYNTHETIC_MARKER``) is
+            ever overwritten; without ``overwrite``, ``output_dir`` must be missing or empty.
     Returns:
         :class:`SyntheticStats` with per-split counts (things, stuff, singular, plural, expressions...).
+    Raises:
+        FileExistsError: ``output_dir`` is not empty (and ``overwrite`` is False, or it is not a synthetic
+            dataset written here); nothing in it is touched.
     """
     level = get_level(level)
     height, width = _normalise_size(image_size)
+    for name, value, low in (
+        ("num_train", num_train, 0),
+        ("num_validation", num_validation, 0),
+        ("seed", seed, 0),
+    ):
+        if not _is_int(value) or value < low:
+            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    if num_workers is not None and (not _is_int(num_workers) or num_workers < 0):
+        raise ValueError(f"num_workers must be None (all CPU cores) or an integer >= 0, got {num_workers!r}")
+    if not _is_int(jpeg_quality) or not 1 <= jpeg_quality <= 100:
+        raise ValueError(f"jpeg_quality must be an integer from 1 to 100, got {jpeg_quality!r}")
     if num_workers is None:
         num_workers = os.cpu_count() or 1
     started = time.perf_counter()
     output_dir = Path(output_dir)
+    _claim_output_dir(output_dir, overwrite)
+    settings = {"level": level.name, "image_size": [height, width], "seed": seed}
+    settings |= {"num_train": num_train, "num_validation": num_validation}
+    (output_dir / SYNTHETIC_MARKER).write_text(
+        json.dumps({"generator": "narrative-grounding generate_synthetic_dataset", **settings}, indent=2)
+        + "\n",
+        encoding="utf-8",
+    )
     stats = SyntheticStats(
         str(output_dir), level.name, (height, width), seed, num_workers=max(num_workers, 1)
     )
     for split, count in (("train", num_train), ("validation", num_validation)):
-        if count < 0:
-            raise ValueError(f"num_{split} must be >= 0, got {count}")
         if count == 0:
             continue
         paths = split_paths(output_dir, split)
@@ -235,6 +268,33 @@ def generate_synthetic_dataset(
             stats.phrase_masks.update({r["image"]["id"]: r["phrase_masks"] for r in results})
     stats.seconds = time.perf_counter() - started
     return stats
+
+
+def _claim_output_dir(output_dir: Path, overwrite: bool) -> None:
+    """Make ``output_dir`` an empty folder to write into, refusing anything that could lose a user's files."""
+    if output_dir.exists() and not output_dir.is_dir():
+        raise FileExistsError(f"{output_dir} exists and is not a folder")
+    if not output_dir.exists() or not any(output_dir.iterdir()):
+        output_dir.mkdir(parents=True, exist_ok=True)
+        return
+    if not overwrite:
+        raise FileExistsError(
+            f"{output_dir} is not empty; give a new or empty folder, or --overwrite (overwrite=True) to "
+            "replace a synthetic dataset that make-synthetic wrote there before"
+        )
+    if not (output_dir / SYNTHETIC_MARKER).is_file():
+        raise FileExistsError(
+            f"{output_dir} is not a synthetic dataset written by narrative-grounding (it has no "
+            f"{SYNTHETIC_MARKER}); it is left untouched: give a new or empty folder"
+        )
+    # Remove the whole previous dataset, both splits, so that no old image or annotation file stays
+    # behind to be mixed with the new one; files of other kinds in the folder are left alone.
+    for split in SPLIT_DIRS:
+        paths = split_paths(output_dir, split)
+        for folder in (paths.images_dir, *paths.panoptic_dirs):  # either panoptic layout
+            shutil.rmtree(folder, ignore_errors=True)
+        for file in paths.annotation_files():
+            file.unlink(missing_ok=True)
 
 
 def _run(tasks: list[tuple], num_workers: int, progress: bool, description: str) -> list[dict[str, Any]]:
@@ -281,4 +341,10 @@ def _write_split_json(paths, results: list[dict[str, Any]]) -> None:
         json.dump([r["narrative"] for r in results], handle)
 
 
-__all__ = ["SPLIT_DIRS", "SyntheticStats", "VALIDATION_ID_OFFSET", "generate_synthetic_dataset"]
+__all__ = [
+    "SPLIT_DIRS",
+    "SYNTHETIC_MARKER",
+    "SyntheticStats",
+    "VALIDATION_ID_OFFSET",
+    "generate_synthetic_dataset",
+]
