@@ -225,7 +225,7 @@ def test_cli_lists_every_variant(capsys) -> None:
 
 def test_publish_a_variant_and_load_it_remotely_without_the_package(local_hub, tmp_path: Path) -> None:
     repo_id = f"{local_hub.namespace}/epng-tiny-{uuid.uuid4().hex[:8]}"
-    assert main(["publish", "epng-tiny", "--repo-id", repo_id]) == 0
+    assert main(["publish", "epng-tiny", "--repo_id", repo_id]) == 0
     files = set(HfApi().list_repo_files(repo_id))
     expected = {"README.md", "config.json", "processor_config.json", "tokenizer.json", "vocab.txt"}
     expected |= {
@@ -234,8 +234,11 @@ def test_publish_a_variant_and_load_it_remotely_without_the_package(local_hub, t
         "heads_epng.py",
         "processing_png.py",
         "image_processing_png.py",
+        "pipeline_png.py",  # the pipeline travels with every published variant
     }
     assert expected <= files, expected - files
+    config = json.loads(Path(HfApi().hf_hub_download(repo_id, "config.json")).read_text())
+    assert "panoptic-narrative-grounding" in config["custom_pipelines"]
     assert not any(name.endswith(".safetensors") for name in files)
 
     script = textwrap.dedent(
@@ -266,7 +269,7 @@ def test_publish_a_variant_and_load_it_remotely_without_the_package(local_hub, t
 def test_publish_a_variant_without_a_shipped_tokenizer(local_hub) -> None:
     repo_id = f"{local_hub.namespace}/drmn-r101-{uuid.uuid4().hex[:8]}"
     assert (
-        main(["publish", "drmn-r101-bert-base", "--repo-id", repo_id, "--commit-message", "DRMN config"]) == 0
+        main(["publish", "drmn-r101-bert-base", "--repo_id", repo_id, "--commit_message", "DRMN config"]) == 0
     )
     api = HfApi()
     files = set(api.list_repo_files(repo_id))

@@ -82,8 +82,7 @@ def test_pipeline_errors(saved) -> None:
 
 
 def predict(argv: list[str]) -> int:
-    # --debug: bad input raises its exception instead of the one-line message, so tests can match it
-    return main(["--debug", "predict", *argv])
+    return main(["predict", *argv])
 
 
 def test_predict_one_image_png_masks_and_overlay(saved, tmp_path) -> None:
