@@ -126,6 +126,41 @@ def verdict(group: str, rows: list[dict]) -> str:
     return f"{claim}. Here: " + "; ".join(notes)
 
 
+class RunCache:
+    """Trains one (variant, overrides, seed) run in a child process, or reuses its result: finished runs are
+    appended to `<json>.runs.jsonl` at once, so an interrupted sweep resumes where it stopped."""
+
+    def __init__(
+        self, json_path: str | None, budget_args: list[str], data: dict, threads: int | None
+    ) -> None:
+        self.budget_args, self.data, self.threads = budget_args, data, threads
+        self.log = Path(f"{json_path}.runs.jsonl") if json_path else None
+        self.finished: dict[str, dict] = {}
+        if self.log is not None and self.log.is_file():
+            for line in self.log.read_text().splitlines():
+                if line.strip():
+                    entry = json.loads(line)
+                    self.finished[entry["run_id"]] = entry["result"]
+
+    def run(self, variant: str, overrides: dict, seed: int, label: str) -> dict:
+        key = config_key(variant, overrides)
+        run_id = json.dumps([key, seed, self.budget_args, self.data], sort_keys=True)
+        result = self.finished.get(run_id)
+        if result is None:
+            result, _ = run_in_child(
+                _train_one, variant, overrides, seed, self.budget_args, self.data, self.threads
+            )
+            if self.log is not None:
+                with self.log.open("a") as log:
+                    log.write(json.dumps({"run_id": run_id, "result": result}) + "\n")
+        print(
+            f"{label} / seed {seed}: AR {100 * result['average_recall']:.1f} "
+            f"({result['steps']} steps, {result['train_seconds']:.0f} s)",
+            flush=True,
+        )
+        return {**result, "seed": seed}
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -186,14 +221,7 @@ def main(argv: list[str] | None = None) -> dict:
         f"budget: {budget_text}; seeds {args.seeds}; hard level, {args.num_train} / {args.num_validation} images"
     )
     done: dict[str, dict] = {}  # effective config -> row, so rows of the same model train once
-    # Finished runs are appended to <json>.runs.jsonl; a rerun with the same settings reuses them.
-    run_log = Path(f"{args.json}.runs.jsonl") if args.json else None
-    finished = {}
-    if run_log is not None and run_log.is_file():
-        for line in run_log.read_text().splitlines():
-            if line.strip():
-                entry = json.loads(line)
-                finished[entry["run_id"]] = entry["result"]
+    cache = RunCache(args.json, budget_args, data, args.threads)
     groups = {}
     start = time.perf_counter()
     for group in args.groups:
@@ -203,23 +231,7 @@ def main(argv: list[str] | None = None) -> dict:
                 continue
             key = config_key(variant, overrides)
             if key not in done:
-                runs = []
-                for seed in args.seeds:
-                    run_id = json.dumps([key, seed, budget_args, data], sort_keys=True)
-                    result = finished.get(run_id)
-                    if result is None:
-                        result, _ = run_in_child(
-                            _train_one, variant, overrides, seed, budget_args, data, args.threads
-                        )
-                        if run_log is not None:  # kept at once: an interrupted sweep resumes here
-                            with run_log.open("a") as log:
-                                log.write(json.dumps({"run_id": run_id, "result": result}) + "\n")
-                    runs.append({**result, "seed": seed})
-                    print(
-                        f"{group} / {label} / seed {seed}: AR {100 * result['average_recall']:.1f} "
-                        f"({result['steps']} steps, {result['train_seconds']:.0f} s)",
-                        flush=True,
-                    )
+                runs = [cache.run(variant, overrides, seed, f"{group} / {label}") for seed in args.seeds]
                 done[key] = {
                     "config_key": key,
                     "variant": variant,

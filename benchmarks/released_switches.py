@@ -26,13 +26,11 @@ Notes on the rows:
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
-from pathlib import Path
 
-from ._common import machine_description, print_machine, run_in_child, write_json
-from .ablations import _train_one, config_key, summarise
+from ._common import machine_description, print_machine, write_json
+from .ablations import RunCache, summarise
 
 RELEASED_EPNG = "epng-r101-bert-base-released"
 PAPER_EPNG = "epng-r101-bert-base-paper"
@@ -169,14 +167,7 @@ def main(argv: list[str] | None = None) -> dict:
     machine = machine_description()
     print_machine(machine)
     print(f"budget: {budget_text}; seeds {args.seeds}", flush=True)
-    # Finished runs are appended to <json>.runs.jsonl; a rerun with the same settings reuses them.
-    run_log = Path(f"{args.json}.runs.jsonl") if args.json else None
-    finished = {}
-    if run_log is not None and run_log.is_file():
-        for line in run_log.read_text().splitlines():
-            if line.strip():
-                entry = json.loads(line)
-                finished[entry["run_id"]] = entry["result"]
+    cache = RunCache(args.json, budget_args, data, args.threads)
     all_groups = build_groups()
     groups: dict[str, list[dict]] = {}
     start = time.perf_counter()
@@ -186,24 +177,7 @@ def main(argv: list[str] | None = None) -> dict:
             # the default row is always trained: every Δ is relative to it
             if args.rows is not None and index > 0 and label not in args.rows:
                 continue
-            key = config_key(variant, overrides)
-            runs = []
-            for seed in args.seeds:
-                run_id = json.dumps([key, seed, budget_args, data], sort_keys=True)
-                result = finished.get(run_id)
-                if result is None:
-                    result, _ = run_in_child(
-                        _train_one, variant, overrides, seed, budget_args, data, args.threads
-                    )
-                    if run_log is not None:
-                        with run_log.open("a") as log:
-                            log.write(json.dumps({"run_id": run_id, "result": result}) + "\n")
-                runs.append({**result, "seed": seed})
-                print(
-                    f"{group} / {label} / seed {seed}: AR {100 * result['average_recall']:.1f} "
-                    f"({result['steps']} steps, {result['train_seconds']:.0f} s)",
-                    flush=True,
-                )
+            runs = [cache.run(variant, overrides, seed, f"{group} / {label}") for seed in args.seeds]
             rows.append(
                 {
                     "label": label,
