@@ -138,6 +138,9 @@ class PngConfig(PreTrainedConfig):
     epng_attention_dropout (`float`, 0.0): dropout on LPA's and the cross-attention's weights (release: 0.1).
     epng_scale_mask_logits (`bool`, True): scale EPNG's mask logits by d_model^-1/2; False is eq. 10's (and the
         release's) plain dot product.
+    epng_upsample_align_corners (`bool`, False): `align_corners` of EPNG's two bilinear upsamplings (the stride-32
+        FPN level to stride 16 in the eq. 2 fusion, the communicator's stride-16 map to stride 4); the release
+        uses `True`.
     mask_loss_resolution (`"stride4"` | `"input"`): BCE with logits and Dice at stride 4 against area-averaged
         labels, or BCE and Dice on the sigmoid probabilities upsampled to the input size (eqs. 10-12, release).
     mask_loss_reduction (`"phrases"` | `"samples"`): average every loss term over the batch's items, or per
@@ -233,6 +236,7 @@ class PngConfig(PreTrainedConfig):
     epng_residual_norm: str = "single"  # "double": the release's LN(x + LN(x + sublayer(x))), 5 LNs a layer
     epng_attention_dropout: float = 0.0  # dropout on LPA's and the cross-attention's weights (release: 0.1)
     epng_scale_mask_logits: bool = True  # False: plain phrase . pixel dot product (EPNG eq. 10, release)
+    epng_upsample_align_corners: bool = False  # True: the release's nn.Upsample(align_corners=True)
     mask_loss_resolution: str = "stride4"  # "input": BCE + Dice on upsampled probabilities (eqs. 10-12)
     mask_loss_reduction: str = "phrases"  # "samples": mean over each sample's phrases, then over samples
     dice_eps: float = 1.0  # added to Dice's denominator (release: 1e-3 on each of its two sums, i.e. 2e-3)

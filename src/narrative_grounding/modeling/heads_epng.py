@@ -131,6 +131,9 @@ class EpngHead(nn.Module):
         # Dot products of D-dim features grow like sqrt(D): our default scales them so initial logits are O(1).
         # EPNG eq. 10 and the released code use the plain dot product (epng_scale_mask_logits=False).
         self.logit_scale = d_model**-0.5 if config.epng_scale_mask_logits else 1.0
+        # The release upsamples with nn.Upsample(mode="bilinear", align_corners=True) (MainModule.py 16-17, 35,
+        # 49): corner pixels of the coarse and the fine map coincide instead of their outer edges.
+        self.align_corners = config.epng_upsample_align_corners
 
     def forward(
         self, features: dict[int, torch.Tensor], phrase_features: torch.Tensor, phrase_mask: torch.Tensor
@@ -141,7 +144,9 @@ class EpngHead(nn.Module):
             [
                 F.avg_pool2d(features[8], kernel_size=2),  # Down(F_v1)
                 stride16,
-                F.interpolate(features[32], size=stride16.shape[-2:], mode="bilinear", align_corners=False),
+                F.interpolate(
+                    features[32], size=stride16.shape[-2:], mode="bilinear", align_corners=self.align_corners
+                ),  # Up(F_v3)
             ],
             dim=1,
         )  # B x 3C x H/16 x W/16, eq. 2
@@ -158,7 +163,7 @@ class EpngHead(nn.Module):
         pixel_map = pixels.transpose(1, 2).reshape(batch, d_model, height, width)  # B x D x h x w
         stride4_size = features[4].shape[-2:]
         pixel_map = F.interpolate(
-            pixel_map, size=stride4_size, mode="bilinear", align_corners=False
+            pixel_map, size=stride4_size, mode="bilinear", align_corners=self.align_corners
         )  # B x D x H/4 x W/4
         if self.stride4_skip is not None:
             pixel_map = pixel_map + self.stride4_skip(features[4])
