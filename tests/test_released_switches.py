@@ -129,6 +129,81 @@ def test_mask_logits_scaled_or_plain_dot_product(scale):
     torch.testing.assert_close(output.pred_masks, dot * (96**-0.5 if scale else 1.0))
 
 
+def _bilinear_matrix(size_in: int, size_out: int, align_corners: bool) -> torch.Tensor:
+    """size_out x size_in weights of 1-D bilinear interpolation: output i samples input coordinate x(i)."""
+    index = torch.arange(size_out, dtype=torch.float64)
+    if align_corners:  # the corner pixels' centres coincide: x = i (in - 1) / (out - 1)
+        x = index * (size_in - 1) / (size_out - 1)
+    else:  # the maps' outer edges coincide: x = (i + 1/2) in / out - 1/2, clamped at the first pixel
+        x = ((index + 0.5) * size_in / size_out - 0.5).clamp(min=0)
+    left = x.floor().long().clamp(max=size_in - 1)
+    right = (left + 1).clamp(max=size_in - 1)
+    fraction = x - left
+    weights = torch.zeros(size_out, size_in, dtype=torch.float64)
+    weights[index.long(), left] += 1 - fraction
+    weights[index.long(), right] += fraction
+    return weights
+
+
+def _upsample(maps: torch.Tensor, height: int, width: int, align_corners: bool) -> torch.Tensor:
+    """B x C x h x w -> B x C x height x width, separable bilinear interpolation written out."""
+    rows = _bilinear_matrix(maps.shape[-2], height, align_corners)  # height x h
+    columns = _bilinear_matrix(maps.shape[-1], width, align_corners)  # width x w
+    return torch.einsum("Hh,bchw,Ww->bcHW", rows, maps.double(), columns).to(maps.dtype)
+
+
+@pytest.mark.parametrize("align_corners", [True, False])
+def test_upsample_align_corners_at_both_places_of_the_head(align_corners):
+    torch.manual_seed(0)
+    head = EpngHead(tiny_config(epng_upsample_align_corners=align_corners)).eval()
+    features = {s: torch.randn(1, 32, 64 // s, 64 // s) for s in (4, 8, 16, 32)}
+    seen = {}
+    # fuse_projection (identity: 3 x 32 = d_model 96) receives eq. 2's fused map; the last communicator layer
+    # returns the stride-16 pixels that are upsampled to stride 4.
+    head.fuse_projection.register_forward_hook(lambda module, args, out: seen.update(fused=args[0]))
+    head.layers[-1].register_forward_hook(lambda module, args, out: seen.update(pixels=out))
+    output = head(features, torch.randn(1, 2, 64), torch.ones(1, 2, dtype=torch.bool))
+
+    # The release (MainModule.py 35): cat(AdaptiveAvgPool2d(F_v1), F_v2, Upsample(x2, align_corners=True)(F_v3)).
+    fused = torch.cat(
+        [F.avg_pool2d(features[8], 2), features[16], _upsample(features[32], 4, 4, align_corners)], dim=1
+    )
+    torch.testing.assert_close(seen["fused"], fused)
+    # The release (MainModule.py 49): Upsample(x4, align_corners=True) of the communicator's 4 x 4 map.
+    pixel_map = seen["pixels"].transpose(1, 2).reshape(1, 96, 4, 4)  # B x D x h x w
+    expected = _upsample(pixel_map, 16, 16, align_corners) + head.stride4_skip(features[4])
+    torch.testing.assert_close(output.pixel_embeddings, expected)
+    if align_corners:  # the release's own modules give the same maps
+        upsample2 = torch.nn.Upsample(scale_factor=2, mode="bilinear", align_corners=True)
+        upsample4 = torch.nn.Upsample(scale_factor=4, mode="bilinear", align_corners=True)
+        torch.testing.assert_close(seen["fused"][:, 64:], upsample2(features[32]))
+        torch.testing.assert_close(
+            output.pixel_embeddings, upsample4(pixel_map) + head.stride4_skip(features[4])
+        )
+
+
+def test_released_key_mask_is_ours_on_the_release_phrase_layout():
+    """The release's cross-attention key mask (MainModule.py 39-44) keeps text slots 1..max(noun_index), where
+    noun_index[k - 1] = k for every phrase k with a segment (data/dataset_mix.py 76-98) and slot 0 holds no
+    phrase. With phrases 1..K all grounded (every phrase our data loader keeps is), the kept slots are exactly
+    the K real phrases: masking them as the release does equals our padded-phrase mask."""
+    torch.manual_seed(0)
+    attention = CrossAttention(d_model=96, num_heads=8).eval()
+    pixels = torch.randn(2, 16, 96)
+    counts = [3, 1]  # grounded phrases per sample
+    slots = torch.randn(2, 6, 96)  # the release's text tensor: slot 0, phrases 1..K, padding (any values)
+    noun_index = torch.zeros(2, 5, dtype=torch.long)
+    for sample, count in enumerate(counts):
+        noun_index[sample, :count] = torch.arange(1, count + 1)
+    released_keep = torch.zeros(2, 6, dtype=torch.bool)  # the release's text_mask, inverted (True = attend)
+    for sample in range(2):
+        released_keep[sample, 1 : int(noun_index[sample].max()) + 1] = True
+    released = attention(pixels, slots, released_keep)
+    phrases = slots[:, 1:4]  # ours: phrases from index 0, padded to the batch's most
+    phrase_mask = torch.tensor([[True, True, True], [True, False, False]])
+    torch.testing.assert_close(attention(pixels, phrases, phrase_mask), released)
+
+
 def test_released_head_parameter_count_equals_the_authors_modules():
     head = EpngHead(load_config(RELEASED))
     # The release's modules, from their shapes (MainModule.py, TextVisualEncoder.py, decoder.py,
@@ -243,7 +318,7 @@ def test_released_model_loss_has_no_pixel_to_phrase_term_and_trains():
 
 RELEASED_KEYS = (
     "epng_phrase_activation", "epng_residual_norm", "epng_attention_dropout", "epng_scale_mask_logits",
-    "mask_loss_resolution", "mask_loss_reduction", "dice_eps", "sal_similarity", "sal_temperature",
+    "epng_upsample_align_corners", "mask_loss_resolution", "mask_loss_reduction", "dice_eps", "sal_similarity", "sal_temperature",
     "sal_positives", "sal_aggregation", "sal_directions",
 )  # fmt: skip
 
