@@ -228,18 +228,28 @@ def _released_dice(pred, target, eps=1e-3):  # loss.py dice_loss: eps on each of
     return 1 - 2 * (pred * target).sum(1) / ((pred * pred).sum(1) + eps + (target * target).sum(1) + eps)
 
 
-def test_mask_losses_at_input_size_per_sample_match_the_release():
+@pytest.mark.parametrize("align_corners", [False, True])
+def test_mask_losses_at_input_size_per_sample_match_the_release(align_corners):
     generator = torch.Generator().manual_seed(0)
     logits = torch.randn(2, 3, 4, 4, generator=generator) * 3  # stride-4 logits of a 16 x 16 input
     labels = (torch.rand(2, 3, 16, 16, generator=generator) > 0.6).float()
     phrase_mask = torch.tensor([[True, True, True], [True, True, False]])
     valid = torch.ones(2, 16, 16, dtype=torch.bool)
     bce_sum, dice_sum = mask_loss_sums(
-        logits, labels, phrase_mask, valid, resolution="input", dice_eps=2e-3, reduction="samples"
+        logits,
+        labels,
+        phrase_mask,
+        valid,
+        resolution="input",
+        dice_eps=2e-3,
+        reduction="samples",
+        align_corners=align_corners,
     )
     # The release (train_net.py): per sample, the real phrases' masks = Up(Sigmoid(logits)) at the input
     # size, BCELoss (mean over phrases x pixels) and dice_loss(...).mean(); summed over samples / batch.
-    probabilities = F.interpolate(logits.sigmoid(), size=(16, 16), mode="bilinear", align_corners=False)
+    # Its Up is nn.Upsample(scale_factor=4, mode="bilinear", align_corners=True) (MainModule.py 17, 54).
+    upsample = torch.nn.Upsample(scale_factor=4, mode="bilinear", align_corners=align_corners)
+    probabilities = upsample(logits.sigmoid())
     expected_bce = expected_dice = 0.0
     for sample, count in enumerate((3, 2)):
         pred, target = probabilities[sample, :count], labels[sample, :count]
@@ -249,6 +259,23 @@ def test_mask_losses_at_input_size_per_sample_match_the_release():
     assert counts[SAMPLES] == 2
     torch.testing.assert_close(bce_sum / counts[SAMPLES], expected_bce / 2)
     torch.testing.assert_close(dice_sum / counts[SAMPLES], expected_dice / 2)
+
+
+def test_released_model_loss_upsamples_with_align_corners():
+    torch.manual_seed(0)
+    overrides = {"mask_loss_resolution": "input", "mask_loss_reduction": "samples", "dice_eps": 2e-3}
+    model = PngForPanopticNarrativeGrounding(
+        tiny_config(epng_upsample_align_corners=True, **overrides)
+    ).eval()
+    inputs = make_inputs([2, 1], with_labels=True)
+    output = model(**inputs)
+    upsample = torch.nn.Upsample(scale_factor=4, mode="bilinear", align_corners=True)  # MainModule.py 17, 54
+    probabilities = upsample(output.pred_masks.sigmoid())  # B x P x 64 x 64
+    expected = sum(
+        torch.nn.BCELoss()(probabilities[sample, :count], inputs["labels"][sample, :count])
+        for sample, count in enumerate((2, 1))
+    )
+    torch.testing.assert_close(output.loss_dict["bce"], expected / 2)
 
 
 def test_input_size_losses_run_under_bfloat16_autocast():

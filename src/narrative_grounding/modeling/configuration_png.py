@@ -138,9 +138,9 @@ class PngConfig(PreTrainedConfig):
     epng_attention_dropout (`float`, 0.0): dropout on LPA's and the cross-attention's weights (release: 0.1).
     epng_scale_mask_logits (`bool`, True): scale EPNG's mask logits by d_model^-1/2; False is eq. 10's (and the
         release's) plain dot product.
-    epng_upsample_align_corners (`bool`, False): `align_corners` of EPNG's two bilinear upsamplings (the stride-32
-        FPN level to stride 16 in the eq. 2 fusion, the communicator's stride-16 map to stride 4); the release
-        uses `True`.
+    epng_upsample_align_corners (`bool`, False): `align_corners` of EPNG's bilinear upsamplings: the stride-32
+        FPN level to stride 16 in the eq. 2 fusion, the communicator's stride-16 map to stride 4, and with
+        `mask_loss_resolution="input"` the probabilities to the input size for the loss. The release uses `True`.
     mask_loss_resolution (`"stride4"` | `"input"`): BCE with logits and Dice at stride 4 against area-averaged
         labels, or BCE and Dice on the sigmoid probabilities upsampled to the input size (eqs. 10-12, release).
     mask_loss_reduction (`"phrases"` | `"samples"`): average every loss term over the batch's items, or per

@@ -81,6 +81,7 @@ def mask_loss_terms(
     *,
     resolution: str = "stride4",
     dice_eps: float = DICE_EPS,
+    align_corners: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-phrase BCE (mean over valid pixels, eq. 11) and Dice loss (eq. 12,
     1 - 2 sum(pt) / (sum(p^2) + sum(t^2) + dice_eps)), each B x P.
@@ -88,7 +89,8 @@ def mask_loss_terms(
     logits: B x P x h x w mask logits at stride 4. resolution "stride4" (ours): BCE with logits against
     `targets` at the logits' size (soft, area-averaged). "input" (eqs. 10-11 and the released code): the
     sigmoid probabilities upsampled bilinearly to the size of `targets` (the input size), and BCE on those
-    probabilities (log clamped at -100 as torch's BCELoss). pixel_valid: B x H x W at the targets' size.
+    probabilities (log clamped at -100 as torch's BCELoss); `align_corners` of that upsampling (the released
+    EPNG's: True). pixel_valid: B x H x W at the targets' size.
     """
     logits = logits.float()
     valid = pixel_valid[:, None].to(logits.dtype)  # B x 1 x H x W
@@ -100,7 +102,7 @@ def mask_loss_terms(
         # torch refuses BCE on probabilities under autocast (it is unsafe in half precision): float32 here.
         with torch.autocast(device_type=logits.device.type, enabled=False):
             probs = F.interpolate(
-                logits.sigmoid(), size=targets.shape[-2:], mode="bilinear", align_corners=False
+                logits.sigmoid(), size=targets.shape[-2:], mode="bilinear", align_corners=align_corners
             ).clamp(0.0, 1.0)  # B x P x H x W, eq. 10: Up(Sigmoid(F_N * F))
             bce = F.binary_cross_entropy(probs, targets.float(), reduction="none")
     bce_per_phrase = (bce * valid).flatten(2).sum(dim=-1) / num_valid  # B x P
@@ -121,10 +123,13 @@ def mask_loss_sums(
     resolution: str = "stride4",
     dice_eps: float = DICE_EPS,
     reduction: str = "phrases",
+    align_corners: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """BCE and Dice of `mask_loss_terms` summed for `reduction` (divide by the PHRASES count for
     "phrases", by the SAMPLES count for "samples"). logits: B x P x h x w; targets: B x P x H x W."""
-    bce, dice = mask_loss_terms(logits, targets, pixel_valid, resolution=resolution, dice_eps=dice_eps)
+    bce, dice = mask_loss_terms(
+        logits, targets, pixel_valid, resolution=resolution, dice_eps=dice_eps, align_corners=align_corners
+    )
     real = phrase_mask.bool()
     return reduce_items(bce, real, reduction), reduce_items(dice, real, reduction)
 

@@ -333,6 +333,8 @@ class PngForPanopticNarrativeGrounding(PngPreTrainedModel):
                 if pixel_mask is None
                 else pixel_mask.bool()
             )
+        # The released EPNG upsamples its probabilities with align_corners=True like its feature maps.
+        align_corners = config.grounding_head == "epng" and config.epng_upsample_align_corners
         bce = dice = logits.new_zeros((), dtype=torch.float32)
         for prediction in (*head_output.auxiliary_masks, logits):  # deep supervision on every round
             bce_sum, dice_sum = mask_loss_sums(
@@ -343,6 +345,7 @@ class PngForPanopticNarrativeGrounding(PngPreTrainedModel):
                 resolution=config.mask_loss_resolution,
                 dice_eps=config.dice_eps,
                 reduction=config.mask_loss_reduction,
+                align_corners=align_corners,
             )
             bce = bce + normalised(bce_sum, PHRASES)
             dice = dice + normalised(dice_sum, PHRASES)
