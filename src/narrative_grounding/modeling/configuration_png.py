@@ -250,7 +250,7 @@ class PngConfig(PreTrainedConfig):
     )
     drmn_round_pixel_projection: bool = False  # True: each round's own conv + GN + ReLU pixel map (reference)
     drmn_initial_matching: str = "kernel"  # "semantic_fpn": a K-Net style semantic FPN map (reference)
-    drmn_phrase_ffn_dim: int | None = None  # the rounds' phrase FFN width; None: drmn_ffn_dim (reference: 2048)
+    drmn_phrase_ffn_dim: int | None = None  # rounds' phrase FFN width; None: drmn_ffn_dim (reference: 2048)
     # --- end released-code switches ---
 
     initializer_range: float = 0.02
