@@ -65,6 +65,7 @@ def _deformable_attention_flops(config: Any, queries: float, values: float) -> f
 def drmn_head_flops(config: Any, grid: int, phrases: int) -> dict[str, float]:
     """FLOPs of `DrmnHead.forward` for one image of side 16 * grid with `phrases` phrases, by part."""
     d, f, p = config.drmn_hidden_dim, config.drmn_ffn_dim, phrases
+    phrase_f = config.drmn_phrase_ffn_dim or f  # the reference's phrase FFN is wider
     text = config.text_config.hidden_size
     level_pixels = _drmn_level_pixels(config, grid)
     n = float(sum(level_pixels))
@@ -91,7 +92,7 @@ def drmn_head_flops(config: Any, grid: int, phrases: int) -> dict[str, float]:
             _deformable_attention_flops(config, q, n)
             + 2.0 * q * d * f * 2
             + (2.0 * p * d * d * 2 + 2.0 * q * d * d * 2 + 2.0 * q * d * 2)
-            + 2.0 * p * d * f * 2
+            + 2.0 * p * d * phrase_f * 2
         ),
         "matching": (rounds + 1) * 2.0 * p * n8 * d,
     }

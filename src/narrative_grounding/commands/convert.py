@@ -1,4 +1,4 @@
-"""``narrative-grounding convert panoptic-fpn | epng``: foreign checkpoints -> model folders."""
+"""``narrative-grounding convert panoptic-fpn | epng | drmn``: foreign checkpoints -> model folders."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``convert`` sub-command (with one sub-command per source format)."""
     convert = subparsers.add_parser(
         "convert",
-        help="convert detectron2's Panoptic FPN or an EPNG checkpoint into a from_pretrained model folder",
+        help="convert detectron2's Panoptic FPN, an EPNG or a DRMN reference checkpoint into a from_pretrained "
+        "model folder",
         description="Turn a foreign checkpoint into a model folder (config, safetensors weights, processor) "
         "that PngForPanopticNarrativeGrounding.from_pretrained, training/train.py --model and the Hub take.",
     )
@@ -41,14 +42,33 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     epng.add_argument("checkpoint", help="EPNG checkpoint (.pth) saved by the authors' train_net.py")
     epng.add_argument("output_dir")
     epng.add_argument("--variant", default="epng-r101-bert-base", help="model variant to build")
-    epng.add_argument(
-        "--allow_unrepresented",
-        action="store_true",
-        help="convert even though some tensors (the released code's extra LayerNorms) have no counterpart; "
-        "the model then differs from the authors'",
-    )
+    _allow_unrepresented_argument(epng, "the released code's extra LayerNorms")
     _common_arguments(epng)
     epng.set_defaults(func=_convert)
+
+    drmn = formats.add_parser(
+        "drmn",
+        help="a checkpoint of the DRMN reference reconstruction (JaMesLiMers/DRMN) as a drmn model",
+        description="Map the reference's model_state onto the drmn head and its fpn_model_state (detectron2's "
+        "Panoptic FPN) onto the visual encoder; BERT comes from --text_model.",
+    )
+    drmn.add_argument(
+        "checkpoint", help="the reference's training checkpoint (model_state, fpn_model_state, ...)"
+    )
+    drmn.add_argument("output_dir")
+    drmn.add_argument("--variant", default="drmn-r101-bert-base-reference", help="model variant to build")
+    _allow_unrepresented_argument(drmn, "the LXMERT text encoder, the detector's fpn_wrapper")
+    _common_arguments(drmn)
+    drmn.set_defaults(func=_convert)
+
+
+def _allow_unrepresented_argument(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument(
+        "--allow_unrepresented",
+        action="store_true",
+        help=f"convert even though some tensors ({what}) have no counterpart; the model then differs from "
+        "the authors'",
+    )
 
 
 def _common_arguments(parser: argparse.ArgumentParser) -> None:
@@ -76,9 +96,13 @@ def _overrides(args: argparse.Namespace) -> dict:
 def _convert(args: argparse.Namespace) -> int:
     from ..conversion import converters
 
-    # The options only one source format has: EPNG's released code holds tensors we have no place for.
-    extra = {"allow_unrepresented": args.allow_unrepresented} if args.source_format == "epng" else {}
-    convert = {"panoptic-fpn": converters.convert_panoptic_fpn, "epng": converters.convert_epng}
+    # The option the authors' formats have: their checkpoints hold tensors we have no place for.
+    extra = {} if args.source_format == "panoptic-fpn" else {"allow_unrepresented": args.allow_unrepresented}
+    convert = {
+        "panoptic-fpn": converters.convert_panoptic_fpn,
+        "epng": converters.convert_epng,
+        "drmn": converters.convert_drmn,
+    }
     try:
         converted = convert[args.source_format](
             args.checkpoint,

@@ -10,6 +10,7 @@ from ..factory import load_config, load_variant
 from ..modeling.image_processing_png import PngImageProcessor
 from ..modeling.modeling_png import PngForPanopticNarrativeGrounding
 from ..modeling.processing_png import PngProcessor
+from .drmn import convert_drmn_weights, read_drmn_checkpoint
 from .epng import EPNG_IMAGE_PROCESSOR, convert_epng_weights, read_epng_checkpoint
 from .key_map import ConversionResult
 from .panoptic_fpn import (
@@ -21,6 +22,7 @@ from .panoptic_fpn import (
 
 PANOPTIC_FPN_VARIANT = "epng-r101-panoptic-fpn-bert-base"
 EPNG_VARIANT = "epng-r101-bert-base-released"  # the variant that computes what the released code computes
+DRMN_VARIANT = "drmn-r101-bert-base-reference"  # the drmn head with the reference reconstruction's switches
 
 
 @dataclass
@@ -133,4 +135,41 @@ def convert_epng(
     return converted
 
 
-__all__ = ["ConvertedModel", "convert_epng", "convert_panoptic_fpn"]
+def convert_drmn(
+    checkpoint: str | Path,
+    output_dir: str | Path | None = None,
+    *,
+    variant: str = DRMN_VARIANT,
+    text_model_name_or_path: str | None = None,
+    tokenizer: str | None = None,
+    config_overrides: dict[str, Any] | None = None,
+    allow_unrepresented: bool = False,
+) -> ConvertedModel:
+    """A `PngForPanopticNarrativeGrounding` (drmn head) holding a checkpoint of the DRMN reference
+    reconstruction (JaMesLiMers/DRMN).
+
+    `model_state` fills the head, `fpn_model_state` (detectron2's Panoptic FPN) the visual encoder, which gets
+    detectron2's conventions and the processor its input normalisation, as `convert_panoptic_fpn` does. The
+    reference's LXMERT-style `bert_model_state` and the detector's `fpn_wrapper` have no counterpart: refused
+    unless `allow_unrepresented` (see `convert_drmn_weights`); BERT comes from `text_model_name_or_path`.
+    """
+    tensors = read_drmn_checkpoint(checkpoint)
+    detector = {
+        key.split("/", 1)[1]: value for key, value in tensors.items() if key.startswith("fpn_model_state/")
+    }
+    overrides = (
+        _merge(panoptic_fpn_overrides(), config_overrides or {}) if detector else config_overrides or {}
+    )
+    image_processor = image_processor_settings(detector) if detector else {}
+    model, processor = _build(variant, overrides, image_processor, text_model_name_or_path, tokenizer)
+    result = convert_drmn_weights(
+        model, tensors, allow_unrepresented=allow_unrepresented, source_name=Path(checkpoint).name
+    )
+    model.apply_freezing()
+    converted = ConvertedModel(model=model, processor=processor, result=result)
+    if output_dir is not None:
+        converted.save_pretrained(output_dir)
+    return converted
+
+
+__all__ = ["ConvertedModel", "convert_drmn", "convert_epng", "convert_panoptic_fpn"]

@@ -153,7 +153,8 @@ class PngConfig(PreTrainedConfig):
         phrase -> pixels only (release).
     drmn_level_projection (`"linear"` | `"conv_gn_relu"`), drmn_top_k_stride (8 | 16), drmn_kernel_mlp_layers
         (0 | 3), drmn_round_pixel_projection (False | True), drmn_initial_matching (`"kernel"` |
-        `"semantic_fpn"`): DRMN's reference reconstruction (see heads_drmn.py).
+        `"semantic_fpn"`), drmn_phrase_ffn_dim (None = `drmn_ffn_dim` | 2048): DRMN's reference
+        reconstruction (see heads_drmn.py).
     drmn_* : the DRMN head's hyper-parameters (see `heads_drmn.py`): width `drmn_hidden_dim` (256),
         `drmn_encoder_layers` deformable encoder layers (2) with `drmn_num_heads` heads (8), `drmn_num_levels`
         FPN levels (4; fewer keep stride 8 and drop stride 4 first: 1 -> {8}, 2 -> {8, 16}, 3 -> {8, 16, 32})
@@ -253,6 +254,7 @@ class PngConfig(PreTrainedConfig):
     )
     drmn_round_pixel_projection: bool = False  # True: each round's own conv + GN + ReLU pixel map (reference)
     drmn_initial_matching: str = "kernel"  # "semantic_fpn": a K-Net style semantic FPN map (reference)
+    drmn_phrase_ffn_dim: int | None = None  # rounds' phrase FFN width; None: drmn_ffn_dim (reference: 2048)
     # --- end released-code switches ---
 
     initializer_range: float = 0.02
@@ -359,6 +361,8 @@ class PngConfig(PreTrainedConfig):
         for name in ("drmn_encoder_layers", "drmn_refinement_rounds"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.drmn_phrase_ffn_dim is not None and self.drmn_phrase_ffn_dim < 1:
+            raise ValueError(f"drmn_phrase_ffn_dim must be >= 1 or None, got {self.drmn_phrase_ffn_dim}")
         if not 0.0 <= self.drmn_dropout < 1.0:
             raise ValueError(f"drmn_dropout must be in [0, 1), got {self.drmn_dropout}")
         # --- end DRMN head validation ---

@@ -31,7 +31,8 @@ Choices the paper leaves open, and what this implementation does:
   round's mask kernel is an MLP of the phrase state, which itself goes on to the next round) and
   `drmn_round_pixel_projection=True` (each round matches its kernel against its own conv + GN + ReLU of
   the stride-8 map), `drmn_initial_matching="semantic_fpn"` (the initial masks and every round's pixel map
-  come from a K-Net style semantic FPN over the encoded levels, with a Linear to the initial kernels).
+  come from a K-Net style semantic FPN over the encoded levels, with a Linear to the initial kernels),
+  `drmn_phrase_ffn_dim=2048` (the phrase update's FFN is wider than the encoder's).
 - Padded phrases: the encoder's cross-attention never reads them and a round only reads its own phrase, so
   they cannot change a real phrase's output; their own logits are computed but meaningless (the loss and
   the metric ignore them through `phrase_mask`). A narrative without real phrases gets no text context.
@@ -224,7 +225,9 @@ class RefinementRound(nn.Module):
         self.context_ffn_norm = nn.LayerNorm(d_model, eps=eps)
         self.phrase_attention = CrossAttention(d_model=d_model, num_heads=config.drmn_num_heads)
         self.phrase_norm = nn.LayerNorm(d_model, eps=eps)
-        self.phrase_ffn = _feed_forward(d_model, config.drmn_ffn_dim, config.drmn_dropout)
+        # The reference's phrase FFN is wider (2048) than its encoder FFNs (256).
+        phrase_ffn_dim = config.drmn_phrase_ffn_dim or config.drmn_ffn_dim
+        self.phrase_ffn = _feed_forward(d_model, phrase_ffn_dim, config.drmn_dropout)
         self.phrase_ffn_norm = nn.LayerNorm(d_model, eps=eps)
         self.dropout = nn.Dropout(config.drmn_dropout)
         self.kernel_mlp = kernel_mlp(d_model, config.drmn_kernel_mlp_layers)
