@@ -1,9 +1,10 @@
 """Training speed on CPU: optimizer steps, and the data pipeline against EPNG's GPU budget.
 
-Model steps (`--models`): forward with labels + backward + gradient clipping + AdamW step, on random inputs
-of the variant's size (tiny: 128x128, batch 8, the training script's default batch; paper: 640x640, batch 2),
-230 tokens and 15 phrases; seconds per step = the median of `--steps` steps after 1 warm-up step, in a
-fresh child process each (peak RSS per configuration). Training takes the LPA's direct path on CPU
+Model steps (`--models`): forward with labels + backward + gradient clipping + the training script's AdamW
+step (`build_optimizer`: fused), on random inputs of the variant's size (tiny: 128x128, batch 8, the
+training script's default batch; paper: 640x640, batch 2), 230 tokens and 15 phrases; seconds per step =
+the median of `--steps` steps after 1 warm-up step, in a fresh child process each (peak RSS per
+configuration). Training takes the LPA's direct path on CPU
 (flex attention has no CPU backward in this torch).
 
 Data pipeline (`--pipeline`): the real input path of `training/train.py` on the hard synthetic level:
@@ -33,6 +34,7 @@ EPNG_GPU_MS_PER_IMAGE = 11.0  # EPNG (AAAI 2023), inference on one GPU
 def _train_steps(variant: str, batch: int, steps: int, tokens: int, phrases: int) -> dict:
     """Runs in a child process: warm-up step + `steps` timed optimizer steps."""
     from narrative_grounding import create_model, load_variant
+    from narrative_grounding.training.optimization import build_optimizer
 
     torch.manual_seed(0)
     model = create_model(variant).train()
@@ -47,7 +49,9 @@ def _train_steps(variant: str, batch: int, steps: int, tokens: int, phrases: int
             top, left = torch.randint(0, size // 2, (2,), generator=generator).tolist()
             labels[sample, phrase, top : top + size // 3, left : left + size // 3] = 1
     parameters = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(parameters, lr=1e-4)
+    optimizer = build_optimizer(
+        model, optimizer="adamw", learning_rate=1e-4, weight_decay=0.01
+    )  # as training does
 
     def step() -> float:
         start = time.perf_counter()

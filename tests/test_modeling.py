@@ -167,6 +167,24 @@ def test_bfloat16_forward_matches_float32(head, phrase_counts):
     assert error < 0.1
 
 
+def test_visual_encoder_runs_channels_last_on_cpu_with_the_same_features_and_gradients():
+    """On CPU the backbone takes NHWC images (torch's NCHW max pooling is slow); features and gradients are
+    those of the NCHW computation (in float64, where summation order does not hide a difference)."""
+    encoder = tiny_model().visual_encoder.train().double()
+    pixel_values = torch.randn(2, 3, 64, 96, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    features = encoder(pixel_values)
+    assert all(f.is_contiguous(memory_format=torch.channels_last) for f in features.values())
+    assert pixel_values.is_contiguous()  # the caller's tensor is left as it was
+    nchw = encoder.neck(list(encoder.backbone(pixel_values).feature_maps))  # bypasses the conversion
+    assert not nchw[0].is_contiguous(memory_format=torch.channels_last)
+    for stride, reference in zip((4, 8, 16, 32), nchw, strict=True):
+        torch.testing.assert_close(features[stride], reference, atol=1e-10, rtol=1e-10)
+    weight = encoder.backbone._backbone.conv1.weight
+    (gradient,) = torch.autograd.grad(sum(f.square().sum() for f in features.values()), weight)
+    (reference_gradient,) = torch.autograd.grad(sum(f.square().sum() for f in nchw), weight)
+    torch.testing.assert_close(gradient, reference_gradient, atol=1e-8, rtol=1e-10)
+
+
 def test_freezing_follows_the_config():
     model = tiny_model(freeze_text_encoder=True, backbone_trainable_stages=2)
     assert not any(p.requires_grad for p in model.text_encoder.parameters())

@@ -99,6 +99,45 @@ def test_paper_schedule_and_fitted_cosine():
     assert not fit_schedule(scheduler, 10)  # the step schedule has no length to fit
 
 
+@pytest.mark.parametrize("name", ["adam", "adamw"])
+def test_optimizer_is_fused_on_cpu_and_steps_like_the_per_parameter_loop(name):
+    import copy
+
+    import torch
+
+    from narrative_grounding.training.optimization import build_optimizer
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 4), torch.nn.LayerNorm(4), torch.nn.Linear(4, 1))
+    model[2].requires_grad_(False)  # frozen parameters are left out
+    twin = copy.deepcopy(model)
+    optimizer = build_optimizer(model, optimizer=name, learning_rate=1e-2, weight_decay=0.1)
+    assert optimizer.defaults["fused"] is True
+    assert [len(group["params"]) for group in optimizer.param_groups] == [
+        1,
+        3,
+    ]  # decay: the Linear weight only
+    loop_class = torch.optim.Adam if name == "adam" else torch.optim.AdamW
+    loop = loop_class(
+        [
+            {"params": [twin[0].weight], "weight_decay": 0.1},
+            {"params": [twin[0].bias, twin[1].weight, twin[1].bias], "weight_decay": 0.0},
+        ],
+        lr=1e-2,
+        foreach=False,
+    )
+    inputs = torch.randn(8, 6)
+    initial = model[0].weight.detach().clone()
+    for _ in range(5):
+        for network, step in ((model, optimizer), (twin, loop)):
+            network(inputs).square().mean().backward()
+            step.step()
+            step.zero_grad()
+    for fused_parameter, loop_parameter in zip(model.parameters(), twin.parameters(), strict=True):
+        torch.testing.assert_close(fused_parameter, loop_parameter, atol=1e-6, rtol=1e-5)
+    assert not torch.allclose(model[0].weight, initial, atol=1e-3)  # the steps did move the weights
+
+
 def test_model_card_has_model_index_and_loading_code(tmp_path):
     from huggingface_hub import ModelCard
 

@@ -239,10 +239,16 @@ def build_optimizer(
     ]
     if not groups:
         raise ValueError("the model has no trainable parameter (is everything frozen?)")
+    # torch's fused kernel updates each parameter in one pass instead of a dozen small ops (the default on CPU):
+    # 5% of an epng-tiny training step on CPU. It runs on CPU and CUDA (where the model is when this is built).
+    parameters = decay + no_decay
+    fused = (
+        True if all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in parameters) else None
+    )
     if optimizer == "adam":
         # torch's Adam adds weight decay to the gradient (L2), as the paper's Adam does.
-        return torch.optim.Adam(groups, lr=learning_rate)
-    return torch.optim.AdamW(groups, lr=learning_rate)
+        return torch.optim.Adam(groups, lr=learning_rate, fused=fused)
+    return torch.optim.AdamW(groups, lr=learning_rate, fused=fused)
 
 
 def fit_schedule(scheduler: torch.optim.lr_scheduler.LRScheduler, total_steps: int) -> bool:
