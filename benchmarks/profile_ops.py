@@ -13,21 +13,18 @@ several threads it includes their spin-waiting), the number of aten ops and of d
 counting ops it calls), with their share and calls per step. A compiled flex-attention kernel is one
 inductor call, not an aten op: its time is what the listed ops leave of the total.
 
-    python benchmarks/profile_ops.py                                   # all cases, torch's thread count
-    OMP_NUM_THREADS=1 python benchmarks/profile_ops.py --cases drmn-tiny --top 25
+    python -m benchmarks.profile_ops                                   # all cases, torch's thread count
+    OMP_NUM_THREADS=1 python -m benchmarks.profile_ops --cases drmn-tiny --top 25
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (  # noqa: E402
+from ._common import (
     machine_description,
     print_machine,
     random_model_inputs,
