@@ -72,6 +72,20 @@ def _build(
     return model, processor
 
 
+def _finish(
+    model: PngForPanopticNarrativeGrounding,
+    processor: PngProcessor,
+    result: ConversionResult,
+    output_dir: str | Path | None,
+) -> ConvertedModel:
+    """Freeze what the config freezes, and write the converted model to `output_dir` when given."""
+    model.apply_freezing()
+    converted = ConvertedModel(model=model, processor=processor, result=result)
+    if output_dir is not None:
+        converted.save_pretrained(output_dir)
+    return converted
+
+
 def convert_panoptic_fpn(
     checkpoint: str | Path,
     output_dir: str | Path | None = None,
@@ -97,11 +111,7 @@ def convert_panoptic_fpn(
         variant, overrides, image_processor_settings(tensors), text_model_name_or_path, tokenizer
     )
     result = convert_visual_encoder(model, tensors, source_name=Path(checkpoint).name)
-    model.apply_freezing()
-    converted = ConvertedModel(model=model, processor=processor, result=result)
-    if output_dir is not None:
-        converted.save_pretrained(output_dir)
-    return converted
+    return _finish(model, processor, result, output_dir)
 
 
 def convert_epng(
@@ -128,11 +138,7 @@ def convert_epng(
     result = convert_epng_weights(
         model, tensors, allow_unrepresented=allow_unrepresented, source_name=Path(checkpoint).name
     )
-    model.apply_freezing()
-    converted = ConvertedModel(model=model, processor=processor, result=result)
-    if output_dir is not None:
-        converted.save_pretrained(output_dir)
-    return converted
+    return _finish(model, processor, result, output_dir)
 
 
 def convert_drmn(
@@ -165,11 +171,7 @@ def convert_drmn(
     result = convert_drmn_weights(
         model, tensors, allow_unrepresented=allow_unrepresented, source_name=Path(checkpoint).name
     )
-    model.apply_freezing()
-    converted = ConvertedModel(model=model, processor=processor, result=result)
-    if output_dir is not None:
-        converted.save_pretrained(output_dir)
-    return converted
+    return _finish(model, processor, result, output_dir)
 
 
 __all__ = ["ConvertedModel", "convert_drmn", "convert_epng", "convert_panoptic_fpn"]

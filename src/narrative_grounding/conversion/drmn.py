@@ -34,7 +34,7 @@ from typing import Any
 
 import torch
 
-from .key_map import ConversionResult, KeyRule, convert_state_dict, prefixed_state_dict
+from .key_map import ConversionResult, KeyRule, convert_into_modules
 from .panoptic_fpn import DETECTRON2_FROZEN_BN_EPS, PANOPTIC_FPN_KEY_MAP
 
 # The three state dicts of a reference checkpoint, flattened to "<state>/<key>" (without `module.`).
@@ -250,21 +250,14 @@ def convert_drmn_weights(
                 f"detectron2's frozen norms have eps {DETECTRON2_FROZEN_BN_EPS}; the model's: {sorted(eps)}"
             )
         modules.insert(0, "visual_encoder")
-    target = {}
-    for name in modules:
-        target.update(prefixed_state_dict(getattr(model, name), f"{name}."))
-    result = convert_state_dict(
+    result = convert_into_modules(
+        model,
+        modules,
         prepare_drmn_tensors(tensors, config.drmn_num_levels),
         DRMN_KEY_MAP,
-        target,
-        config=config,
         allow_unrepresented=allow_unrepresented,
         source_name=source_name,
     )
-    for name in modules:
-        prefix = f"{name}."
-        state = {k.removeprefix(prefix): v for k, v in result.state_dict.items() if k.startswith(prefix)}
-        getattr(model, name).load_state_dict(state, strict=True)
     return result
 
 

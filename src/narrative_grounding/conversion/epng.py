@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from .key_map import ConversionResult, KeyRule, convert_state_dict, prefixed_state_dict
+from .key_map import ConversionResult, KeyRule, convert_into_modules
 
 _BACKBONE = "visual_encoder.backbone._backbone"
 _LAYER = r"encoder\.layers\.(\d+)"
@@ -143,21 +143,14 @@ def convert_epng_weights(
         raise ValueError(
             "EPNG's torchvision ResNet strides in the 3x3 convolution: set backbone_stride_in_1x1=False"
         )
-    target = {}
-    for name in EPNG_TARGET_MODULES:
-        target.update(prefixed_state_dict(getattr(model, name), f"{name}."))
-    result = convert_state_dict(
+    result = convert_into_modules(
+        model,
+        EPNG_TARGET_MODULES,
         tensors,
         EPNG_KEY_MAP,
-        target,
-        config=config,
         allow_unrepresented=allow_unrepresented,
         source_name=source_name,
     )
-    for name in EPNG_TARGET_MODULES:
-        prefix = f"{name}."
-        state = {k.removeprefix(prefix): v for k, v in result.state_dict.items() if k.startswith(prefix)}
-        getattr(model, name).load_state_dict(state, strict=True)
     return result
 
 

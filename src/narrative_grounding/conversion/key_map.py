@@ -175,4 +175,41 @@ def prefixed_state_dict(module: torch.nn.Module, prefix: str) -> dict[str, torch
     return {f"{prefix}{key}": value for key, value in module.state_dict().items()}
 
 
-__all__ = ["ConversionResult", "KeyMapError", "KeyRule", "convert_state_dict", "prefixed_state_dict"]
+def convert_into_modules(
+    model: torch.nn.Module,
+    module_names: Iterable[str],
+    source: Mapping[str, torch.Tensor],
+    rules: Iterable[KeyRule],
+    *,
+    allow_unrepresented: bool = False,
+    source_name: str = "source",
+) -> ConversionResult:
+    """`convert_state_dict` into the named submodules of `model` (e.g. "visual_encoder", "head"), whose every
+    weight and buffer must be filled, then loaded into them strictly."""
+    module_names = list(module_names)
+    target: dict[str, torch.Tensor] = {}
+    for name in module_names:
+        target.update(prefixed_state_dict(getattr(model, name), f"{name}."))
+    result = convert_state_dict(
+        source,
+        rules,
+        target,
+        config=model.config,
+        allow_unrepresented=allow_unrepresented,
+        source_name=source_name,
+    )
+    for name in module_names:
+        prefix = f"{name}."
+        state = {k.removeprefix(prefix): v for k, v in result.state_dict.items() if k.startswith(prefix)}
+        getattr(model, name).load_state_dict(state, strict=True)
+    return result
+
+
+__all__ = [
+    "ConversionResult",
+    "KeyMapError",
+    "KeyRule",
+    "convert_into_modules",
+    "convert_state_dict",
+    "prefixed_state_dict",
+]

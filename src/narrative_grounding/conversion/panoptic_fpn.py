@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .key_map import ConversionResult, KeyRule, convert_state_dict, prefixed_state_dict
+from .key_map import ConversionResult, KeyRule, convert_into_modules
 
 # detectron2's defaults for its ImageNet-MSRA-initialised models (config/defaults.py).
 DETECTRON2_PIXEL_MEAN = (103.530, 116.280, 123.675)  # BGR
@@ -180,11 +180,9 @@ def convert_visual_encoder(
         raise ValueError(
             f"frozen norms have eps {sorted(wrong_eps)}; detectron2 uses {DETECTRON2_FROZEN_BN_EPS}"
         )
-    target = prefixed_state_dict(model.visual_encoder, "visual_encoder.")
-    result = convert_state_dict(tensors, PANOPTIC_FPN_KEY_MAP, target, config=config, source_name=source_name)
-    state = {key.removeprefix("visual_encoder."): value for key, value in result.state_dict.items()}
-    model.visual_encoder.load_state_dict(state, strict=True)
-    return result
+    return convert_into_modules(
+        model, ["visual_encoder"], tensors, PANOPTIC_FPN_KEY_MAP, source_name=source_name
+    )
 
 
 def panoptic_fpn_overrides() -> dict[str, Any]:
