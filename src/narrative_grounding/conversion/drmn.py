@@ -34,7 +34,7 @@ from typing import Any
 
 import torch
 
-from .key_map import ConversionResult, KeyRule, convert_into_modules
+from .key_map import ConversionResult, KeyRule, convert_into_modules, load_torch_checkpoint
 from .panoptic_fpn import DETECTRON2_FROZEN_BN_EPS, PANOPTIC_FPN_KEY_MAP
 
 # The three state dicts of a reference checkpoint, flattened to "<state>/<key>" (without `module.`).
@@ -186,14 +186,7 @@ def read_drmn_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     "bert_model_state": ..., ...}`), loaded with `weights_only=True`, flattened to "<state>/<key>" with the
     DataParallel `module.` prefix removed. `model_state` is required; the other two are read when present."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no DRMN checkpoint at {path}")
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises UnpicklingError / RuntimeError / ValueError variants
-        raise ValueError(
-            f"{path} is not a checkpoint torch.load(weights_only=True) can read: {error}"
-        ) from error
+    data = load_torch_checkpoint(path, "DRMN")
     if not isinstance(data, dict) or not isinstance(data.get(HEAD_STATE), dict):
         found = sorted(map(str, data))[:10] if isinstance(data, dict) else type(data).__name__
         raise ValueError(

@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from .key_map import ConversionResult, KeyRule, convert_into_modules
+from .key_map import ConversionResult, KeyRule, convert_into_modules, load_torch_checkpoint
 
 _BACKBONE = "visual_encoder.backbone._backbone"
 _LAYER = r"encoder\.layers\.(\d+)"
@@ -101,14 +101,7 @@ def read_epng_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     ..., ...})` in train_net.py) or of a bare state dict, loaded with `weights_only=True`. A `module.` prefix
     (a DataParallel / DDP-wrapped save) is removed."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no EPNG checkpoint at {path}")
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises UnpicklingError / RuntimeError / ValueError variants
-        raise ValueError(
-            f"{path} is not a checkpoint torch.load(weights_only=True) can read: {error}"
-        ) from error
+    data = load_torch_checkpoint(path, "EPNG")
     if isinstance(data, dict):
         for key in ("model_state", "state_dict", "model"):
             if isinstance(data.get(key), dict):

@@ -17,6 +17,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -175,6 +176,20 @@ def prefixed_state_dict(module: torch.nn.Module, prefix: str) -> dict[str, torch
     return {f"{prefix}{key}": value for key, value in module.state_dict().items()}
 
 
+def load_torch_checkpoint(path: str | Path, what: str) -> Any:
+    """`torch.load(path, weights_only=True)` on the CPU (tensors and plain containers only: a checkpoint from
+    the internet cannot run code), with errors that name the file; `what` names the expected checkpoint."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no {what} checkpoint at {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises UnpicklingError / RuntimeError / ValueError variants
+        raise ValueError(
+            f"{path} is not a checkpoint torch.load(weights_only=True) can read: {error}"
+        ) from error
+
+
 def convert_into_modules(
     model: torch.nn.Module,
     module_names: Iterable[str],
@@ -211,5 +226,6 @@ __all__ = [
     "KeyRule",
     "convert_into_modules",
     "convert_state_dict",
+    "load_torch_checkpoint",
     "prefixed_state_dict",
 ]
