@@ -95,6 +95,9 @@ def _gradient_worker(out_file: str) -> None:
             out_file,
         )
     accelerator.wait_for_everyone()
+    # Tears the gloo process group down before the interpreter exits: a process that exits with it alive
+    # can abort in gloo's thread destructors ("terminate called without an active exception").
+    accelerator.end_training()
 
 
 def _worker_env() -> dict[str, str]:
