@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 
 LPA_DISTANCE_FORMS = ("squared", "euclidean")
 LPA_IMPLEMENTATIONS = ("auto", "flex", "direct")
+EPNG_POSITION_ENCODINGS = ("lpa", "none", "absolute", "lpa_absolute")
 # Released-code switches with a fixed set of values: the first is our earlier choice (the default).
 RELEASED_SWITCH_CHOICES = {
     "epng_phrase_activation": ("none", "relu6"),
@@ -124,8 +125,14 @@ class PngConfig(PreTrainedConfig):
         Not in EPNG (which upsamples the stride-16 map alone); sharpens small masks. Used by the tiny configs.
     epng_position_encoding (`str`, defaults to `"lpa"`):
         How the communicator's self-attention knows where pixels are (EPNG Table 2): `"lpa"` (the paper),
-        `"none"` (plain self-attention: LPA with the prior disabled) or `"absolute"` (plain self-attention
-        over pixel tokens plus a 2D sine position embedding).
+        `"none"` (plain self-attention: LPA with the prior disabled), `"absolute"` (plain self-attention
+        over pixel tokens plus a 2D sine position embedding) or `"lpa_absolute"` (ours, not in the paper:
+        LPA over pixel tokens that also carry the sine position embedding, so that phrases that pick
+        instances by where they are in the image can see it; LPA alone is relative).
+    epng_communicator_stride (`int`, defaults to 16):
+        Stride of the communicator's pixel tokens: 16 (EPNG eq. 2: the stride-8 level pooled, the stride-32
+        level upsampled) or 8 (ours, not in the paper: the stride-16 and stride-32 levels upsampled to the
+        stride-8 grid; four times the tokens, for small inputs whose stride-16 grid is only 8 x 8).
     bce_loss_weight, dice_loss_weight, sal_loss_weight (`float`, defaults 2.0, 2.0, 1.0): EPNG eq. 15.
     sal_temperature (`float`, defaults to 0.1): tau of EPNG eqs. 13-14: similarities are divided by it. With
         our cosine similarity 0.1 bounds the logits to [-10, 10]. The released code multiplies raw dot
@@ -208,7 +215,9 @@ class PngConfig(PreTrainedConfig):
     # "lpa": Locality-Perceptive Attention (the paper). "none": plain multi-head self-attention over the
     # pixels, i.e. LPA with its prior disabled (a multiplier of 1 on every score). "absolute": plain
     # self-attention with a 2D sine position embedding added to the pixel tokens before the communicator.
+    # "lpa_absolute" (ours): LPA over tokens that carry the sine embedding too.
     epng_position_encoding: str = "lpa"
+    epng_communicator_stride: int = 16
     # --- end EPNG position encoding ---
 
     # DRMN head
@@ -336,11 +345,13 @@ class PngConfig(PreTrainedConfig):
                 f"lpa_implementation must be one of {LPA_IMPLEMENTATIONS}, got {self.lpa_implementation!r}"
             )
         # --- EPNG position encoding validation ---
-        if self.epng_position_encoding not in ("lpa", "none", "absolute"):
+        if self.epng_position_encoding not in EPNG_POSITION_ENCODINGS:
             raise ValueError(
-                "epng_position_encoding must be one of ('lpa', 'none', 'absolute'), "
+                f"epng_position_encoding must be one of {EPNG_POSITION_ENCODINGS}, "
                 f"got {self.epng_position_encoding!r}"
             )
+        if self.epng_communicator_stride not in (8, 16):
+            raise ValueError(f"epng_communicator_stride must be 8 or 16, got {self.epng_communicator_stride!r}")
         # --- end EPNG position encoding validation ---
         if self.d_model % self.num_attention_heads:
             raise ValueError(
