@@ -254,7 +254,7 @@ class PngImageProcessor(TorchvisionBackend):
             straight to each image's original size (through the padded input size only where padding or an
             aspect-ratio resize must be undone), all with `align_corners=False`. `True` is EPNG's released
             evaluation: the stride-4 predictions are first upsampled to the input size with
-            `align_corners=True` (its `nn.Upsample`, `models/val/MainModule.py` 17 and 52), then resized to the
+            `align_corners=True` (its `nn.Upsample`, `models/val/MainModule.py` 17 and 46-49), then resized to the
             original size with `align_corners=False` (`val.py` 77).
         post_process_upsampled (`str`, defaults to `"logits"`): what is resized, the logits (`"logits"`, the
             mask is where the resized logit > logit(threshold)) or their sigmoid probabilities
