@@ -231,7 +231,7 @@ class PngForPanopticNarrativeGrounding(PngPreTrainedModel):
         loss = loss_dict = None
         if labels is not None:
             loss, loss_dict = self._compute_loss(
-                head_output, labels, phrase_mask, phrase_token_mask, pixel_mask, loss_counts
+                head_output, labels, phrase_mask, pixel_mask, loss_counts, phrase_token_mask
             )
 
         output = PngOutput(
@@ -304,7 +304,9 @@ class PngForPanopticNarrativeGrounding(PngPreTrainedModel):
                 )
         return phrase_mask
 
-    def _compute_loss(self, head_output, labels, phrase_mask, phrase_token_mask, pixel_mask, counts_override):
+    def _compute_loss(
+        self, head_output, labels, phrase_mask, pixel_mask, counts_override, phrase_token_mask=None
+    ):
         config = self.config
         logits = head_output.pred_masks
         size = logits.shape[-2:]
