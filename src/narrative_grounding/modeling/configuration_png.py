@@ -47,6 +47,8 @@ RELEASED_SWITCH_CHOICES = {
     "sal_directions": ("both", "phrase_to_pixel"),
     "drmn_level_projection": ("linear", "conv_gn_relu"),
     "drmn_initial_matching": ("kernel", "semantic_fpn"),
+    "drmn_queries": ("phrase", "noun_token"),
+    "drmn_context_query": ("phrase", "pixel"),
 }
 DRMN_GROUP_NORM_GROUPS = 32  # the reference's GroupNorm(32, C)
 
@@ -160,8 +162,14 @@ class PngConfig(PreTrainedConfig):
         phrase -> pixels only (release).
     drmn_level_projection (`"linear"` | `"conv_gn_relu"`), drmn_top_k_stride (8 | 16), drmn_kernel_mlp_layers
         (0 | 3), drmn_round_pixel_projection (False | True), drmn_initial_matching (`"kernel"` |
-        `"semantic_fpn"`), drmn_phrase_ffn_dim (None = `drmn_ffn_dim` | 2048): DRMN's reference
-        reconstruction (see heads_drmn.py).
+        `"semantic_fpn"`), drmn_phrase_ffn_dim (None = `drmn_ffn_dim` | 2048), drmn_queries (`"phrase"` |
+        `"noun_token"`: one query per token of each phrase through every round, the loss on each token against
+        its phrase's mask, `pred_masks` the mean of the phrase's token probabilities), drmn_context_query
+        (`"phrase"`: a round's deformable query is the phrase state at the selected pixel's 2-D position, its
+        residual the pixel's feature | `"pixel"`: the query is the selected pixel's feature plus the 1-D sine
+        position of the query's slot among `drmn_query_slots` (64), the residual the phrase state),
+        drmn_scale_mask_logits (True | False: unscaled kernel . pixel products), drmn_phrase_update_dropout
+        (None = `drmn_dropout` | 0.0): DRMN's reference reconstruction (see heads_drmn.py).
     drmn_* : the DRMN head's hyper-parameters (see `heads_drmn.py`): width `drmn_hidden_dim` (256),
         `drmn_encoder_layers` deformable encoder layers (2) with `drmn_num_heads` heads (8), `drmn_num_levels`
         FPN levels (4; fewer keep stride 8 and drop stride 4 first: 1 -> {8}, 2 -> {8, 16}, 3 -> {8, 16, 32})
@@ -264,6 +272,11 @@ class PngConfig(PreTrainedConfig):
     drmn_round_pixel_projection: bool = False  # True: each round's own conv + GN + ReLU pixel map (reference)
     drmn_initial_matching: str = "kernel"  # "semantic_fpn": a K-Net style semantic FPN map (reference)
     drmn_phrase_ffn_dim: int | None = None  # rounds' phrase FFN width; None: drmn_ffn_dim (reference: 2048)
+    drmn_queries: str = "phrase"  # "noun_token": a query per token, averaged per phrase (reference)
+    drmn_context_query: str = "phrase"  # "pixel": pixel + 1-D slot position asks, phrase residual (reference)
+    drmn_query_slots: int = 64  # slots of that 1-D slot position (reference: 64)
+    drmn_scale_mask_logits: bool = True  # False: plain kernel . pixel products (reference)
+    drmn_phrase_update_dropout: float | None = None  # None: drmn_dropout (reference: 0.0)
     # --- end released-code switches ---
 
     initializer_range: float = 0.02
@@ -376,6 +389,12 @@ class PngConfig(PreTrainedConfig):
             raise ValueError(f"drmn_phrase_ffn_dim must be >= 1 or None, got {self.drmn_phrase_ffn_dim}")
         if not 0.0 <= self.drmn_dropout < 1.0:
             raise ValueError(f"drmn_dropout must be in [0, 1), got {self.drmn_dropout}")
+        if self.drmn_phrase_update_dropout is not None and not 0.0 <= self.drmn_phrase_update_dropout < 1.0:
+            raise ValueError(
+                f"drmn_phrase_update_dropout must be in [0, 1) or None, got {self.drmn_phrase_update_dropout}"
+            )
+        if self.drmn_query_slots < 1:
+            raise ValueError(f"drmn_query_slots must be >= 1, got {self.drmn_query_slots}")
         # --- end DRMN head validation ---
         # --- released-code switch validation ---
         for name, allowed in RELEASED_SWITCH_CHOICES.items():
