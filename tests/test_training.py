@@ -449,3 +449,25 @@ def test_collator_reads_expression_kinds_and_names_an_unknown_one(synthetic_root
         ValueError, match="image 7: phrase 'the circle on the left' has the unknown expression kind 'colour'"
     ):
         collator([row])
+
+
+def test_schedule_fitted_to_time_uses_the_whole_budget_after_a_slow_start(tmp_path, synthetic_root):
+    """The first steps wait for the data-loading worker to start, so a pace measured over them alone
+    predicts far fewer steps than fit in the budget; re-fitting to the pace of the latest steps keeps the
+    run going until the budget is spent."""
+    from narrative_grounding.training import parse_args, train
+
+    budget = 12.0
+    argv = _train_argv(
+        tmp_path / "run",
+        synthetic_root,
+        "--num_train_epochs", "1000",
+        "--max_train_time", str(budget),
+        "--fit_schedule_to_time",
+        "--calibration_steps", "2",
+        "--dataloader_num_workers", "1",
+        "--lr_scheduler_type", "cosine",
+        "--no_eval",
+    )  # fmt: skip
+    result = train(parse_args(argv))
+    assert result.train_seconds >= 0.85 * budget, (result.train_seconds, result.completed_steps)

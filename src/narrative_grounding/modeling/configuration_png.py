@@ -364,7 +364,9 @@ class PngConfig(PreTrainedConfig):
                 f"got {self.epng_position_encoding!r}"
             )
         if self.epng_communicator_stride not in (8, 16):
-            raise ValueError(f"epng_communicator_stride must be 8 or 16, got {self.epng_communicator_stride!r}")
+            raise ValueError(
+                f"epng_communicator_stride must be 8 or 16, got {self.epng_communicator_stride!r}"
+            )
         # --- end EPNG position encoding validation ---
         if self.d_model % self.num_attention_heads:
             raise ValueError(

@@ -149,7 +149,9 @@ class EpngHead(nn.Module):
         else:  # ours: every level on the stride-8 grid
             grid = features[8].shape[-2:]
             levels = [features[8], self._resize(features[16], grid)]
-        fused = torch.cat([*levels, self._resize(features[32], grid)], dim=1)  # B x 3C x h x w, eq. 2 (Up(F_v3))
+        fused = torch.cat(
+            [*levels, self._resize(features[32], grid)], dim=1
+        )  # B x 3C x h x w, eq. 2 (Up(F_v3))
         fused = self.fuse_projection(fused)  # B x D x h x w
         batch, d_model, height, width = fused.shape
         pixels = fused.flatten(2).transpose(1, 2)  # B x N x D
