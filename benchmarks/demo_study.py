@@ -51,6 +51,7 @@ ROWS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "deeper: 4 communicator layers": ({"num_communicator_layers": 4}, {}),
     "text: 4 layers": ({"text_config": {"num_hidden_layers": 4}}, {}),
     "text: average last 2 layers": ({"text_layers_to_average": 2}, {}),
+    "attention phrase pooling (ours)": ({"phrase_pooling": "attention"}, {}),
     # data and recipe
     "12,000 images": ({}, {"num_train": 12000}),
     "learning rate 1e-3": ({}, {"learning_rate": 1e-3}),

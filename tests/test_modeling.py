@@ -294,3 +294,38 @@ def test_a_new_head_is_one_registry_entry(monkeypatch):
     assert outputs.pred_masks.shape == (2, 3, 16, 16)
     outputs.loss.backward()
     assert model.head.phrase_projection.weight.grad is not None
+
+
+def test_attention_phrase_pooling_starts_as_the_mean_and_weights_tokens_by_a_softmax_of_their_scores(
+    tmp_path,
+):
+    from narrative_grounding import PngForPanopticNarrativeGrounding
+    from narrative_grounding.modeling.text_encoder import PhrasePooling, pool_phrases
+
+    torch.manual_seed(0)
+    tokens = torch.randn(2, 6, 8)
+    membership = torch.zeros(2, 3, 6)
+    membership[0, 0, 1:4] = 1
+    membership[0, 1, 4] = 1
+    membership[1, 0, 0:6] = 1  # sample 1, phrase 2 and sample 0, phrase 2: padding (no tokens)
+    pooling = PhrasePooling("attention", 8)
+    torch.testing.assert_close(pooling(tokens, membership), pool_phrases(tokens, membership))
+    with torch.no_grad():
+        pooling.score.weight.normal_()
+        pooling.score.bias.fill_(0.3)
+    scores = tokens @ pooling.score.weight[0] + 0.3  # B x T
+    expected = torch.zeros(2, 3, 8)
+    for sample, phrase in [(0, 0), (0, 1), (1, 0)]:
+        member = membership[sample, phrase].bool()
+        weights = torch.softmax(scores[sample][member], dim=0)
+        expected[sample, phrase] = weights @ tokens[sample][member]
+    torch.testing.assert_close(pooling(tokens, membership), expected)
+    assert PhrasePooling("mean", 8).score is None
+
+    model = tiny_model(phrase_pooling="attention")
+    inputs = make_inputs([2, 1])
+    model.save_pretrained(tmp_path)
+    loaded = PngForPanopticNarrativeGrounding.from_pretrained(tmp_path).eval()
+    assert loaded.config.phrase_pooling == "attention" and loaded.phrase_pooling.score is not None
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(**inputs).pred_masks, model(**inputs).pred_masks)

@@ -92,6 +92,10 @@ class PngConfig(PreTrainedConfig):
     grounding_head (`str`, defaults to `"epng"`):
         `"epng"` (Locality-Perceptive Attention + SAL) or `"drmn"` (deformable encoder + multi-round
         top-k matching).
+    phrase_pooling (`str`, defaults to `"mean"`):
+        How a phrase's feature is made from its tokens' features: `"mean"` (every paper) or `"attention"`
+        (ours, not in the papers: a learned softmax weighting over the phrase's tokens, which starts as the
+        mean).
     text_layers_to_average (`int`, defaults to 1):
         Token features are the mean of BERT's last `text_layers_to_average` hidden states. EPNG's released code
         precomputes the mean of the last 4 (of a frozen BERT); PNG and PPMN use the last layer alone (1) and
@@ -204,6 +208,7 @@ class PngConfig(PreTrainedConfig):
 
     # Text encoder
     text_layers_to_average: int = 1
+    phrase_pooling: str = "mean"
     freeze_text_encoder: bool = True
 
     # Head choice
@@ -363,6 +368,8 @@ class PngConfig(PreTrainedConfig):
                 f"epng_position_encoding must be one of {EPNG_POSITION_ENCODINGS}, "
                 f"got {self.epng_position_encoding!r}"
             )
+        if self.phrase_pooling not in ("mean", "attention"):
+            raise ValueError(f"phrase_pooling must be 'mean' or 'attention', got {self.phrase_pooling!r}")
         if self.epng_communicator_stride not in (8, 16):
             raise ValueError(
                 f"epng_communicator_stride must be 8 or 16, got {self.epng_communicator_stride!r}"

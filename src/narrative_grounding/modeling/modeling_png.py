@@ -29,7 +29,7 @@ from .losses import (
     semantic_alignment_loss_sums,
 )
 from .losses import loss_counts as count_loss_items
-from .text_encoder import TextEncoder, pool_phrases
+from .text_encoder import PhrasePooling, TextEncoder
 from .visual_encoder import VisualEncoder, build_timm_backbone
 
 INPUT_STRIDE_MULTIPLE = 32  # the coarsest FPN level is stride 32
@@ -96,6 +96,7 @@ class PngForPanopticNarrativeGrounding(PngPreTrainedModel):
             )
         self.visual_encoder = VisualEncoder(config)
         self.text_encoder = TextEncoder(config)
+        self.phrase_pooling = PhrasePooling(config.phrase_pooling, config.text_config.hidden_size)
         self.head = GROUNDING_HEADS[config.grounding_head](config)
         self.post_init()
         self.apply_freezing()
@@ -216,7 +217,9 @@ class PngForPanopticNarrativeGrounding(PngPreTrainedModel):
         features = self.visual_encoder(pixel_values)
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.config.freeze_text_encoder):
             token_features = self.text_encoder(input_ids, attention_mask, token_type_ids)
-        phrase_features = pool_phrases(token_features, phrase_token_mask).to(features[4].dtype)  # B x P x C
+        phrase_features = self.phrase_pooling(token_features, phrase_token_mask).to(
+            features[4].dtype
+        )  # B x P x C
         if getattr(self.head, "reads_token_features", False):  # e.g. DRMN's one query per noun token
             head_output = self.head(
                 features,

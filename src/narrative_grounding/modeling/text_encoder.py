@@ -65,3 +65,32 @@ def pool_phrases(token_features: torch.Tensor, phrase_token_mask: torch.Tensor) 
     weights = phrase_token_mask.to(token_features.dtype)  # B x P x T
     counts = weights.sum(dim=-1, keepdim=True).clamp(min=1.0)  # B x P x 1
     return torch.bmm(weights, token_features) / counts  # B x P x C
+
+
+class PhrasePooling(nn.Module):
+    """Each phrase's feature from its tokens' features.
+
+    "mean" (every paper): the plain mean of the phrase's tokens. "attention" (ours, not in the papers): a
+    weighted mean whose weights are a softmax, over the phrase's tokens, of a learned score per token, so that
+    a phrase can lean on its head noun ("the square" in "the square next to the yellow star") instead of
+    mixing it with its modifiers' nouns. The score starts at zero: the attention form starts as the mean.
+    """
+
+    def __init__(self, mode: str, hidden_size: int) -> None:
+        super().__init__()
+        self.score = None
+        if mode == "attention":
+            self.score = nn.Linear(hidden_size, 1)
+            nn.init.zeros_(self.score.weight)
+            nn.init.zeros_(self.score.bias)
+
+    def forward(self, token_features: torch.Tensor, phrase_token_mask: torch.Tensor) -> torch.Tensor:
+        """token_features: B x T x C; phrase_token_mask: B x P x T (0/1). Returns B x P x C (zeros for a
+        phrase without tokens)."""
+        if self.score is None:
+            return pool_phrases(token_features, phrase_token_mask)
+        member = phrase_token_mask.bool()  # B x P x T
+        scores = self.score(token_features).squeeze(-1)[:, None, :]  # B x 1 x T
+        scores = scores.masked_fill(~member, float("-inf"))
+        weights = torch.softmax(scores, dim=-1).nan_to_num(0.0)  # a phrase without tokens: all -inf -> 0
+        return torch.bmm(weights.to(token_features.dtype), token_features)
