@@ -14,9 +14,15 @@ settings reuses the runs found there, so a sweep can be interrupted, extended wi
 run as several processes side by side (`--rows`) that share the file; `--report` prints the table of
 everything in the file without training.
 
+`--ceiling` measures what the prediction stride alone allows: each validation phrase's ground-truth mask
+area-averaged to stride 4 (2, 1), brought back with the bilinear upsampling post-processing uses and
+thresholded at 0.5, scored by the same metric. A perfect model whose logits live at stride 4 reaches that
+AR and no more.
+
     python -m benchmarks.demo_study --json study.json                                  # every row, 3 seeds
     python -m benchmarks.demo_study --json study.json --rows default "stride-8 tokens" --seeds 0
     python -m benchmarks.demo_study --json study.json --report
+    python -m benchmarks.demo_study --ceiling
     python -m benchmarks.demo_study --budget 20 --num-train 64 --num-validation 16 --seeds 0 --rows default
 """
 
@@ -121,6 +127,51 @@ def _train_one(recipe: dict[str, Any], overrides: dict[str, Any], seed: int, dat
     }
 
 
+def resolution_ceiling(data_root: str | None, num_train: int, num_validation: int) -> list[dict]:
+    """AR (overall, things, stuff, per expression kind) of the ground truth seen through stride 4, 2 and 1."""
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+
+    from narrative_grounding.data import load_png_dataset
+    from narrative_grounding.data.synthetic import ensure_synthetic_data
+    from narrative_grounding.training.collate import row_phrase_masks
+    from narrative_grounding.training.evaluation import average_recall_from_table
+
+    folder = ensure_synthetic_data(
+        "hard",
+        num_train=num_train,
+        num_validation=num_validation,
+        image_size=RECIPE["image_size"],
+        seed=0,
+        root=data_root,
+    )
+    validation = load_png_dataset(folder, "validation")["validation"]
+    rows = []
+    for stride in (4, 2, 1):
+        table = []
+        for row in validation:
+            reference = torch.from_numpy(row_phrase_masks(row).astype(np.float32))[None]  # 1 x P x H x W
+            seen = F.avg_pool2d(reference, stride) if stride > 1 else reference
+            seen = F.interpolate(seen, size=reference.shape[-2:], mode="bilinear", align_corners=False)
+            prediction, truth = seen[0] > 0.5, reference[0] > 0.5
+            kinds = [EXPRESSION_KINDS.index(p["expression"]) for p in row["phrases"]]
+            for index, phrase in enumerate(row["phrases"]):
+                table.append(
+                    [
+                        int((prediction[index] & truth[index]).sum()),
+                        int((prediction[index] | truth[index]).sum()),
+                        int(truth[index].sum()),
+                        int(phrase["is_thing"]),
+                        int(phrase["num_segments"]),
+                        kinds[index],
+                    ]
+                )
+        results = average_recall_from_table(np.array(table))
+        rows.append({"stride": stride, **{key: results[key] for key in SUMMARY_KEYS if key in results}})
+    return rows
+
+
 def run_id(recipe: dict, overrides: dict, seed: int) -> str:
     return json.dumps({"recipe": recipe, "overrides": overrides, "seed": seed}, sort_keys=True)
 
@@ -191,7 +242,20 @@ def main(argv: list[str] | None = None) -> dict:
     )
     parser.add_argument("--json", default=None, help="write the record here; runs go to JSON.runs.jsonl")
     parser.add_argument("--report", action="store_true", help="only print the table of the runs in --json")
+    parser.add_argument(
+        "--ceiling", action="store_true", help="only measure the AR the prediction stride allows"
+    )
     args = parser.parse_args(argv)
+    if args.ceiling:
+        ceiling = resolution_ceiling(args.data_root, args.num_train, args.num_validation)
+        kinds = " | ".join(THING_KINDS)
+        print(f"| prediction stride | AR | things | stuff | {kinds} |")
+        print("|---" * (4 + len(THING_KINDS)) + "|")
+        for row in ceiling:
+            cells = [f"{100 * row.get(key, float('nan')):.1f}" for key in SUMMARY_KEYS]
+            print(f"| {row['stride']} | " + " | ".join(cells) + " |")
+        write_json(args.json, {"ceiling": ceiling})
+        return {"ceiling": ceiling}
 
     log = Path(f"{args.json}.runs.jsonl") if args.json else None
     finished = {}
