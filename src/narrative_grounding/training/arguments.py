@@ -16,6 +16,7 @@ from ..argument_types import (
 )
 from ..cli import ArgumentParser
 from ..data.synthetic.levels import LEVELS
+from ..metrics import PROTOCOLS
 from .optimization import OPTIMIZERS, PRESETS, RECIPE_DEFAULTS, SCHEDULES
 
 
@@ -165,7 +166,12 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
 
     run = parser.add_argument_group("evaluation, checkpoints, logging")
     run.add_argument("--output_dir", required=True, help="where the model, processor and card are saved")
-    run.add_argument("--eval_protocol", choices=("original", "stride4"), default="original")
+    run.add_argument(
+        "--eval_protocol",
+        choices=PROTOCOLS,
+        default="original",
+        help="the Average Recall protocol: where masks are compared (docs/metric.md; default: %(default)s)",
+    )
     run.add_argument(
         "--eval_steps", type=positive_int, default=None, help="also evaluate every N optimizer steps"
     )
