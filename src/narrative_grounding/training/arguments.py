@@ -224,6 +224,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(
         description="Train a Panoptic Narrative Grounding model with accelerate (see docs/training.md)."
     )
+    parser.add_argument(
+        "--debug", action="store_true", help="show the full traceback of errors caused by bad input too"
+    )
     return add_training_arguments(parser)
 
 
