@@ -6,6 +6,7 @@ Output: a dict stride -> B x C x H/stride x W/stride for strides 4, 8, 16, 32, C
 
 from __future__ import annotations
 
+import timm
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -20,8 +21,31 @@ def build_timm_backbone(backbone_config, *, pretrained: bool = False, **timm_kwa
     `pretrained=True` fetches timm's ImageNet weights (needs the Hub or a local file given through
     `pretrained_cfg_overlay=dict(file=...)`).
     """
+    if not timm.is_model(backbone_config.backbone):  # timm's own error is a RuntimeError deep in create_model
+        raise ValueError(
+            f"backbone_config.backbone {backbone_config.backbone!r} is not a timm model (e.g. 'resnet101'; "
+            "timm.list_models() lists them)"
+        )
     model_args = dict(getattr(backbone_config, "timm_model_args", None) or {})
     return TimmBackbone(backbone_config, pretrained=pretrained, **model_args, **timm_kwargs)
+
+
+def check_stem_width(backbone: nn.Module, backbone_config) -> None:
+    """Refuse a `timm_model_args.stem_width` that the built stem does not have.
+
+    timm's ResNet reads `stem_width` only for its deep stems (`stem_type` "deep" / "deep_tiered"); its default
+    stem is one 7x7 convolution of 64 channels whatever `stem_width` says (timm models/resnet.py,
+    `ResNet.__init__`: `inplanes = stem_width * 2 if deep_stem else 64`), so the setting would be silently
+    ignored.
+    """
+    stem_width = (getattr(backbone_config, "timm_model_args", None) or {}).get("stem_width")
+    stem = getattr(backbone, "conv1", None)
+    if stem_width is not None and isinstance(stem, nn.Conv2d) and stem.out_channels != stem_width:
+        raise ValueError(
+            f"backbone_config.timm_model_args.stem_width={stem_width} cannot be honoured: the stem of "
+            f"{backbone_config.backbone!r} is one convolution of {stem.out_channels} channels (timm's ResNet reads "
+            "stem_width only with stem_type 'deep' or 'deep_tiered'); remove stem_width or set such a stem_type"
+        )
 
 
 def move_stride_to_1x1(backbone: nn.Module, stage_names: list[str]) -> None:
@@ -70,6 +94,7 @@ class VisualEncoder(nn.Module):
     def __init__(self, config) -> None:
         super().__init__()
         self.backbone = build_timm_backbone(config.backbone_config)
+        check_stem_width(self.backbone._backbone, config.backbone_config)
         channels = self.backbone._backbone.feature_info.channels()
         reductions = self.backbone._backbone.feature_info.reduction()
         if tuple(reductions) != FPN_STRIDES:
