@@ -105,6 +105,32 @@ class VisualEncoder(nn.Module):
         if config.backbone_stride_in_1x1:
             move_stride_to_1x1(self.backbone._backbone, self.stage_names())
         self.neck = FeaturePyramidNeck(channels, config.fpn_channels)
+        self.match_weight_layout()
+
+    def match_weight_layout(self) -> None:
+        """Store the convolution weights in the memory format `forward` gives their inputs on this device:
+        channels-last on CPU, the default elsewhere.
+
+        With NHWC inputs and NCHW weights the CPU convolutions give some weight gradients (the strided 1x1
+        downsampling convolutions') channels-last strides, which DistributedDataParallel, whose gradient
+        buckets follow the parameters' strides, reports as "Grad strides do not match bucket view strides" and
+        copies. Called on construction, after every device or dtype move (`_apply`) and after loading weights
+        (which replaces the parameters), so the layout is settled before DDP wraps the model.
+        """
+        weights = [parameter for parameter in self.parameters() if parameter.dim() == 4]
+        if not weights:
+            return
+        layout = torch.channels_last if weights[0].device.type == "cpu" else torch.contiguous_format
+        for weight in weights:
+            # compared by strides: a 1x1 kernel's weight counts as contiguous in both formats, but its gradient
+            # takes the strides of one of them
+            if weight.stride() != torch.empty_like(weight, device="meta", memory_format=layout).stride():
+                weight.data = weight.data.clone(memory_format=layout)
+
+    def _apply(self, fn, recurse: bool = True):  # .to(), .cuda(), .cpu(), .float(), ...
+        module = super()._apply(fn, recurse)
+        self.match_weight_layout()
+        return module
 
     def stage_names(self) -> list[str]:
         """The timm module names of the four stages the FPN reads (e.g. layer1..layer4)."""
@@ -115,7 +141,8 @@ class VisualEncoder(nn.Module):
         if pixel_values.device.type == "cpu":
             # NHWC on CPU: oneDNN convolutions keep it, and torch's NCHW max pooling is slow (the stem's
             # 3x3 pool of a 8 x 64 x 64 x 64 map: 39 ms NCHW, 2 ms NHWC on torch 2.14, one thread). The
-            # maps come out NHWC too, which is the B x N x C layout the heads flatten them into.
+            # maps come out NHWC too, which is the B x N x C layout the heads flatten them into. The weights
+            # are channels-last on CPU as well (`match_weight_layout`).
             pixel_values = pixel_values.contiguous(memory_format=torch.channels_last)
         feature_maps = self.backbone(pixel_values).feature_maps
         return dict(zip(FPN_STRIDES, self.neck(list(feature_maps)), strict=True))
