@@ -10,6 +10,10 @@ default, with a verdict: "matters" when the difference exceeds the larger of the
 Notes on the rows:
 - "all reference" sets every DRMN switch but `drmn_initial_matching` (its own row), with the tiny model's
   width as FFN (the reference's FFN equals its width) and top-8 of the 16 stride-16 pixels at 128 px.
+- No row for `drmn_phrase_update_dropout=0.0`: `drmn-tiny` trains without dropout (`drmn_dropout=0`), so the
+  reference's value is already what its default does. No row for the post-processing fields of the image
+  processor (`post_process_align_corners`, `post_process_upsampled`): every row here is a training run of a
+  config, and these change only how a trained model's masks are resized for evaluation.
 - `sal_similarity=dot` is measured with the release's temperature 10 (raw dot products / 0.1 would be
   nobody's reading); the "all released" and "paper" rows set every switch of `epng-r101-bert-base-released`
   / `-paper` (the model sizes stay tiny).
@@ -92,6 +96,9 @@ def build_groups() -> dict[str, list[tuple[str, str, dict]]]:
         ),
         # every switch above but the initial matching (measured before the semantic FPN was a switch)
         ("all reference", "drmn-tiny", {**reference, "drmn_ffn_dim": 64, "drmn_top_k": 8}),
+        ("one query per noun token", "drmn-tiny", {"drmn_queries": "noun_token"}),
+        ("pixel + slot context query", "drmn-tiny", {"drmn_context_query": "pixel"}),
+        ("unscaled mask logits", "drmn-tiny", {"drmn_scale_mask_logits": False}),
     ]
     return {"epng": epng, "drmn": drmn}
 

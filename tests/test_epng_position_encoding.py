@@ -1,4 +1,5 @@
-"""`epng_position_encoding`: the EPNG Table 2 switch ("lpa" / "none" / "absolute")."""
+"""`epng_position_encoding`: the EPNG Table 2 switch ("lpa" / "none" / "absolute", and our "lpa_absolute"),
+and `epng_communicator_stride` (the paper's 16, our 8)."""
 
 from __future__ import annotations
 
@@ -72,23 +73,24 @@ def test_none_carries_no_position_and_lpa_does():
         assert torch.allclose(permuted_output, output_permuted, atol=1e-5) == equivariant, encoding
 
 
-def test_absolute_adds_sine_codes_to_the_pixel_tokens():
-    """An "absolute" model equals a "none" model with the same weights run on features whose fused pixel
-    tokens carry the sine codes: checked by hooking the first communicator layer's input."""
-    none_model = tiny_model(epng_position_encoding="none")
-    absolute_model = tiny_model(epng_position_encoding="absolute")
+def _keep_input(seen: dict, name: str):
+    def hook(module, args):
+        seen[name] = args[0]
+
+    return hook
+
+
+@pytest.mark.parametrize(("plain", "with_codes"), [("none", "absolute"), ("lpa", "lpa_absolute")])
+def test_absolute_adds_sine_codes_to_the_pixel_tokens(plain, with_codes):
+    """An "absolute" ("lpa_absolute") model equals a "none" ("lpa") model with the same weights run on features
+    whose fused pixel tokens carry the sine codes: checked by hooking the first communicator layer's input."""
+    none_model = tiny_model(epng_position_encoding=plain)
+    absolute_model = tiny_model(epng_position_encoding=with_codes)
     absolute_model.load_state_dict(none_model.state_dict())  # no extra parameters: strict load works
     inputs = make_inputs([3, 2], height=64, width=96)
     seen = {}
-
-    def keep_input(name):
-        def hook(module, args):
-            seen[name] = args[0]
-
-        return hook
-
-    none_model.head.layers[0].register_forward_pre_hook(keep_input("none"))
-    absolute_model.head.layers[0].register_forward_pre_hook(keep_input("absolute"))
+    none_model.head.layers[0].register_forward_pre_hook(_keep_input(seen, "none"))
+    absolute_model.head.layers[0].register_forward_pre_hook(_keep_input(seen, "absolute"))
     with torch.no_grad():
         none_masks = none_model(**inputs).pred_masks
         absolute_masks = absolute_model(**inputs).pred_masks
@@ -98,16 +100,43 @@ def test_absolute_adds_sine_codes_to_the_pixel_tokens():
     assert not torch.allclose(none_masks, absolute_masks)
 
 
-@pytest.mark.parametrize("encoding", ["none", "absolute"])
+@pytest.mark.parametrize("encoding", ["none", "absolute", "lpa_absolute"])
 def test_trains_and_round_trips(encoding, tmp_path):
-    model = tiny_model(epng_position_encoding=encoding).train()
+    model = tiny_model(epng_position_encoding=encoding, epng_communicator_stride=8).train()
     inputs = make_inputs([2, 1], with_labels=True)
     loss = model(**inputs).loss
     loss.backward()
-    grads = [layer.self_attention.qkv.weight.grad for layer in model.head.layers]
+    attentions = [layer.lpa or layer.self_attention for layer in model.head.layers]
+    grads = [attention.qkv.weight.grad for attention in attentions]
     assert all(grad is not None and grad.abs().sum() > 0 for grad in grads)
     model.eval().save_pretrained(tmp_path)
     loaded = PngForPanopticNarrativeGrounding.from_pretrained(tmp_path).eval()
-    assert loaded.config.epng_position_encoding == encoding
+    assert (loaded.config.epng_position_encoding, loaded.config.epng_communicator_stride) == (encoding, 8)
     with torch.no_grad():
         torch.testing.assert_close(loaded(**inputs).pred_masks, model(**inputs).pred_masks)
+
+
+def test_stride8_communicator_fuses_every_level_on_the_stride8_grid():
+    """epng_communicator_stride=8: the tokens are the stride-8 level with the stride-16 and stride-32 levels
+    bilinearly upsampled to its grid (instead of the stride-8 level pooled to the stride-16 grid), same
+    parameters as the paper's layout."""
+    paper = tiny_model()
+    ours = tiny_model(epng_communicator_stride=8)
+    ours.load_state_dict(paper.state_dict())
+    inputs = make_inputs([3, 2], height=64, width=96)
+    seen, features = {}, {}
+    ours.head.fuse_projection.register_forward_pre_hook(_keep_input(seen, "fused"))
+    ours.head.layers[0].register_forward_pre_hook(_keep_input(seen, "tokens"))
+    ours.head.register_forward_pre_hook(lambda module, args: features.update(args[0]))
+    with torch.no_grad():
+        masks = ours(**inputs).pred_masks
+    assert seen["tokens"].shape[1] == (64 // 8) * (96 // 8)
+
+    def up(level):
+        return torch.nn.functional.interpolate(level, size=(8, 12), mode="bilinear", align_corners=False)
+
+    expected = torch.cat([features[8], up(features[16]), up(features[32])], dim=1)
+    torch.testing.assert_close(seen["fused"], expected)
+    assert masks.shape == paper(**inputs).pred_masks.shape  # still stride 4
+    with pytest.raises((ValueError, StrictDataclassClassValidationError), match="epng_communicator_stride"):
+        tiny_config(epng_communicator_stride=4)

@@ -263,6 +263,12 @@ def test_short_training_run_end_to_end(tmp_path, synthetic_root):
     metrics = result.metrics
     assert metrics["num_phrases"] > 0 and 0.0 <= metrics["average_recall"] <= 1.0
     assert metrics["num_things"] + metrics["num_stuff"] == metrics["num_phrases"]
+    # the synthetic annotations record each phrase's expression kind: AR per kind, every phrase in one kind
+    kinds = {k: v for k, v in metrics.items() if k.startswith("num_phrases_expression_")}
+    assert set(kinds) == {f"num_phrases_expression_{k}" for k in ("attribute", "group", "stuff")}
+    assert sum(kinds.values()) == metrics["num_phrases"]
+    assert metrics["num_phrases_expression_stuff"] == metrics["num_stuff"]
+    assert 0.0 <= metrics["average_recall_expression_group"] <= 1.0
     assert sorted(p.name for p in (output_dir / "checkpoints").iterdir()) == ["checkpoint-12", "checkpoint-6"]
     assert list((output_dir / "logs").rglob("events.out.tfevents.*")), "tensorboard wrote nothing"
 
@@ -373,3 +379,95 @@ def test_average_recall_table_and_model_card_show_every_metric_key():
         "| AR plural | 25.0 |",
     ):
         assert row in card
+
+
+def test_average_recall_per_expression_kind_from_the_gathered_table():
+    import numpy as np
+
+    from narrative_grounding.metrics import average_recall_from_ious
+    from narrative_grounding.training.evaluation import (
+        PAD,
+        average_recall_from_table,
+        format_average_recall_table,
+    )
+
+    # intersections / unions / reference areas / is_thing / segments / kind (0 attribute, 2 position, 6 stuff)
+    rows = np.array(
+        [
+            [10, 10, 10, 1, 1, 0],  # IoU 1
+            [5, 10, 10, 1, 1, 0],  # IoU 0.5
+            [0, 10, 10, 1, 2, 2],  # IoU 0
+            [8, 10, 10, 0, 1, 6],  # IoU 0.8
+            [PAD] * 6,  # batch padding
+        ]
+    )
+    results = average_recall_from_table(rows[None])
+    expected = average_recall_from_ious([1.0, 0.5, 0.0, 0.8], [True, True, True, False], [1, 1, 2, 1])
+    assert results["average_recall"] == pytest.approx(expected["average_recall"])
+    assert results["average_recall_expression_attribute"] == pytest.approx(
+        average_recall_from_ious([1.0, 0.5], [True, True], [1, 1])["average_recall"]
+    )
+    assert results["average_recall_expression_position"] == pytest.approx(
+        average_recall_from_ious([0.0], [True], [2])["average_recall"]
+    )
+    assert (results["num_phrases_expression_attribute"], results["num_phrases_expression_stuff"]) == (2, 1)
+    assert "average_recall_expression_relation" not in results  # no phrase of that kind
+    lines = format_average_recall_table(results).splitlines()
+    assert lines[6].split() == ["expression", "AR", "(%)", "phrases"]
+    assert [line.split()[0] for line in lines[7:]] == ["attribute", "position", "stuff"]
+
+    unrecorded = rows.copy()
+    unrecorded[:4, 5] = -1  # the official files record no kind: no per-kind entries
+    assert not any("expression" in key for key in average_recall_from_table(unrecorded))
+
+
+def test_collator_reads_expression_kinds_and_names_an_unknown_one(synthetic_root):
+    import io
+
+    from PIL import Image
+
+    from narrative_grounding import load_processor
+    from narrative_grounding.data.synthetic import EXPRESSION_KINDS
+    from narrative_grounding.training import PngCollator
+
+    png = io.BytesIO()
+    Image.new("RGB", (8, 8), (1, 0, 0)).save(png, format="PNG")  # segment id 1 everywhere
+    phrase = {"text": "the circle on the left", "start": 0, "end": 22, "segment_ids": [1], "is_thing": True}
+    phrase |= {"num_segments": 1, "expression": "position"}
+    row = {
+        "image_id": 7,
+        "image": Image.new("RGB", (8, 8)),
+        "caption": "the circle on the left and the sky.",
+        "panoptic_png": {"bytes": png.getvalue(), "path": None},
+        "phrases": [phrase, {**phrase, "text": "the sky", "start": 27, "end": 34, "expression": None}],
+    }
+    collator = PngCollator(load_processor("epng-tiny"), with_references=True)
+    kinds = collator([row])["expression_kinds"][0].tolist()
+    assert kinds == [EXPRESSION_KINDS.index("position"), -1]
+    row["phrases"] = [{**phrase, "expression": "colour"}]
+    with pytest.raises(
+        ValueError, match="image 7: phrase 'the circle on the left' has the unknown expression kind 'colour'"
+    ):
+        collator([row])
+
+
+def test_schedule_fitted_to_time_uses_the_whole_budget_after_a_slow_start(tmp_path, synthetic_root):
+    """The first steps wait for the data-loading worker to start, so a pace measured over them alone
+    predicts far fewer steps than fit in the budget; re-fitting to the pace of the latest steps keeps the
+    run going until the budget is spent."""
+    from narrative_grounding.training import parse_args, train
+
+    budget = 12.0
+    argv = _train_argv(
+        tmp_path / "run",
+        synthetic_root,
+        "--num_train_epochs", "1000",
+        "--max_train_time", str(budget),
+        "--fit_schedule_to_time",
+        "--calibration_steps", "2",
+        "--dataloader_num_workers", "1",
+        "--lr_scheduler_type", "cosine",
+        "--no_eval",
+    )  # fmt: skip
+    result = train(parse_args(argv))
+    assert result.train_seconds >= 0.85 * budget, (result.train_seconds, result.completed_steps)

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 
 LPA_DISTANCE_FORMS = ("squared", "euclidean")
 LPA_IMPLEMENTATIONS = ("auto", "flex", "direct")
+EPNG_POSITION_ENCODINGS = ("lpa", "none", "absolute", "lpa_absolute")
 # Released-code switches with a fixed set of values: the first is our earlier choice (the default).
 RELEASED_SWITCH_CHOICES = {
     "epng_phrase_activation": ("none", "relu6"),
@@ -46,6 +47,8 @@ RELEASED_SWITCH_CHOICES = {
     "sal_directions": ("both", "phrase_to_pixel"),
     "drmn_level_projection": ("linear", "conv_gn_relu"),
     "drmn_initial_matching": ("kernel", "semantic_fpn"),
+    "drmn_queries": ("phrase", "noun_token"),
+    "drmn_context_query": ("phrase", "pixel"),
 }
 DRMN_GROUP_NORM_GROUPS = 32  # the reference's GroupNorm(32, C)
 # The smallest value of each BertConfig size: zero or negative ones failed deep inside torch (an IndexError from
@@ -141,8 +144,14 @@ class PngConfig(PreTrainedConfig):
         Not in EPNG (which upsamples the stride-16 map alone); sharpens small masks. Used by the tiny configs.
     epng_position_encoding (`str`, defaults to `"lpa"`):
         How the communicator's self-attention knows where pixels are (EPNG Table 2): `"lpa"` (the paper),
-        `"none"` (plain self-attention: LPA with the prior disabled) or `"absolute"` (plain self-attention
-        over pixel tokens plus a 2D sine position embedding).
+        `"none"` (plain self-attention: LPA with the prior disabled), `"absolute"` (plain self-attention
+        over pixel tokens plus a 2D sine position embedding) or `"lpa_absolute"` (ours, not in the paper:
+        LPA over pixel tokens that also carry the sine position embedding, so that phrases that pick
+        instances by where they are in the image can see it; LPA alone is relative).
+    epng_communicator_stride (`int`, defaults to 16):
+        Stride of the communicator's pixel tokens: 16 (EPNG eq. 2: the stride-8 level pooled, the stride-32
+        level upsampled) or 8 (ours, not in the paper: the stride-16 and stride-32 levels upsampled to the
+        stride-8 grid; four times the tokens, for small inputs whose stride-16 grid is only 8 x 8).
     bce_loss_weight, dice_loss_weight, sal_loss_weight (`float`, defaults 2.0, 2.0, 1.0): EPNG eq. 15.
     sal_temperature (`float`, defaults to 0.1): tau of EPNG eqs. 13-14: similarities are divided by it. With
         our cosine similarity 0.1 bounds the logits to [-10, 10]. The released code multiplies raw dot
@@ -170,8 +179,14 @@ class PngConfig(PreTrainedConfig):
         phrase -> pixels only (release).
     drmn_level_projection (`"linear"` | `"conv_gn_relu"`), drmn_top_k_stride (8 | 16), drmn_kernel_mlp_layers
         (0 | 3), drmn_round_pixel_projection (False | True), drmn_initial_matching (`"kernel"` |
-        `"semantic_fpn"`), drmn_phrase_ffn_dim (None = `drmn_ffn_dim` | 2048): DRMN's reference
-        reconstruction (see heads_drmn.py).
+        `"semantic_fpn"`), drmn_phrase_ffn_dim (None = `drmn_ffn_dim` | 2048), drmn_queries (`"phrase"` |
+        `"noun_token"`: one query per token of each phrase through every round, the loss on each token against
+        its phrase's mask, `pred_masks` the mean of the phrase's token probabilities), drmn_context_query
+        (`"phrase"`: a round's deformable query is the phrase state at the selected pixel's 2-D position, its
+        residual the pixel's feature | `"pixel"`: the query is the selected pixel's feature plus the 1-D sine
+        position of the query's slot among `drmn_query_slots` (64), the residual the phrase state),
+        drmn_scale_mask_logits (True | False: unscaled kernel . pixel products), drmn_phrase_update_dropout
+        (None = `drmn_dropout` | 0.0): DRMN's reference reconstruction (see heads_drmn.py).
     drmn_* : the DRMN head's hyper-parameters (see `heads_drmn.py`): width `drmn_hidden_dim` (256),
         `drmn_encoder_layers` deformable encoder layers (2) with `drmn_num_heads` heads (8), `drmn_num_levels`
         FPN levels (4; fewer keep stride 8 and drop stride 4 first: 1 -> {8}, 2 -> {8, 16}, 3 -> {8, 16, 32})
@@ -225,7 +240,9 @@ class PngConfig(PreTrainedConfig):
     # "lpa": Locality-Perceptive Attention (the paper). "none": plain multi-head self-attention over the
     # pixels, i.e. LPA with its prior disabled (a multiplier of 1 on every score). "absolute": plain
     # self-attention with a 2D sine position embedding added to the pixel tokens before the communicator.
+    # "lpa_absolute" (ours): LPA over tokens that carry the sine embedding too.
     epng_position_encoding: str = "lpa"
+    epng_communicator_stride: int = 16
     # --- end EPNG position encoding ---
 
     # DRMN head
@@ -272,6 +289,11 @@ class PngConfig(PreTrainedConfig):
     drmn_round_pixel_projection: bool = False  # True: each round's own conv + GN + ReLU pixel map (reference)
     drmn_initial_matching: str = "kernel"  # "semantic_fpn": a K-Net style semantic FPN map (reference)
     drmn_phrase_ffn_dim: int | None = None  # rounds' phrase FFN width; None: drmn_ffn_dim (reference: 2048)
+    drmn_queries: str = "phrase"  # "noun_token": a query per token, averaged per phrase (reference)
+    drmn_context_query: str = "phrase"  # "pixel": pixel + 1-D slot position asks, phrase residual (reference)
+    drmn_query_slots: int = 64  # slots of that 1-D slot position (reference: 64)
+    drmn_scale_mask_logits: bool = True  # False: plain kernel . pixel products (reference)
+    drmn_phrase_update_dropout: float | None = None  # None: drmn_dropout (reference: 0.0)
     # --- end released-code switches ---
 
     initializer_range: float = 0.02
@@ -353,10 +375,14 @@ class PngConfig(PreTrainedConfig):
                 f"lpa_implementation must be one of {LPA_IMPLEMENTATIONS}, got {self.lpa_implementation!r}"
             )
         # --- EPNG position encoding validation ---
-        if self.epng_position_encoding not in ("lpa", "none", "absolute"):
+        if self.epng_position_encoding not in EPNG_POSITION_ENCODINGS:
             raise ValueError(
-                "epng_position_encoding must be one of ('lpa', 'none', 'absolute'), "
+                f"epng_position_encoding must be one of {EPNG_POSITION_ENCODINGS}, "
                 f"got {self.epng_position_encoding!r}"
+            )
+        if self.epng_communicator_stride not in (8, 16):
+            raise ValueError(
+                f"epng_communicator_stride must be 8 or 16, got {self.epng_communicator_stride!r}"
             )
         # --- end EPNG position encoding validation ---
         if self.d_model % self.num_attention_heads:
@@ -382,6 +408,12 @@ class PngConfig(PreTrainedConfig):
             raise ValueError(f"drmn_phrase_ffn_dim must be >= 1 or None, got {self.drmn_phrase_ffn_dim}")
         if not 0.0 <= self.drmn_dropout < 1.0:
             raise ValueError(f"drmn_dropout must be in [0, 1), got {self.drmn_dropout}")
+        if self.drmn_phrase_update_dropout is not None and not 0.0 <= self.drmn_phrase_update_dropout < 1.0:
+            raise ValueError(
+                f"drmn_phrase_update_dropout must be in [0, 1) or None, got {self.drmn_phrase_update_dropout}"
+            )
+        if self.drmn_query_slots < 1:
+            raise ValueError(f"drmn_query_slots must be >= 1, got {self.drmn_query_slots}")
         # --- end DRMN head validation ---
         # --- released-code switch validation ---
         for name, allowed in RELEASED_SWITCH_CHOICES.items():

@@ -32,7 +32,13 @@ Choices the paper leaves open, and what this implementation does:
   `drmn_round_pixel_projection=True` (each round matches its kernel against its own conv + GN + ReLU of
   the stride-8 map), `drmn_initial_matching="semantic_fpn"` (the initial masks and every round's pixel map
   come from a K-Net style semantic FPN over the encoded levels, with a Linear to the initial kernels),
-  `drmn_phrase_ffn_dim=2048` (the phrase update's FFN is wider than the encoder's).
+  `drmn_phrase_ffn_dim=2048` (the phrase update's FFN is wider than the encoder's),
+  `drmn_queries="noun_token"` (one query per token of each phrase through every round, the phrase's prediction
+  the mean of its tokens' probabilities; drmn_queries.py), `drmn_context_query="pixel"` (a round's deformable
+  query is the selected pixel's feature plus the 1-D position of the query's slot, `slot_position_embedding`,
+  and the attended context is added to the phrase state; ours asks from the phrase state at the pixel's 2-D
+  position and adds the context to the pixel's feature), `drmn_scale_mask_logits=False` (plain kernel . pixel
+  products) and `drmn_phrase_update_dropout=0.0` (the reference's phrase attention and FFN have no dropout).
 - Padded phrases: the encoder's cross-attention never reads them and a round only reads its own phrase, so
   they cannot change a real phrase's output; their own logits are computed but meaningless (the loss and
   the metric ignore them through `phrase_mask`). A narrative without real phrases gets no text context.
@@ -49,8 +55,9 @@ from torch import nn
 from .attention import CrossAttention
 from .configuration_png import DRMN_GROUP_NORM_GROUPS
 from .deformable_attention import MultiScaleDeformableAttention
+from .drmn_queries import noun_token_queries, phrase_mean_features, phrase_mean_logits
 from .head_output import GroundingHeadOutput
-from .position_encoding import sine_position_embedding
+from .position_encoding import sine_position_embedding, slot_position_embedding
 
 # Encoded levels by priority: the matching level first, then coarser context, the costly stride 4 last.
 LEVEL_PRIORITY = (8, 16, 32, 4)
@@ -225,11 +232,16 @@ class RefinementRound(nn.Module):
         self.context_ffn_norm = nn.LayerNorm(d_model, eps=eps)
         self.phrase_attention = CrossAttention(d_model=d_model, num_heads=config.drmn_num_heads)
         self.phrase_norm = nn.LayerNorm(d_model, eps=eps)
-        # The reference's phrase FFN is wider (2048) than its encoder FFNs (256).
+        # The reference's phrase FFN is wider (2048) than its encoder FFNs (256), and its phrase update has no
+        # dropout (`kernel_update_head.py`: dropout=0.0 for topk_attn, p=0.0 inside Ffn).
         phrase_ffn_dim = config.drmn_phrase_ffn_dim or config.drmn_ffn_dim
-        self.phrase_ffn = _feed_forward(d_model, phrase_ffn_dim, config.drmn_dropout)
+        update_dropout = config.drmn_phrase_update_dropout
+        update_dropout = config.drmn_dropout if update_dropout is None else update_dropout
+        self.phrase_ffn = _feed_forward(d_model, phrase_ffn_dim, update_dropout)
         self.phrase_ffn_norm = nn.LayerNorm(d_model, eps=eps)
         self.dropout = nn.Dropout(config.drmn_dropout)
+        self.update_dropout = nn.Dropout(update_dropout)
+        self.context_query = config.drmn_context_query
         self.kernel_mlp = kernel_mlp(d_model, config.drmn_kernel_mlp_layers)
         # The reference's per-round pixel map (1x1 conv without bias + GN + ReLU over the stride-8 map).
         self.pixel_projection = (
@@ -248,12 +260,14 @@ class RefinementRound(nn.Module):
         pixels: torch.Tensor,
         level_shapes: list[tuple[int, int]],
         top_k: int,
+        slot_positions: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """
-        phrases: B x P x D phrase states; scores: B x P x N current logits on the selection level.
-        matching_pixels: B x N x D encoded pixels of the selection level (stride 8, or 16 with
+        phrases: B x P x D phrase (or token query) states; scores: B x P x N current logits on the selection
+        level. matching_pixels: B x N x D encoded pixels of the selection level (stride 8, or 16 with
         drmn_top_k_stride=16); matching_positions: N x D; matching_centres: N x 2.
         pixels: B x N x D all encoded levels (flattened, concatenated) of shapes level_shapes.
+        slot_positions: P x D, each query slot's 1-D position (needed with drmn_context_query="pixel").
         Returns the new phrase states, B x P x D (this round's mask kernels are `kernel_mlp` of them).
         """
         batch, num_phrases, d_model = phrases.shape
@@ -263,27 +277,43 @@ class RefinementRound(nn.Module):
         selected = matching_pixels.gather(1, flat[..., None].expand(-1, -1, d_model))  # B x (P * K) x D
         positions = matching_positions[flat]  # B x (P * K) x D
         centres = matching_centres[flat]  # B x (P * K) x 2
-        # The phrase asks each of its pixels for the multi-scale context relevant to it.
-        queries = phrases.repeat_interleave(k, dim=1) + positions  # B x (P * K) x D
+        repeated = phrases.repeat_interleave(k, dim=1)  # B x (P * K) x D
+        if self.context_query == "phrase":
+            # The phrase asks each of its pixels for the multi-scale context relevant to it.
+            queries, residual = repeated + positions, selected
+        else:
+            # The reference: each selected pixel, marked with its query's slot, gathers context for the
+            # phrase (`deform_txt_decoder.py`: query = pixel feature + slot position, residual = the phrase).
+            queries = selected + slot_positions.repeat_interleave(k, dim=0)  # B x (P * K) x D
+            residual = repeated
         context = self.context_attention(queries, centres, pixels, level_shapes)
-        context = self.context_norm(selected + self.dropout(context))
+        context = self.context_norm(residual + self.dropout(context))
         context = self.context_ffn_norm(context + self.dropout(self.context_ffn(context)))
         # Each phrase attends to its own K context features only.
         context = context.view(batch * num_phrases, k, d_model)  # (B * P) x K x D
         states = phrases.reshape(batch * num_phrases, 1, d_model)  # (B * P) x 1 x D
         every_key = torch.ones(batch * num_phrases, k, dtype=torch.bool, device=phrases.device)
-        states = self.phrase_norm(states + self.dropout(self.phrase_attention(states, context, every_key)))
-        states = self.phrase_ffn_norm(states + self.dropout(self.phrase_ffn(states)))
+        attended = self.phrase_attention(states, context, every_key)
+        states = self.phrase_norm(states + self.update_dropout(attended))
+        states = self.phrase_ffn_norm(states + self.update_dropout(self.phrase_ffn(states)))
         return states.view(batch, num_phrases, d_model)
 
 
 class DrmnHead(nn.Module):
     """DRMN's head. forward(features, phrase_features, phrase_mask) -> GroundingHeadOutput with
-    pred_masks = the last round's logits and auxiliary_masks = (initial matching, rounds 1..R-1)."""
+    pred_masks = the last round's logits and auxiliary_masks = (initial matching, rounds 1..R-1).
+
+    With `drmn_queries="noun_token"` (`reads_token_features`) it also takes token_features and
+    phrase_token_mask, runs one query per token of each phrase, returns every prediction per token in
+    `query_masks` (what the loss reads) and, in pred_masks / auxiliary_masks, each phrase's mean token
+    probability as a logit."""
 
     def __init__(self, config) -> None:
         super().__init__()
         d_model = config.drmn_hidden_dim
+        self.reads_token_features = config.drmn_queries == "noun_token"
+        self.context_query = config.drmn_context_query
+        self.query_slots = config.drmn_query_slots
         self.strides = drmn_level_strides(config.drmn_num_levels)  # the FPN levels read (P2 may be reduced)
         self.matching_level = self.strides.index(MATCHING_STRIDE)
         self.selection_level = self.strides.index(config.drmn_top_k_stride)  # where top-k pixels are picked
@@ -300,18 +330,34 @@ class DrmnHead(nn.Module):
         if config.drmn_initial_matching == "semantic_fpn":
             self.semantic_fpn = SemanticFpn(d_model, encoded_level_strides(config))
             self.initial_kernels = nn.Linear(d_model, d_model)
-        # Kernel . pixel products of D-dim LayerNormed features grow like sqrt(D): keep logits O(1).
-        self.logit_scale = d_model**-0.5
+        # Kernel . pixel products of D-dim LayerNormed features grow like sqrt(D): keep logits O(1). The
+        # reference multiplies plainly (`kernel_head_new.py`, `kernel_update_head.py` einsums).
+        self.logit_scale = d_model**-0.5 if config.drmn_scale_mask_logits else 1.0
 
     def forward(
-        self, features: dict[int, torch.Tensor], phrase_features: torch.Tensor, phrase_mask: torch.Tensor
+        self,
+        features: dict[int, torch.Tensor],
+        phrase_features: torch.Tensor,
+        phrase_mask: torch.Tensor,
+        *,
+        token_features: torch.Tensor | None = None,
+        phrase_token_mask: torch.Tensor | None = None,
     ) -> GroundingHeadOutput:
         """features: stride -> B x C x H/s x W/s (strides 4..32); phrase_features: B x P x C_text;
-        phrase_mask: B x P bool (True = real phrase)."""
+        phrase_mask: B x P bool (True = real phrase); with drmn_queries="noun_token" also token_features:
+        B x T x C_text and phrase_token_mask: B x P x T (0/1)."""
         missing = [stride for stride in (*self.strides, 4) if stride not in features]
         if missing:
             raise ValueError(f"the DRMN head needs FPN strides {self.strides} and 4; missing {missing}")
         phrase_mask = phrase_mask.bool()
+        token_queries = None
+        if self.reads_token_features:
+            if token_features is None or phrase_token_mask is None:
+                raise ValueError(
+                    "drmn_queries='noun_token' needs token_features and phrase_token_mask (one query per token)"
+                )
+            token_queries = noun_token_queries(token_features, phrase_token_mask, phrase_mask)
+            phrase_features, phrase_mask = token_queries.features, token_queries.mask  # B x Q x C_text, B x Q
         maps = [
             projection(features[s])
             for projection, s in zip(self.input_projections, self.strides, strict=True)
@@ -331,6 +377,15 @@ class DrmnHead(nn.Module):
         all_positions, all_centres = torch.cat(positions), torch.cat(centres)  # N x D, N x 2
 
         phrases = self.phrase_projection(phrase_features)  # B x P x D, the initial kernels
+        slot_positions = None
+        if self.context_query == "pixel":
+            if phrases.shape[1] > self.query_slots:
+                raise ValueError(
+                    f"{phrases.shape[1]} queries (phrases, or noun tokens with drmn_queries='noun_token') exceed "
+                    f"the drmn_query_slots={self.query_slots} slot positions of drmn_context_query='pixel'"
+                )
+            slot_positions = slot_position_embedding(self.query_slots, d_model, device=device, dtype=dtype)
+            slot_positions = slot_positions[: phrases.shape[1]]  # P x D
         for layer in self.encoder_layers:
             pixels = layer(pixels, all_positions, all_centres, level_shapes, phrases, phrase_mask)
 
@@ -386,6 +441,7 @@ class DrmnHead(nn.Module):
                 pixels,
                 level_shapes,
                 self.top_k,
+                slot_positions,
             )
             kernels = refinement.kernel_mlp(phrases)  # B x P x D (the states themselves without an MLP)
             if refinement.pixel_projection is not None:
@@ -395,11 +451,23 @@ class DrmnHead(nn.Module):
         pixel_embeddings = F.interpolate(
             pixel_map, size=stride4_size, mode="bilinear", align_corners=False
         )  # B x D x H/4 x W/4: the last kernels' logits are exactly kernels . these * logit_scale
+        if token_queries is None:
+            return GroundingHeadOutput(
+                pred_masks=all_masks[-1],
+                auxiliary_masks=tuple(all_masks[:-1]),
+                phrase_embeddings=kernels,
+                pixel_embeddings=pixel_embeddings,
+            )
+        # Per phrase: the mean of its tokens' probabilities (the reference's evaluation), as a logit.
+        assignment = token_queries.phrases  # B x Q x P
+        phrase_masks = [phrase_mean_logits(masks, assignment) for masks in all_masks]  # each B x P x h x w
         return GroundingHeadOutput(
-            pred_masks=all_masks[-1],
-            auxiliary_masks=tuple(all_masks[:-1]),
-            phrase_embeddings=kernels,
+            pred_masks=phrase_masks[-1],
+            auxiliary_masks=tuple(phrase_masks[:-1]),
+            phrase_embeddings=phrase_mean_features(kernels, assignment),  # B x P x D
             pixel_embeddings=pixel_embeddings,
+            query_masks=tuple(all_masks),
+            query_phrases=assignment,
         )
 
 

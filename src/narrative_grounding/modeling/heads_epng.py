@@ -58,7 +58,7 @@ class CommunicatorLayer(nn.Module):
         # EPNG Table 2: LPA, or plain self-attention ("none" / "absolute"; the latter adds position codes
         # to the pixel tokens in EpngHead). Exactly one of the two attributes is set.
         self.lpa = self.self_attention = None
-        if config.epng_position_encoding == "lpa":
+        if config.epng_position_encoding in ("lpa", "lpa_absolute"):
             self.lpa = LocalityPerceptiveAttention(
                 d_model=d_model,
                 num_heads=config.num_attention_heads,
@@ -127,7 +127,8 @@ class EpngHead(nn.Module):
         self.stride4_skip = (
             nn.Conv2d(config.fpn_channels, d_model, kernel_size=1) if config.use_stride4_skip else None
         )
-        self.absolute_position = config.epng_position_encoding == "absolute"
+        self.absolute_position = config.epng_position_encoding in ("absolute", "lpa_absolute")
+        self.communicator_stride = config.epng_communicator_stride
         # Dot products of D-dim features grow like sqrt(D): our default scales them so initial logits are O(1).
         # EPNG eq. 10 and the released code use the plain dot product (epng_scale_mask_logits=False).
         self.logit_scale = d_model**-0.5 if config.epng_scale_mask_logits else 1.0
@@ -135,21 +136,22 @@ class EpngHead(nn.Module):
         # 49): corner pixels of the coarse and the fine map coincide instead of their outer edges.
         self.align_corners = config.epng_upsample_align_corners
 
+    def _resize(self, feature: torch.Tensor, size: torch.Size) -> torch.Tensor:
+        return F.interpolate(feature, size=size, mode="bilinear", align_corners=self.align_corners)
+
     def forward(
         self, features: dict[int, torch.Tensor], phrase_features: torch.Tensor, phrase_mask: torch.Tensor
     ) -> GroundingHeadOutput:
         """features: stride -> B x C x H/s x W/s; phrase_features: B x P x C_text; phrase_mask: B x P bool."""
-        stride16 = features[16]
+        if self.communicator_stride == 16:
+            grid = features[16].shape[-2:]
+            levels = [F.avg_pool2d(features[8], kernel_size=2), features[16]]  # Down(F_v1), F_v2
+        else:  # ours: every level on the stride-8 grid
+            grid = features[8].shape[-2:]
+            levels = [features[8], self._resize(features[16], grid)]
         fused = torch.cat(
-            [
-                F.avg_pool2d(features[8], kernel_size=2),  # Down(F_v1)
-                stride16,
-                F.interpolate(
-                    features[32], size=stride16.shape[-2:], mode="bilinear", align_corners=self.align_corners
-                ),  # Up(F_v3)
-            ],
-            dim=1,
-        )  # B x 3C x H/16 x W/16, eq. 2
+            [*levels, self._resize(features[32], grid)], dim=1
+        )  # B x 3C x h x w, eq. 2 (Up(F_v3))
         fused = self.fuse_projection(fused)  # B x D x h x w
         batch, d_model, height, width = fused.shape
         pixels = fused.flatten(2).transpose(1, 2)  # B x N x D
@@ -162,9 +164,7 @@ class EpngHead(nn.Module):
             pixels = layer(pixels, height, width, phrases, phrase_mask)
         pixel_map = pixels.transpose(1, 2).reshape(batch, d_model, height, width)  # B x D x h x w
         stride4_size = features[4].shape[-2:]
-        pixel_map = F.interpolate(
-            pixel_map, size=stride4_size, mode="bilinear", align_corners=self.align_corners
-        )  # B x D x H/4 x W/4
+        pixel_map = self._resize(pixel_map, stride4_size)  # B x D x H/4 x W/4
         if self.stride4_skip is not None:
             pixel_map = pixel_map + self.stride4_skip(features[4])
         mask_logits = torch.einsum("bpd,bdhw->bphw", phrases, pixel_map) * self.logit_scale  # eq. 10

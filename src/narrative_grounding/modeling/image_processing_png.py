@@ -32,6 +32,8 @@ from transformers.processing_utils import ImagesKwargs
 
 SIZE_DIVISOR = 32  # pixel_values height and width must be multiples of the coarsest FPN stride
 CHANNEL_ORDERS = ("RGB", "BGR")
+# What post-processing resizes: the stride-4 logits (ours) or their sigmoid probabilities (EPNG's release).
+POST_PROCESS_UPSAMPLED = ("logits", "probabilities")
 
 
 class PngImagesKwargs(ImagesKwargs, total=False):
@@ -246,6 +248,18 @@ class PngImageProcessor(TorchvisionBackend):
             `image_std`. `"BGR"` for weights converted from detectron2, which expects BGR on the 0..255 scale:
             `do_rescale=False`, `image_mean=[103.53, 116.28, 123.675]`, `image_std=[1.0, 1.0, 1.0]`.
 
+    Post-processing settings (read by `PngProcessor.post_process_panoptic_narrative_grounding`, saved with the
+    rest; not per-call preprocessing options):
+        post_process_align_corners (`bool`, defaults to `False`): `False` resizes the stride-4 predictions
+            straight to each image's original size (through the padded input size only where padding or an
+            aspect-ratio resize must be undone), all with `align_corners=False`. `True` is EPNG's released
+            evaluation: the stride-4 predictions are first upsampled to the input size with
+            `align_corners=True` (its `nn.Upsample`, `models/val/MainModule.py` 17 and 46-49), then resized to the
+            original size with `align_corners=False` (`val.py` 77).
+        post_process_upsampled (`str`, defaults to `"logits"`): what is resized, the logits (`"logits"`, the
+            mask is where the resized logit > logit(threshold)) or their sigmoid probabilities
+            (`"probabilities"`, the release: sigmoid at stride 4, then the resizes, then the threshold).
+
     Returns a `PngBatchFeature` with
         pixel_values: float B x 3 x H x W (H, W multiples of 32), pixel_mask: long B x H x W (1 = real pixel),
         labels (when `phrase_masks` is given): float B x P x H x W 0/1 (P = most masks of an image; missing
@@ -268,6 +282,26 @@ class PngImageProcessor(TorchvisionBackend):
     image_std = IMAGENET_DEFAULT_STD
     do_pad = True
     do_convert_rgb = True
+
+    def __init__(
+        self,
+        *,
+        post_process_align_corners: bool = False,
+        post_process_upsampled: str = "logits",
+        **kwargs: Any,
+    ) -> None:
+        if not isinstance(post_process_align_corners, bool):
+            raise TypeError(
+                f"post_process_align_corners must be True or False, got {post_process_align_corners!r}"
+            )
+        if post_process_upsampled not in POST_PROCESS_UPSAMPLED:
+            raise ValueError(
+                f"post_process_upsampled must be one of {POST_PROCESS_UPSAMPLED}, got {post_process_upsampled!r}"
+            )
+        super().__init__(**kwargs)
+        # Instance attributes: to_dict saves them into preprocessor_config.json, from_pretrained passes them back.
+        self.post_process_align_corners = post_process_align_corners
+        self.post_process_upsampled = post_process_upsampled
 
     def __call__(self, images: Any, phrase_masks: Any = None, **kwargs: Any) -> PngBatchFeature:
         """images: one image or a list (PIL, numpy, torch, or file paths). phrase_masks: per image the masks

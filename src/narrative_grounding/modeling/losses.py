@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 # Count names: which items each loss term averages over.
 PHRASES = "phrases"  # real phrases: BCE and Dice
+QUERIES = "queries"  # (phrase, token) pairs of the real phrases: BCE and Dice of per-token queries
 SAMPLES = "samples"  # samples with at least one real phrase: the "samples" reduction
 SAL_PHRASES = "sal_phrases"  # real phrases with at least one (majority) positive pixel: SAL phrase -> pixels
 SAL_PIXELS = "sal_pixels"  # valid pixels covered (majority) by at least one real phrase: SAL pixel -> phrases
@@ -34,14 +35,20 @@ RELEASED_SAL_EPS = 1e-6
 
 
 def loss_counts(
-    targets: torch.Tensor, phrase_mask: torch.Tensor, pixel_valid: torch.Tensor
+    targets: torch.Tensor,
+    phrase_mask: torch.Tensor,
+    pixel_valid: torch.Tensor,
+    phrase_token_mask: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """Number of items every loss term averages over, from B x P x h x w targets, B x P phrase mask and
-    B x h x w valid-pixel mask. Returns float scalars (all-reduce them for distributed training)."""
+    B x h x w valid-pixel mask (and the B x P x T phrase_token_mask for the QUERIES count, the tokens of the
+    real phrases). Returns float scalars (all-reduce them for distributed training)."""
     counts = {
         PHRASES: phrase_mask.sum().float(),
         SAMPLES: phrase_mask.any(dim=1).sum().float(),
     }
+    if phrase_token_mask is not None:
+        counts[QUERIES] = (phrase_token_mask.bool() & phrase_mask.bool()[:, :, None]).sum().float()
     for rule, (phrases_key, pixels_key) in (
         ("majority", (SAL_PHRASES, SAL_PIXELS)),
         ("any", (SAL_PHRASES_ANY, SAL_PIXELS_ANY)),

@@ -22,6 +22,7 @@ from .configuration_png import PngConfig
 from .heads import GROUNDING_HEADS
 from .losses import (
     PHRASES,
+    QUERIES,
     SAMPLES,
     mask_loss_sums,
     sal_count_names,
@@ -218,11 +219,22 @@ class PngForPanopticNarrativeGrounding(PngPreTrainedModel):
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.config.freeze_text_encoder):
             token_features = self.text_encoder(input_ids, attention_mask, token_type_ids)
         phrase_features = pool_phrases(token_features, phrase_token_mask).to(features[4].dtype)  # B x P x C
-        head_output = self.head(features, phrase_features, phrase_mask)
+        if getattr(self.head, "reads_token_features", False):  # e.g. DRMN's one query per noun token
+            head_output = self.head(
+                features,
+                phrase_features,
+                phrase_mask,
+                token_features=token_features.to(features[4].dtype),
+                phrase_token_mask=phrase_token_mask,
+            )
+        else:
+            head_output = self.head(features, phrase_features, phrase_mask)
 
         loss = loss_dict = None
         if labels is not None:
-            loss, loss_dict = self._compute_loss(head_output, labels, phrase_mask, pixel_mask, loss_counts)
+            loss, loss_dict = self._compute_loss(
+                head_output, labels, phrase_mask, pixel_mask, loss_counts, phrase_token_mask
+            )
 
         output = PngOutput(
             loss=loss,
@@ -294,7 +306,9 @@ class PngForPanopticNarrativeGrounding(PngPreTrainedModel):
                 )
         return phrase_mask
 
-    def _compute_loss(self, head_output, labels, phrase_mask, pixel_mask, counts_override):
+    def _compute_loss(
+        self, head_output, labels, phrase_mask, pixel_mask, counts_override, phrase_token_mask=None
+    ):
         config = self.config
         logits = head_output.pred_masks
         size = logits.shape[-2:]
@@ -307,7 +321,7 @@ class PngForPanopticNarrativeGrounding(PngPreTrainedModel):
             pixel_valid = torch.ones(logits.shape[0], *size, dtype=torch.bool, device=logits.device)
         else:
             pixel_valid = F.interpolate(pixel_mask[:, None].float(), size=size, mode="area")[:, 0] >= 0.5
-        counts = count_loss_items(targets, phrase_mask, pixel_valid)
+        counts = count_loss_items(targets, phrase_mask, pixel_valid, phrase_token_mask)
         if counts_override is not None:
             counts.update(
                 {
@@ -337,20 +351,31 @@ class PngForPanopticNarrativeGrounding(PngPreTrainedModel):
             )
         # The released EPNG upsamples its probabilities with align_corners=True like its feature maps.
         align_corners = config.grounding_head == "epng" and config.epng_upsample_align_corners
+        predictions, items, item_count = (*head_output.auxiliary_masks, logits), phrase_mask, PHRASES
+        if head_output.query_masks is not None:
+            # Several queries per phrase (DRMN's noun tokens): each query against its phrase's mask, every
+            # query one item, as the reference's loss on its per-token targets.
+            predictions, items, item_count = (
+                head_output.query_masks,
+                head_output.query_phrases.any(-1),
+                QUERIES,
+            )
+            query_phrases = head_output.query_phrases.to(mask_targets.dtype)
+            mask_targets = torch.einsum("bqp,bphw->bqhw", query_phrases, mask_targets)  # B x Q x h x w
         bce = dice = logits.new_zeros((), dtype=torch.float32)
-        for prediction in (*head_output.auxiliary_masks, logits):  # deep supervision on every round
+        for prediction in predictions:  # deep supervision on every round
             bce_sum, dice_sum = mask_loss_sums(
                 prediction,
                 mask_targets,
-                phrase_mask,
+                items,
                 mask_valid,
                 resolution=config.mask_loss_resolution,
                 dice_eps=config.dice_eps,
                 reduction=config.mask_loss_reduction,
                 align_corners=align_corners,
             )
-            bce = bce + normalised(bce_sum, PHRASES)
-            dice = dice + normalised(dice_sum, PHRASES)
+            bce = bce + normalised(bce_sum, item_count)
+            dice = dice + normalised(dice_sum, item_count)
         loss_dict = {"bce": bce, "dice": dice}
         loss = config.bce_loss_weight * bce + config.dice_loss_weight * dice
         if config.sal_loss_weight > 0 and head_output.phrase_embeddings is not None:

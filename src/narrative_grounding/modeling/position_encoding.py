@@ -1,4 +1,4 @@
-"""Position codes shared by the heads (DRMN's encoder levels, EPNG's "absolute" ablation)."""
+"""Position codes shared by the heads (DRMN's encoder levels and query slots, EPNG's "absolute" ablation)."""
 
 from __future__ import annotations
 
@@ -31,4 +31,21 @@ def sine_position_embedding(
     return embedding.to(dtype)
 
 
-__all__ = ["sine_position_embedding"]
+def slot_position_embedding(
+    num_slots: int, dim: int, *, device: torch.device, dtype: torch.dtype
+) -> torch.Tensor:
+    """The DRMN reference's 1-D position of its query slots, num_slots x dim.
+
+    The reference builds a standard 1-D sine table with the roles of its two axes exchanged: the channel c
+    plays the position and the slot n the frequency. Slot n, channel c holds sin(c * w) for even n and
+    cos(c * w) for odd n, with w = 10000^(-2 floor(n / 2) / num_slots). So the code of a slot depends on
+    how many slots there are (the reference's 64), not only on its index.
+    """
+    slots = torch.arange(num_slots, device=device)
+    frequencies = 10000.0 ** (-(slots // 2 * 2).float() / num_slots)  # num_slots
+    angles = frequencies[:, None] * torch.arange(dim, device=device, dtype=torch.float32)[None, :]  # S x dim
+    embedding = torch.where((slots % 2 == 0)[:, None], angles.sin(), angles.cos())  # S x dim
+    return embedding.to(dtype)
+
+
+__all__ = ["sine_position_embedding", "slot_position_embedding"]

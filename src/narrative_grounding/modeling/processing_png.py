@@ -503,6 +503,10 @@ class PngProcessor(ProcessorMixin):
     ) -> list[dict[str, Any]]:
         r"""Mask logits -> one binary mask per phrase at each image's original size.
 
+        How the stride-4 logits are resized follows the image processor's `post_process_align_corners` and
+        `post_process_upsampled` (defaults: logits, `align_corners=False`; EPNG's release: probabilities, first
+        to the input size with `align_corners=True`).
+
         Args:
             outputs: the model output (`pred_masks` B x P x H/4 x W/4 logits) or that tensor.
             target_sizes: (height, width) per image; defaults to the original sizes in `inputs.metadata`.
@@ -555,6 +559,9 @@ class PngProcessor(ProcessorMixin):
         else:
             padded = (logits.shape[-2] * 4, logits.shape[-1] * 4)  # pred_masks are at stride 4
 
+        # How the stride-4 predictions are resized: the image processor's saved settings.
+        align_corners = self.image_processor.post_process_align_corners
+        upsample_probabilities = self.image_processor.post_process_upsampled == "probabilities"
         results = []
         for sample in range(batch):
             meta = metadata[sample]
@@ -573,10 +580,13 @@ class PngProcessor(ProcessorMixin):
                             f"pred_masks of sample {sample} hold NaN for phrase {begin + offset}: the model's output "
                             "is not finite (check its inputs and dtype)"
                         )
-                if content != padded:  # undo the padding in input pixels, then the resize
-                    chunk = F.interpolate(chunk, size=padded, mode="bilinear", align_corners=False)
+                if upsample_probabilities:  # EPNG's release: sigmoid at stride 4, then the resizes
+                    chunk = chunk.sigmoid()
+                if content != padded or align_corners:  # undo the padding in input pixels, then the resize
+                    chunk = F.interpolate(chunk, size=padded, mode="bilinear", align_corners=align_corners)
                     chunk = chunk[..., : content[0], : content[1]]
-                probs = F.interpolate(chunk, size=target, mode="bilinear", align_corners=False)[0].sigmoid()
+                chunk = F.interpolate(chunk, size=target, mode="bilinear", align_corners=False)[0]
+                probs = chunk if upsample_probabilities else chunk.sigmoid()  # bilinear keeps [0, 1]
                 binary = probs > threshold  # p x H x W
                 area = binary.flatten(1).sum(-1)
                 inside = (probs * binary).flatten(1).sum(-1) / area.clamp(min=1)

@@ -15,15 +15,38 @@ import numpy as np
 import torch
 
 from ..data.masks import panoptic_id_map, phrase_masks_from_id_map
+from ..data.synthetic.levels import EXPRESSION_KINDS
 
 #: Batch keys that are not model inputs (removed before `model(**batch)`).
-REFERENCE_KEYS = ("reference_masks", "is_thing", "num_segments", "image_ids", "original_sizes", "metadata")
+REFERENCE_KEYS = (
+    "reference_masks",
+    "is_thing",
+    "num_segments",
+    "expression_kinds",
+    "image_ids",
+    "original_sizes",
+    "metadata",
+)
+NO_EXPRESSION_KIND = -1  # a phrase whose annotation records no expression kind (the official PNG files)
 
 
 def _rgb(image: Any) -> Any:
     if hasattr(image, "convert"):
         return image if image.mode == "RGB" else image.convert("RGB")
     return image
+
+
+def _expression_kind(row: Mapping[str, Any], phrase: Mapping[str, Any]) -> int:
+    """The index of a phrase's expression kind in `EXPRESSION_KINDS` (`NO_EXPRESSION_KIND` when unrecorded)."""
+    kind = phrase.get("expression")
+    if kind is None:
+        return NO_EXPRESSION_KIND
+    if kind not in EXPRESSION_KINDS:
+        raise ValueError(
+            f"image {row.get('image_id')}: phrase {phrase.get('text')!r} has the unknown expression kind "
+            f"{kind!r}; the known kinds are {', '.join(EXPRESSION_KINDS)}"
+        )
+    return EXPRESSION_KINDS.index(kind)
 
 
 def row_phrase_masks(row: Mapping[str, Any]) -> np.ndarray:
@@ -42,7 +65,8 @@ class PngCollator:
     Args:
         processor: a `PngProcessor` (image processor + tokenizer).
         with_references: also return, per sample, the original-size ground-truth masks (`reference_masks`:
-            a list of `P_i x H_i x W_i` bool tensors), `is_thing` and `num_segments` (lists of `P_i` tensors),
+            a list of `P_i x H_i x W_i` bool tensors), `is_thing`, `num_segments` and `expression_kinds`
+            (lists of `P_i` tensors; a kind is an index into `EXPRESSION_KINDS`, -1 where unrecorded),
             `image_ids`, `original_sizes` and the processor's per-sample `metadata` (for evaluation; see
             `REFERENCE_KEYS`).
     """
@@ -78,6 +102,10 @@ class PngCollator:
             ]
             batch["num_segments"] = [
                 torch.tensor([int(phrase["num_segments"]) for phrase in row["phrases"]]) for row in rows
+            ]
+            batch["expression_kinds"] = [
+                torch.tensor([_expression_kind(row, phrase) for phrase in row["phrases"]], dtype=torch.long)
+                for row in rows
             ]
             batch["image_ids"] = torch.tensor([int(row.get("image_id", -1)) for row in rows])
             batch["original_sizes"] = torch.tensor([mask.shape[-2:] for mask in masks])

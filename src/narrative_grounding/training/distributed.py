@@ -39,7 +39,7 @@ def local_loss_counts(batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tens
         pixel_valid = torch.ones(targets.shape[0], *size, dtype=torch.bool, device=targets.device)
     else:
         pixel_valid = F.interpolate(pixel_mask[:, None].float(), size=size, mode="area")[:, 0] >= 0.5
-    return loss_counts(targets, phrase_mask.bool(), pixel_valid)
+    return loss_counts(targets, phrase_mask.bool(), pixel_valid, batch["phrase_token_mask"])
 
 
 def global_loss_counts(batch: Mapping[str, torch.Tensor], accelerator) -> dict[str, torch.Tensor]:

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from ..data.synthetic.levels import EXPRESSION_KINDS
 from ..metrics import (
     AVERAGE_RECALL_COUNT_KEYS,
     AVERAGE_RECALL_KEYS,
@@ -28,11 +29,11 @@ from ..metrics import (
     mask_counts,
     stride4_input_size,
 )
-from .collate import model_inputs
+from .collate import NO_EXPRESSION_KIND, model_inputs
 
 PREDICTION_STRIDE = 4
 #: Columns of the per-phrase count table gathered across processes.
-COUNT_COLUMNS = ("intersections", "unions", "reference_areas", "is_thing", "num_segments")
+COUNT_COLUMNS = ("intersections", "unions", "reference_areas", "is_thing", "num_segments", "expression_kind")
 PAD = -1  # marks padded phrases (a count is never negative)
 
 #: (label, result key, phrase-count key) of each row of the Average Recall table.
@@ -48,7 +49,7 @@ def batch_phrase_counts(
     protocol: str = "original",
     threshold: float = 0.5,
 ) -> torch.Tensor:
-    """Per-phrase counts of one batch as a `B x P x 5` tensor (columns `COUNT_COLUMNS`, -1 = padding): int64
+    """Per-phrase counts of one batch as a `B x P x 6` tensor (columns `COUNT_COLUMNS`, -1 = padding): int64
     pixel counts, float64 soft counts under "soft256".
 
     batch: a `PngCollator(with_references=True)` batch; pred_masks: B x P' x h x w logits. Per protocol (see
@@ -104,6 +105,10 @@ def batch_phrase_counts(
             table[index, :count, column] = torch.from_numpy(counts[name]).to(dtype)
         table[index, :count, 3] = batch["is_thing"][index].to(dtype).cpu()
         table[index, :count, 4] = batch["num_segments"][index].to(dtype).cpu()
+        if "expression_kinds" in batch:
+            table[index, :count, 5] = batch["expression_kinds"][index].to(dtype).cpu()
+        else:
+            table[index, :count, 5] = NO_EXPRESSION_KIND
     return table
 
 
@@ -144,11 +149,35 @@ def _image_part(batch: Mapping[str, Any], index: int, logits_size: tuple[int, in
 
 
 def average_recall_from_table(table: torch.Tensor | np.ndarray) -> dict[str, Any]:
-    """AverageRecall over the real rows of a gathered `N x P x 5` (or `M x 5`) count table."""
+    """AverageRecall over the real rows of a gathered `N x P x 6` (or `M x 6`) count table.
+
+    Where the phrases record their expression kind (the synthetic data), the results also hold the AR of
+    each kind present, as `average_recall_expression_<kind>` with its phrase count in
+    `num_phrases_expression_<kind>`.
+    """
     rows = np.asarray(table.cpu() if isinstance(table, torch.Tensor) else table).reshape(
         -1, len(COUNT_COLUMNS)
     )
     rows = rows[rows[:, 1] != PAD]
+    results = _average_recall(rows)
+    for index, kind in enumerate(EXPRESSION_KINDS):
+        of_kind = rows[rows[:, 5] == index]
+        if len(of_kind):
+            results[f"average_recall_expression_{kind}"] = _average_recall(of_kind)["average_recall"]
+            results[f"num_phrases_expression_{kind}"] = len(of_kind)
+    return results
+
+
+def expression_kind_results(metrics: Mapping[str, Any]) -> list[tuple[str, float, int]]:
+    """(kind, AR, phrase count) of every expression kind in `metrics`, in `EXPRESSION_KINDS` order."""
+    return [
+        (kind, metrics[f"average_recall_expression_{kind}"], metrics[f"num_phrases_expression_{kind}"])
+        for kind in EXPRESSION_KINDS
+        if f"average_recall_expression_{kind}" in metrics
+    ]
+
+
+def _average_recall(rows: np.ndarray) -> dict[str, Any]:
     metric = AverageRecall()
     metric.add_batch(
         intersections=rows[:, 0].tolist(),
@@ -217,7 +246,8 @@ def evaluate_average_recall(
 
 
 def format_average_recall_table(metrics: Mapping[str, Any], title: str | None = None) -> str:
-    """A plain-text table of overall / things / stuff / singular / plural AR (in %) with phrase counts."""
+    """A plain-text table of overall / things / stuff / singular / plural AR (in %) with phrase counts, then
+    one row per expression kind where the phrases record their kind."""
     lines = [title] if title else []
     lines.append(f"{'split':<10} {'AR (%)':>8} {'phrases':>8}")
     for label, key, count_key in AR_TABLE_ROWS:
@@ -226,6 +256,10 @@ def format_average_recall_table(metrics: Mapping[str, Any], title: str | None = 
             "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.1f}"
         )
         lines.append(f"{label:<10} {shown:>8} {metrics.get(count_key, 0):>8}")
+    kinds = expression_kind_results(metrics)
+    if kinds:
+        lines.append(f"{'expression':<14} {'AR (%)':>8} {'phrases':>8}")
+        lines.extend(f"{kind:<14} {100 * value:>8.1f} {count:>8}" for kind, value, count in kinds)
     if metrics.get("num_skipped_empty_ground_truth"):
         lines.append(
             f"({metrics['num_skipped_empty_ground_truth']} phrase(s) with an empty ground truth skipped)"

@@ -424,20 +424,31 @@ def train(args: Namespace) -> TrainingResult:
                 pusher.push(output_dir, commit_message)
         accelerator.wait_for_everyone()
 
-    def fit_to_time_budget(current_max: int) -> int:
+    planned_steps = max_train_steps  # what the epochs / --max_train_steps allow; a fit never exceeds it
+    # The pace a fit extrapolates: steps and seconds at the previous fit (at the start: where the run starts).
+    fit_mark = (progress.completed_steps, progress.train_seconds)
+    fitting = bool(args.fit_schedule_to_time and args.max_train_time)
+
+    def fit_to_time_budget() -> int:
+        """Fits the run's length (and its cosine) to the steps that fit in what is left of the budget at the
+        pace since the previous fit. Re-fitted every tenth of the budget: a pace measured once, over the first
+        steps, is off when those steps were slow (start-up) or the machine's load changes later, and the run
+        then ends long before its budget or is cut off before the lr has annealed."""
+        nonlocal fit_mark, fitting
+        steps, seconds = progress.completed_steps - fit_mark[0], progress.train_seconds - fit_mark[1]
         # the same decision on every process: the main process's timing is broadcast
-        seconds_per_step = torch.tensor(
-            progress.train_seconds / progress.completed_steps, device=accelerator.device
-        )
+        seconds_per_step = torch.tensor(seconds / max(steps, 1), device=accelerator.device)
         seconds_per_step = accelerator.reduce(seconds_per_step, reduction="mean").item()
+        fit_mark = (progress.completed_steps, progress.train_seconds)
         remaining = args.max_train_time - progress.train_seconds
         # 3% slack: steps get slower when evaluation or the OS interrupts
-        fitted = progress.completed_steps + int(0.97 * remaining / seconds_per_step)
-        fitted = max(progress.completed_steps + 1, min(current_max, fitted))
+        fitted = progress.completed_steps + int(0.97 * remaining / max(seconds_per_step, 1e-9))
+        fitted = max(progress.completed_steps + 1, min(planned_steps, fitted))
         if fit_schedule(lr_scheduler, fitted):
+            first = not progress.fitted_steps
             progress.fitted_steps = fitted
             progress_bar.total = fitted
-            logger.info(
+            (logger.info if first else logger.debug)(
                 "%.3f s per step: %d steps fit in %.0f s; schedule fitted",
                 seconds_per_step,
                 fitted,
@@ -445,9 +456,18 @@ def train(args: Namespace) -> TrainingResult:
             )
             return fitted
         logger.warning(
-            "--fit_schedule_to_time works with the cosine schedule only; keeping %d steps", current_max
+            "--fit_schedule_to_time works with the cosine schedule only; keeping %d steps", max_train_steps
         )
-        return current_max
+        fitting = False
+        return max_train_steps
+
+    def fit_due() -> bool:
+        if not fitting:
+            return False
+        if not progress.fitted_steps:
+            return progress.completed_steps >= args.calibration_steps
+        tenth = args.max_train_time / 10
+        return math.floor(progress.train_seconds / tenth) > math.floor(fit_mark[1] / tenth)
 
     if progress.fitted_steps:
         max_train_steps = progress.fitted_steps
@@ -509,13 +529,8 @@ def train(args: Namespace) -> TrainingResult:
                     step=progress.completed_steps,
                 )
                 running_loss, running_batches = torch.zeros((), device=accelerator.device), 0
-            if (
-                args.fit_schedule_to_time
-                and args.max_train_time
-                and progress.completed_steps == args.calibration_steps
-                and not progress.fitted_steps
-            ):
-                max_train_steps = fit_to_time_budget(max_train_steps)
+            if fit_due():
+                max_train_steps = fit_to_time_budget()
             if args.max_train_time is not None and progress.train_seconds >= args.max_train_time:
                 stop = stopped_by_time = True  # decided from the main process's clock, shared below
             if accelerator.num_processes > 1 and args.max_train_time is not None:

@@ -7,10 +7,11 @@ returns that folder; :data:`VOCABULARY` lists every word its captions can contai
 
 from .cache import default_cache_root, ensure_synthetic_data, synthetic_data_dir
 from .generator import SYNTHETIC_MARKER, VALIDATION_ID_OFFSET, SyntheticStats, generate_synthetic_dataset
-from .levels import LEVELS, SyntheticLevel, get_level
+from .levels import EXPRESSION_KINDS, LEVELS, SyntheticLevel, get_level
 from .vocabulary import STUFF_CATEGORIES, THING_CATEGORIES, THING_COLORS, VOCABULARY, categories, vocabulary
 
 __all__ = [
+    "EXPRESSION_KINDS",
     "LEVELS",
     "STUFF_CATEGORIES",
     "SYNTHETIC_MARKER",

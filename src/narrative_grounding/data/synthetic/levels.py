@@ -4,6 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+#: Every kind of referring expression the generator writes, in the order reports list them; a phrase's kind
+#: is recorded in the annotations (``segments[i]["expression"]``) and kept by the dataset builder, so that
+#: evaluation can report Average Recall per kind. Stuff phrases have their own kind.
+EXPRESSION_KINDS = ("attribute", "group", "position", "size", "relation", "count_position", "stuff")
+
 
 @dataclass(frozen=True)
 class SyntheticLevel:

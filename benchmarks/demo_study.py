@@ -1,0 +1,250 @@
+"""What caps the main job on the hard synthetic level, and what lifts it: one change per row, same budget.
+
+Every row is the recipe of `narrative-grounding demo` (`epng-tiny` on 4,000 hard-level images at 128 px,
+batch 16, learning rate 3e-3 with the cosine fitted to the budget, 1 torch thread + 1 data-loading worker,
+an evaluation every 60 s of training) with one change: a model configuration override, a recipe option, or
+both. Each run is a fresh child process; the synthetic data are generated once per (size, count) into
+`--data-root` and shared by every row and seed (the seed varies the training only). Reported per row:
+final and best Average Recall on the 200 validation images (mean ± std over seeds, min-max), things /
+stuff, AR per expression kind (attribute, group, position, size, relation, count_position, stuff: the
+synthetic annotations record each phrase's kind), and the optimizer steps the budget gave.
+
+With `--json FILE` each finished run is appended to FILE.runs.jsonl at once, and a rerun with the same
+settings reuses the runs found there, so a sweep can be interrupted, extended with more seeds or rows, and
+run as several processes side by side (`--rows`) that share the file; `--report` prints the table of
+everything in the file without training.
+
+    python -m benchmarks.demo_study --json study.json                                  # every row, 3 seeds
+    python -m benchmarks.demo_study --json study.json --rows default "stride-8 tokens" --seeds 0
+    python -m benchmarks.demo_study --json study.json --report
+    python -m benchmarks.demo_study --budget 20 --num-train 64 --num-validation 16 --seeds 0 --rows default
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from narrative_grounding.data.synthetic import EXPRESSION_KINDS
+
+from ._common import load_average, machine_description, print_machine, run_in_child, write_json
+
+#: label -> (PngConfig overrides, demo recipe overrides). Rows marked "ours" change the architecture
+#: beyond the paper: configuration switches that the paper configs leave off.
+ROWS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
+    "default": ({}, {}),
+    # where things are: the communicator grid and absolute position
+    "stride-8 tokens (ours)": ({"epng_communicator_stride": 8}, {}),
+    "LPA + sine positions (ours)": ({"epng_position_encoding": "lpa_absolute"}, {}),
+    "stride-8 tokens + sine positions (ours)": (
+        {"epng_communicator_stride": 8, "epng_position_encoding": "lpa_absolute"},
+        {},
+    ),
+    "192 px input": ({}, {"image_size": 192}),
+    # capacity
+    "wider: d_model 192": ({"d_model": 192, "ffn_dim": 384}, {}),
+    "deeper: 4 communicator layers": ({"num_communicator_layers": 4}, {}),
+    "text: 4 layers": ({"text_config": {"num_hidden_layers": 4}}, {}),
+    "text: average last 2 layers": ({"text_layers_to_average": 2}, {}),
+    # data and recipe
+    "12,000 images": ({}, {"num_train": 12000}),
+    "learning rate 1e-3": ({}, {"learning_rate": 1e-3}),
+    "learning rate 6e-3": ({}, {"learning_rate": 6e-3}),
+    "batch 8": ({}, {"batch_size": 8}),
+    # the other head
+    "DRMN head (drmn-tiny)": ({}, {"model": "drmn-tiny"}),
+}
+RECIPE = {
+    "model": "epng-tiny",
+    "num_train": 4000,
+    "num_validation": 200,
+    "image_size": 128,
+    "batch_size": 16,
+    "learning_rate": 3e-3,
+    "threads": 1,
+    "dataloader_workers": 1,
+    "eval_every_seconds": 60.0,
+}
+# stuff phrases are their own kind: their column would repeat "stuff"
+THING_KINDS = [kind for kind in EXPRESSION_KINDS if kind != "stuff"]
+KIND_KEYS = [f"average_recall_expression_{kind}" for kind in THING_KINDS]
+SUMMARY_KEYS = ["average_recall", "average_recall_things", "average_recall_stuff", *KIND_KEYS]
+
+
+def _train_one(recipe: dict[str, Any], overrides: dict[str, Any], seed: int, data_root: str) -> dict:
+    """Runs in a child process: one demo-recipe training run; returns its final and best figures."""
+    import logging
+
+    import torch
+
+    from narrative_grounding.commands.demo import DEFAULTS, training_arguments
+    from narrative_grounding.training import train
+
+    torch.set_num_threads(recipe["threads"])
+    logging.getLogger("narrative_grounding").setLevel(logging.WARNING)
+    logging.getLogger("accelerate").setLevel(logging.WARNING)
+    with tempfile.TemporaryDirectory(prefix="demo-study-") as output_dir:
+        demo = argparse.Namespace(
+            **{
+                **DEFAULTS,
+                **recipe,
+                "seed": 0,  # the same data for every run; the training seed is set below
+                "level": "hard",
+                "output_dir": output_dir,
+                "data_dir": data_root,
+                "gpu": False,
+            }
+        )
+        args = training_arguments(demo)
+        args.seed = seed
+        args.config_overrides = overrides or None
+        args.no_progress_bar = True
+        result = train(args)
+    history = [
+        {key: entry[key] for key in ("step", "train_seconds", *SUMMARY_KEYS) if key in entry}
+        for entry in result.history
+    ]
+    best = max(history, key=lambda entry: entry["average_recall"])
+    return {
+        "final": {key: float(result.metrics[key]) for key in SUMMARY_KEYS if key in result.metrics},
+        "best": best,
+        "history": history,
+        "steps": result.completed_steps,
+        "train_seconds": result.train_seconds,
+        "load_average_after": list(load_average()),
+    }
+
+
+def run_id(recipe: dict, overrides: dict, seed: int) -> str:
+    return json.dumps({"recipe": recipe, "overrides": overrides, "seed": seed}, sort_keys=True)
+
+
+def summarise(values: list[float]) -> dict[str, float]:
+    return {
+        "mean": statistics.fmean(values),
+        "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+        "min": min(values),
+        "max": max(values),
+        "n": len(values),
+    }
+
+
+def row_summary(label: str, runs: list[dict]) -> dict:
+    summary: dict[str, Any] = {"label": label, "seeds": [run["seed"] for run in runs]}
+    for key in SUMMARY_KEYS:
+        values = [run["final"][key] for run in runs if key in run["final"]]
+        if values:
+            summary[key] = summarise(values)
+    summary["best"] = summarise([run["best"]["average_recall"] for run in runs])
+    summary["steps"] = summarise([run["steps"] for run in runs])
+    return summary
+
+
+def _mean(row: dict, key: str) -> str:
+    return f"{100 * row[key]['mean']:.1f}" if key in row else "-"
+
+
+def format_table(rows: list[dict], budget: float) -> str:
+    kinds = [kind for kind in THING_KINDS if any(f"average_recall_expression_{kind}" in r for r in rows)]
+    header = ["row", "seeds", "AR final", "AR best", "things", "stuff", *kinds, "steps"]
+    lines = [
+        f"Demo recipe, {budget:.0f} s of training per run; AR in %: mean ± std (min-max) over seeds; "
+        "things, stuff and the expression kinds: means of the final evaluation.",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+    ]
+    for row in rows:
+        ar, best = row["average_recall"], row["best"]
+
+        cells = [
+            row["label"],
+            str(len(row["seeds"])),
+            f"{100 * ar['mean']:.1f} ± {100 * ar['std']:.1f} ({100 * ar['min']:.1f}-{100 * ar['max']:.1f})",
+            f"{100 * best['mean']:.1f}",
+            _mean(row, "average_recall_things"),
+            _mean(row, "average_recall_stuff"),
+            *(_mean(row, f"average_recall_expression_{kind}") for kind in kinds),
+            f"{row['steps']['mean']:.0f}",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS), metavar="LABEL")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--budget", type=float, default=600.0, help="seconds of training per run")
+    parser.add_argument("--num-train", type=int, default=RECIPE["num_train"])
+    parser.add_argument("--num-validation", type=int, default=RECIPE["num_validation"])
+    parser.add_argument(
+        "--data-root", default=None, help="cache folder of the synthetic data (default: the package's cache)"
+    )
+    parser.add_argument("--json", default=None, help="write the record here; runs go to JSON.runs.jsonl")
+    parser.add_argument("--report", action="store_true", help="only print the table of the runs in --json")
+    args = parser.parse_args(argv)
+
+    log = Path(f"{args.json}.runs.jsonl") if args.json else None
+    finished = {}
+    if log is not None and log.is_file():
+        for line in log.read_text().splitlines():
+            if line.strip():
+                entry = json.loads(line)
+                finished[entry["run_id"]] = entry
+
+    machine = machine_description()
+    print_machine(machine)
+    start = time.perf_counter()
+    rows = []
+    for label in args.rows:
+        overrides, recipe_changes = ROWS[label]
+        recipe = {
+            **RECIPE,
+            "num_train": args.num_train,
+            "num_validation": args.num_validation,
+            **recipe_changes,
+            "time_budget": args.budget,
+        }
+        runs = []
+        for seed in args.seeds:
+            key = run_id(recipe, overrides, seed)
+            entry = finished.get(key)
+            if entry is None and not args.report:
+                result, peak = run_in_child(_train_one, recipe, overrides, seed, args.data_root)
+                entry = {"run_id": key, "label": label, "seed": seed, "peak_rss_mb": peak, **result}
+                if log is not None:
+                    with log.open("a") as file:
+                        file.write(json.dumps(entry) + "\n")
+                print(
+                    f"{label} / seed {seed}: AR {100 * result['final']['average_recall']:.1f} "
+                    f"(best {100 * result['best']['average_recall']:.1f}; {result['steps']} steps)",
+                    flush=True,
+                )
+            if entry is not None:
+                runs.append(entry)
+        if runs:
+            rows.append(row_summary(label, runs))
+    record = {
+        "machine": machine,
+        "budget_seconds": args.budget,
+        "recipe": {**RECIPE, "num_train": args.num_train, "num_validation": args.num_validation},
+        "rows": rows,
+        "wall_seconds": time.perf_counter() - start,
+    }
+    print()
+    print(format_table(rows, args.budget))
+    if not args.report:
+        write_json(args.json, record)
+    return record
+
+
+if __name__ == "__main__":
+    main()
