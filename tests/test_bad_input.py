@@ -276,6 +276,113 @@ def test_config_values_of_the_wrong_type_or_range_name_the_field(field, value, m
         load_config("epng-tiny", **{field: value})
 
 
+TINY_STAGES = {
+    "backbone": "resnet18",
+    "timm_model_args": {"layers": [1, 1, 1, 1], "channels": [16, 32, 64, 128]},
+}
+
+
+def _stage_args(**changes) -> dict:
+    return {**TINY_STAGES, "timm_model_args": {**TINY_STAGES["timm_model_args"], **changes}}
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"text_config": {"vocab_size": 0}}, "text_config.vocab_size must be an integer >= 1, got 0"),
+        ({"text_config": {"vocab_size": -3}}, "text_config.vocab_size must be an integer >= 1, got -3"),
+        ({"text_config": {"hidden_size": 0}}, "text_config.hidden_size must be an integer >= 1, got 0"),
+        (
+            {"text_config": {"hidden_size": 65}},
+            "text_config.hidden_size \\(65\\) must be divisible by text_config.num_attention_heads \\(2\\)",
+        ),
+        (
+            {"text_config": {"num_attention_heads": 0}},
+            "text_config.num_attention_heads must be an integer >= 1",
+        ),
+        (
+            {"text_config": {"num_hidden_layers": -1}},
+            "text_config.num_hidden_layers must be an integer >= 0, got -1",
+        ),
+        (
+            {"text_config": {"intermediate_size": 0}},
+            "text_config.intermediate_size must be an integer >= 1, got 0",
+        ),
+        (
+            {"text_config": {"max_position_embeddings": 0}},
+            "text_config.max_position_embeddings must be an integer",
+        ),
+        (
+            {"text_config": {"type_vocab_size": 0}},
+            "text_config.type_vocab_size must be an integer >= 1, got 0",
+        ),
+        (
+            {"text_config": {"hidden_dropout_prob": 1.5}},
+            "text_config.hidden_dropout_prob must be in \\[0, 1\\), got 1.5",
+        ),
+        (
+            {"text_config": {"attention_probs_dropout_prob": -0.1}},
+            "text_config.attention_probs_dropout_prob must be in \\[0, 1\\), got -0.1",
+        ),
+        ({"text_config": {"layer_norm_eps": 0.0}}, "text_config.layer_norm_eps must be > 0, got 0.0"),
+        (
+            {"text_config": {"vocab_size": 10, "pad_token_id": 10}},
+            "text_config.pad_token_id must be a token id below",
+        ),
+        (
+            {"backbone_config": _stage_args(channels=[0, 32, 64, 128])},
+            "timm_model_args.channels must be 4 integers >= 1",
+        ),
+        (
+            {"backbone_config": _stage_args(channels=[16, -4, 64, 128])},
+            "timm_model_args.channels must be 4 integers",
+        ),
+        ({"backbone_config": _stage_args(channels=[16, 32, 64])}, "got \\[16, 32, 64\\]"),
+        (
+            {"backbone_config": _stage_args(layers=[0, 1, 1, 1])},
+            "timm_model_args.layers must be 4 integers >= 1",
+        ),
+        (
+            {"backbone_config": _stage_args(layers=[1, -1, 1, 1])},
+            "timm_model_args.layers must be 4 integers >= 1",
+        ),
+        (
+            {"backbone_config": _stage_args(stem_width=0)},
+            "timm_model_args.stem_width must be an integer >= 1, got 0",
+        ),
+        ({"d_model": 90}, "d_model \\(90\\) must be divisible by num_attention_heads \\(4\\)"),
+        ({"num_communicator_layers": -1}, "num_communicator_layers must be >= 0, got -1"),
+        ({"ffn_dim": 0}, "ffn_dim must be >= 1, got 0"),
+        ({"dropout": 1.0}, "dropout must be in \\[0, 1\\), got 1.0"),
+        ({"grounding_head": "drmn", "drmn_top_k": 0}, "drmn_top_k must be >= 1, got 0"),
+        ({"grounding_head": "drmn", "drmn_encoder_layers": -2}, "drmn_encoder_layers must be >= 0, got -2"),
+    ],
+)
+def test_nonsensical_sizes_are_refused_by_the_config_naming_field_and_value(overrides, message):
+    # each of these failed deep inside torch (IndexError, negative dimension, ZeroDivisionError) or trained
+    # silently wrong (a ResNet stage of no block skipped its downsampling)
+    from huggingface_hub.errors import StrictDataclassClassValidationError
+
+    with pytest.raises((ValueError, StrictDataclassClassValidationError), match=message):
+        load_config("epng-tiny", **overrides)
+
+
+def test_a_stem_width_the_backbone_ignores_is_refused():
+    # timm's default ResNet stem is 64 channels wide whatever stem_width says; its deep stems read it
+    with pytest.raises(
+        ValueError, match="stem_width=16 cannot be honoured: the stem of 'resnet18' is one conv"
+    ):
+        create_model("epng-tiny", backbone_config=_stage_args(stem_width=16))
+    model = create_model("epng-tiny", backbone_config=_stage_args(stem_width=16, stem_type="deep"))
+    assert model.visual_encoder.backbone._backbone.conv1[0].out_channels == 16
+    create_model("epng-tiny", backbone_config=_stage_args(stem_width=64))  # what the default stem has
+
+
+def test_an_unknown_timm_backbone_is_a_value_error():
+    with pytest.raises(ValueError, match="backbone_config.backbone 'resnet18x' is not a timm model"):
+        create_model("epng-tiny", backbone_config={"backbone": "resnet18x"})
+
+
 def test_training_config_overrides_are_checked_too():
     from narrative_grounding.loading import load_model_and_processor
 

@@ -84,3 +84,11 @@ def test_training_script_accepts_both_spellings():
     dashed = parse_training_args(["--synthetic", "easy", "--output-dir", "out", "--learning-rate", "0.1"])
     assert vars(dashed) == vars(underscored)
     assert dashed.output_dir == "out" and dashed.learning_rate == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize("protocol", ["original", "stride4", "stride4_padded", "soft256"])
+def test_every_average_recall_protocol_is_an_evaluation_option(protocol):
+    args = build_parser().parse_args(["evaluate", "m", "--synthetic", "easy", "--protocol", protocol])
+    assert args.protocol == protocol
+    args = parse_training_args(["--synthetic", "--output_dir", "o", "--eval_protocol", protocol])
+    assert args.eval_protocol == protocol

@@ -163,3 +163,58 @@ def test_console_entry_point_prints_no_traceback(tmp_path):
         "narrative-grounding predict: error: --input" in done.stderr
         and "neither a file nor a folder" in done.stderr
     )
+
+
+# --------------------------------------------------------------------------------- training/train.py
+TRAIN_SCRIPT = ROOT / "training" / "train.py"
+
+
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("missing data dir", "data_dir {tmp}/no-data is not a directory"),
+        ("unknown override key", "unknown PngConfig key(s) 'hidden_size'"),
+        ("bad override value", "d_model must be >= 1, got -1"),
+        ("unknown variant", "--model 'epng-tinyy' is neither a variant"),
+        ("output dir is a file", "--output_dir {tmp}/a-file is a file"),
+        (
+            "resume from a non-checkpoint",
+            "--resume_from_checkpoint {tmp}/not-a-checkpoint: not a checkpoint folder",
+        ),
+    ],
+)
+def test_training_script_reports_bad_input_in_one_line(tmp_path, case, message):
+    (tmp_path / "a-file").write_text("not a folder")
+    (tmp_path / "not-a-checkpoint").mkdir()
+    (tmp_path / "not-a-checkpoint" / "notes.txt").write_text("no accelerate state here")
+    argv = ["--data_dir", str(tmp_path / "no-data"), "--output_dir", str(tmp_path / "out"), "--cpu"]
+    argv += {
+        "missing data dir": [],
+        "unknown override key": ["--config_overrides", '{"hidden_size": 64}'],
+        "bad override value": ["--config_overrides", '{"d_model": -1}'],
+        "unknown variant": ["--model", "epng-tinyy"],
+        "output dir is a file": ["--output_dir", str(tmp_path / "a-file")],
+        "resume from a non-checkpoint": ["--resume_from_checkpoint", str(tmp_path / "not-a-checkpoint")],
+    }[case]
+    done = subprocess.run(
+        [sys.executable, str(TRAIN_SCRIPT), *argv], env=_env(), capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    assert done.stderr.strip() == done.stderr.strip().splitlines()[0], done.stderr
+    assert done.stderr.startswith("train.py: error: "), done.stderr
+    assert message.format(tmp=tmp_path) in done.stderr
+
+
+def test_training_script_debug_keeps_the_traceback(tmp_path):
+    argv = [
+        str(TRAIN_SCRIPT),
+        "--debug",
+        "--data_dir",
+        str(tmp_path / "no-data"),
+        "--output_dir",
+        str(tmp_path),
+    ]
+    done = subprocess.run([sys.executable, *argv], env=_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1
+    assert "Traceback" in done.stderr and "is not a directory" in done.stderr

@@ -16,6 +16,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES, PHRASES, TOKENS, SIZE = 4, 3, 12, 64  # 2B = 4 samples; B = 2 per process
+#: DistributedDataParallel's warning about gradients whose strides differ from their parameters'.
+GRAD_STRIDE_WARNING = "Grad strides do not match bucket view strides"
 
 
 def _global_batch():
@@ -138,6 +140,8 @@ def test_one_process_batch_2b_equals_two_processes_batch_b(tmp_path):
         timeout=240,
     )
     assert done.returncode == 0, done.stderr[-4000:]
+    # every weight gradient has its parameter's strides (see VisualEncoder.match_weight_layout)
+    assert GRAD_STRIDE_WARNING not in done.stderr
     one, two = torch.load(single), torch.load(double)
     assert (one["processes"], two["processes"]) == (1, 2)
     assert two["loss"] == pytest.approx(one["loss"], rel=1e-5)
@@ -178,6 +182,7 @@ def test_two_processes_train_and_evaluate_with_gathered_metrics(tmp_path):
     )
     assert done.returncode == 0, done.stderr[-4000:]
     assert "x 2 processes" in done.stderr  # the processes trained together (gloo), not side by side
+    assert GRAD_STRIDE_WARNING not in done.stderr
     distributed = json.loads((output_dir / "eval_results.json").read_text())
 
     layout = synthetic_data_dir("easy", 12, 10, 64, 0, data_root)

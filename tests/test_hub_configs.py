@@ -135,7 +135,7 @@ def _legacy_record(**changes) -> dict:
             "backbone_config": {
                 "backbone": "resnet18",
                 "out_indices": [1, 2, 3, 4],
-                "timm_model_args": {"layers": [1, 1, 1, 1], "channels": [8, 16, 32, 64], "stem_width": 8},
+                "timm_model_args": {"layers": [1, 1, 1, 1], "channels": [8, 16, 32, 64]},
             },
             "text_config": {
                 "hidden_size": 32,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from huggingface_hub.errors import StrictDataclassClassValidationError
@@ -168,20 +170,29 @@ def test_bfloat16_forward_matches_float32(head, phrase_counts):
 
 
 def test_visual_encoder_runs_channels_last_on_cpu_with_the_same_features_and_gradients():
-    """On CPU the backbone takes NHWC images (torch's NCHW max pooling is slow); features and gradients are
-    those of the NCHW computation (in float64, where summation order does not hide a difference)."""
+    """On CPU the backbone takes NHWC images (torch's NCHW max pooling is slow) and keeps its convolution
+    weights channels-last; features and gradients are those of the NCHW computation (in float64, where
+    summation order does not hide a difference)."""
     encoder = tiny_model().visual_encoder.train().double()
+    assert all(
+        p.is_contiguous(memory_format=torch.channels_last) for p in encoder.parameters() if p.dim() == 4
+    )
     pixel_values = torch.randn(2, 3, 64, 96, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     features = encoder(pixel_values)
     assert all(f.is_contiguous(memory_format=torch.channels_last) for f in features.values())
     assert pixel_values.is_contiguous()  # the caller's tensor is left as it was
-    nchw = encoder.neck(list(encoder.backbone(pixel_values).feature_maps))  # bypasses the conversion
+    nchw_encoder = copy.deepcopy(encoder)  # the same weights in the default layout, fed NCHW images
+    for parameter in nchw_encoder.parameters():
+        parameter.data = parameter.data.clone(memory_format=torch.contiguous_format)
+    nchw = nchw_encoder.neck(list(nchw_encoder.backbone(pixel_values).feature_maps))
     assert not nchw[0].is_contiguous(memory_format=torch.channels_last)
     for stride, reference in zip((4, 8, 16, 32), nchw, strict=True):
         torch.testing.assert_close(features[stride], reference, atol=1e-10, rtol=1e-10)
     weight = encoder.backbone._backbone.conv1.weight
     (gradient,) = torch.autograd.grad(sum(f.square().sum() for f in features.values()), weight)
-    (reference_gradient,) = torch.autograd.grad(sum(f.square().sum() for f in nchw), weight)
+    (reference_gradient,) = torch.autograd.grad(
+        sum(f.square().sum() for f in nchw), nchw_encoder.backbone._backbone.conv1.weight
+    )
     torch.testing.assert_close(gradient, reference_gradient, atol=1e-8, rtol=1e-10)
 
 

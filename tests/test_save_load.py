@@ -82,6 +82,31 @@ def test_loading_keeps_the_configured_freezing(tmp_path):
     )
 
 
+def _gradient_strides_differ(model) -> list[str]:
+    encoder = model.train().visual_encoder
+    encoder.zero_grad(set_to_none=True)
+    features = encoder(torch.randn(2, 3, 64, 64))
+    sum(feature.mean() for feature in features.values()).backward()
+    return [
+        name
+        for name, parameter in encoder.named_parameters()
+        if parameter.grad is not None and parameter.grad.stride() != parameter.stride()
+    ]
+
+
+def test_visual_encoder_weight_gradients_keep_their_strides_on_cpu(tmp_path):
+    # DistributedDataParallel's buckets follow the parameters' strides: a gradient with others (the strided 1x1
+    # convolutions' under NHWC inputs) made it warn "Grad strides do not match bucket view strides"
+    model = tiny_model(backbone_trainable_stages=4)
+    assert _gradient_strides_differ(model) == []
+    model.save_pretrained(tmp_path)
+    loaded = PngForPanopticNarrativeGrounding.from_pretrained(tmp_path)  # loading replaces the parameters
+    assert _gradient_strides_differ(loaded) == []
+    assert _gradient_strides_differ(loaded.to(torch.float64).to(torch.float32)) == []
+    weight = loaded.visual_encoder.backbone._backbone.layer2[0].downsample[0].weight
+    assert weight.stride() == torch.empty_like(weight, memory_format=torch.channels_last).stride()
+
+
 def test_mismatched_checkpoint_fails_loudly_naming_the_keys(tmp_path):
     tiny_model().save_pretrained(tmp_path)
     weights = load_file(tmp_path / "model.safetensors")

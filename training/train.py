@@ -14,18 +14,26 @@ resuming and pushing to the Hub: docs/training.md. The loop lives in `narrative_
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
+from narrative_grounding.cli import run_reporting_user_errors
 from narrative_grounding.training import parse_args, train
 
 
 def main() -> int:
     args = parse_args()
-    result = train(args)
-    if result.hub_failures:
-        print(
-            f"warning: {len(result.hub_failures)} Hub push(es) failed: {result.hub_failures}", file=sys.stderr
-        )
-    return 0
+
+    def run() -> int:
+        result = train(args)
+        if result.hub_failures:
+            print(
+                f"warning: {len(result.hub_failures)} Hub push(es) failed: {result.hub_failures}",
+                file=sys.stderr,
+            )
+        return 0
+
+    # bad input (a missing data folder, an invalid config override, ...): one line and exit 2, as a bad option
+    return run_reporting_user_errors(run, prog=Path(sys.argv[0]).name, debug=args.debug)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from huggingface_hub.errors import StrictDataclassError
 
@@ -76,21 +76,30 @@ def build_parser() -> ArgumentParser:
     return parser
 
 
+def one_line(error: BaseException) -> str:
+    """An error's message on one line (library messages are often written over several)."""
+    return " ".join(line.strip() for line in str(error).splitlines() if line.strip()) or type(error).__name__
+
+
+def run_reporting_user_errors(command: Callable[[], int | None], *, prog: str, debug: bool = False) -> int:
+    """Runs `command` and returns its exit status; bad input (`USER_ERRORS`) prints `{prog}: error: ...` on one
+    line and returns 2, as argparse does for bad options. `debug` re-raises it with its traceback instead."""
+    try:
+        result = command()
+    except USER_ERRORS as error:
+        if debug:
+            raise
+        print(f"{prog}: error: {one_line(error)}", file=sys.stderr)
+        return 2
+    return int(result or 0)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs one command; bad input prints `narrative-grounding COMMAND: error: ...` and returns 2."""
     args = build_parser().parse_args(argv)
-    try:
-        result = args.func(args)
-    except USER_ERRORS as error:
-        if args.debug:
-            raise
-        # one line, also for library messages written over several
-        message = (
-            " ".join(line.strip() for line in str(error).splitlines() if line.strip()) or type(error).__name__
-        )
-        print(f"narrative-grounding {args.command}: error: {message}", file=sys.stderr)
-        return 2
-    return int(result or 0)
+    return run_reporting_user_errors(
+        lambda: args.func(args), prog=f"narrative-grounding {args.command}", debug=args.debug
+    )
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from ..argument_types import positive_int, seed
 from ..data.synthetic.levels import LEVELS
+from ..metrics import PROTOCOLS
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -28,7 +29,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     source.add_argument("--dataset_name", help="prepared dataset: save_to_disk / Parquet folder / Hub repo")
     source.add_argument("--synthetic", choices=list(LEVELS), help="synthetic level")
     parser.add_argument("--split", default="validation")
-    parser.add_argument("--protocol", choices=("original", "stride4"), default="original")
+    parser.add_argument(
+        "--protocol",
+        choices=PROTOCOLS,
+        default="original",
+        help="the Average Recall protocol: where masks are compared (docs/metric.md; default: %(default)s)",
+    )
     parser.add_argument("--batch_size", type=positive_int, default=16)
     parser.add_argument("--max_samples", type=positive_int, default=None)
     parser.add_argument("--synthetic_num_validation", type=positive_int, default=200)

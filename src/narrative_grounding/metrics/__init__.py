@@ -19,6 +19,7 @@ from .average_recall.average_recall import (
     AVERAGE_RECALL_COUNT_KEYS,
     AVERAGE_RECALL_KEYS,
     AVERAGE_RECALL_SPLITS,
+    BINARY_PROTOCOLS,
     EMPTY_GROUND_TRUTH_POLICIES,
     INTEGRATIONS,
     PROTOCOLS,
@@ -29,6 +30,7 @@ from .average_recall.average_recall import (
     evaluation_size,
     mask_counts,
     resize_for_protocol,
+    stride4_input_size,
 )
 from .referring_segmentation.referring_segmentation import (
     ReferringSegmentation,
@@ -48,6 +50,7 @@ __all__ = [
     "INTEGRATIONS",
     "PROTOCOLS",
     "AVERAGE_RECALL_SPLITS",
+    "BINARY_PROTOCOLS",
     "REFERRING_SEGMENTATION_PATH",
     "AverageRecall",
     "CountingMetric",
@@ -58,4 +61,5 @@ __all__ = [
     "mask_counts",
     "referring_segmentation_from_counts",
     "resize_for_protocol",
+    "stride4_input_size",
 ]

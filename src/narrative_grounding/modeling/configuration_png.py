@@ -51,6 +51,23 @@ RELEASED_SWITCH_CHOICES = {
     "drmn_context_query": ("phrase", "pixel"),
 }
 DRMN_GROUP_NORM_GROUPS = 32  # the reference's GroupNorm(32, C)
+# The smallest value of each BertConfig size: zero or negative ones failed deep inside torch (an IndexError from
+# a 0-row embedding, a negative tensor dimension). No encoder layer at all is allowed: the phrase features are
+# then the token embeddings alone.
+TEXT_MIN_SIZES = {
+    "vocab_size": 1,
+    "hidden_size": 1,
+    "num_attention_heads": 1,
+    "intermediate_size": 1,
+    "max_position_embeddings": 1,
+    "type_vocab_size": 1,
+    "num_hidden_layers": 0,
+}
+TEXT_DROPOUTS = ("hidden_dropout_prob", "attention_probs_dropout_prob")
+# timm ResNet arguments the tiny variants set, one value per stage: a stage of 0 blocks (or a negative count)
+# built without error and silently skipped its downsampling.
+BACKBONE_STAGE_ARGS = ("layers", "channels")
+NUM_BACKBONE_STAGES = 4
 
 # The pipeline saved with every model, as transformers' `pipeline()` reads it from config.json: the class as
 # "module.Class" of the repository, the model classes as names in `transformers` (AutoModel follows the
@@ -446,6 +463,8 @@ class PngConfig(PreTrainedConfig):
                 "for the GroupNorm of drmn_level_projection='conv_gn_relu' / drmn_round_pixel_projection"
             )
         # --- end released-code switch validation ---
+        self._check_text_config()
+        self._check_backbone_model_args()
         if self.text_layers_to_average < 1:
             raise ValueError(f"text_layers_to_average must be >= 1, got {self.text_layers_to_average}")
         # --- text layer averaging bound ---
@@ -463,6 +482,59 @@ class PngConfig(PreTrainedConfig):
             raise ValueError(
                 "backbone_config.out_indices must name the four ResNet stages at strides 4, 8, 16, 32 "
                 f"(e.g. [1, 2, 3, 4]), got {out_indices}"
+            )
+
+    def _check_text_config(self) -> None:
+        """BERT's sizes, dropouts and padding id lie in their ranges (transformers' BertConfig accepts any)."""
+        text = self.text_config
+        if text is None:
+            return
+        for name, smallest in TEXT_MIN_SIZES.items():
+            value = getattr(text, name, None)
+            if not _is_integer(value) or value < smallest:
+                raise ValueError(f"text_config.{name} must be an integer >= {smallest}, got {value!r}")
+        if text.hidden_size % text.num_attention_heads:
+            raise ValueError(
+                f"text_config.hidden_size ({text.hidden_size}) must be divisible by text_config.num_attention_heads "
+                f"({text.num_attention_heads})"
+            )
+        for name in TEXT_DROPOUTS:
+            value = getattr(text, name, 0.0)
+            if not _is_number(value) or not 0.0 <= value < 1.0:
+                raise ValueError(f"text_config.{name} must be in [0, 1), got {value!r}")
+        if not _is_number(text.layer_norm_eps) or text.layer_norm_eps <= 0:
+            raise ValueError(f"text_config.layer_norm_eps must be > 0, got {text.layer_norm_eps!r}")
+        pad_token_id = getattr(text, "pad_token_id", None)
+        if pad_token_id is not None and not (
+            _is_integer(pad_token_id) and 0 <= pad_token_id < text.vocab_size
+        ):
+            raise ValueError(
+                f"text_config.pad_token_id must be a token id below text_config.vocab_size ({text.vocab_size}) "
+                f"or None, got {pad_token_id!r}"
+            )
+
+    def _check_backbone_model_args(self) -> None:
+        """The timm ResNet arguments of `backbone_config.timm_model_args` that give one value per stage hold
+        four positive integers, and `stem_width` is a positive integer (whether the backbone's stem honours it
+        is checked where the backbone is built, `visual_encoder.check_stem_width`)."""
+        model_args = getattr(self.backbone_config, "timm_model_args", None) or {}
+        for name in BACKBONE_STAGE_ARGS:
+            if name not in model_args:
+                continue
+            values = model_args[name]
+            if (
+                not isinstance(values, (list, tuple))
+                or len(values) != NUM_BACKBONE_STAGES
+                or not all(_is_integer(value) and value >= 1 for value in values)
+            ):
+                raise ValueError(
+                    f"backbone_config.timm_model_args.{name} must be {NUM_BACKBONE_STAGES} integers >= 1 (one per "
+                    f"ResNet stage), got {values!r}"
+                )
+        stem_width = model_args.get("stem_width")
+        if stem_width is not None and not (_is_integer(stem_width) and stem_width >= 1):
+            raise ValueError(
+                f"backbone_config.timm_model_args.stem_width must be an integer >= 1, got {stem_width!r}"
             )
 
     def _check_field_types_and_ranges(self) -> None:
@@ -491,6 +563,14 @@ class PngConfig(PreTrainedConfig):
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+
+
+def _is_integer(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 __all__ = ["PngConfig"]

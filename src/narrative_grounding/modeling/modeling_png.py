@@ -120,7 +120,8 @@ class PngForPanopticNarrativeGrounding(PngPreTrainedModel):
         strict: a checkpoint whose weights do not match the config (missing or unexpected keys) raises a
             ValueError naming the keys instead of running a half-random model; `strict=False` loads anyway
             (transformers then prints its load report naming them).
-        Freezing (`freeze_text_encoder`, `backbone_trainable_stages`) is re-applied to the loaded weights.
+        Freezing (`freeze_text_encoder`, `backbone_trainable_stages`) and the visual encoder's weight layout
+        (`VisualEncoder.match_weight_layout`) are re-applied to the loaded weights.
         """
         want_info = kwargs.pop("output_loading_info", False)
         model, info = super().from_pretrained(
@@ -133,6 +134,7 @@ class PngForPanopticNarrativeGrounding(PngPreTrainedModel):
                 "Pass strict=False to load it anyway (the missing weights are then freshly initialised)."
             )
         model.apply_freezing()
+        model.visual_encoder.match_weight_layout()
         return (model, info) if want_info else model
 
     @classmethod

@@ -6,6 +6,7 @@ Output: a dict stride -> B x C x H/stride x W/stride for strides 4, 8, 16, 32, C
 
 from __future__ import annotations
 
+import timm
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -20,8 +21,31 @@ def build_timm_backbone(backbone_config, *, pretrained: bool = False, **timm_kwa
     `pretrained=True` fetches timm's ImageNet weights (needs the Hub or a local file given through
     `pretrained_cfg_overlay=dict(file=...)`).
     """
+    if not timm.is_model(backbone_config.backbone):  # timm's own error is a RuntimeError deep in create_model
+        raise ValueError(
+            f"backbone_config.backbone {backbone_config.backbone!r} is not a timm model (e.g. 'resnet101'; "
+            "timm.list_models() lists them)"
+        )
     model_args = dict(getattr(backbone_config, "timm_model_args", None) or {})
     return TimmBackbone(backbone_config, pretrained=pretrained, **model_args, **timm_kwargs)
+
+
+def check_stem_width(backbone: nn.Module, backbone_config) -> None:
+    """Refuse a `timm_model_args.stem_width` that the built stem does not have.
+
+    timm's ResNet reads `stem_width` only for its deep stems (`stem_type` "deep" / "deep_tiered"); its default
+    stem is one 7x7 convolution of 64 channels whatever `stem_width` says (timm models/resnet.py,
+    `ResNet.__init__`: `inplanes = stem_width * 2 if deep_stem else 64`), so the setting would be silently
+    ignored.
+    """
+    stem_width = (getattr(backbone_config, "timm_model_args", None) or {}).get("stem_width")
+    stem = getattr(backbone, "conv1", None)
+    if stem_width is not None and isinstance(stem, nn.Conv2d) and stem.out_channels != stem_width:
+        raise ValueError(
+            f"backbone_config.timm_model_args.stem_width={stem_width} cannot be honoured: the stem of "
+            f"{backbone_config.backbone!r} is one convolution of {stem.out_channels} channels (timm's ResNet reads "
+            "stem_width only with stem_type 'deep' or 'deep_tiered'); remove stem_width or set such a stem_type"
+        )
 
 
 def move_stride_to_1x1(backbone: nn.Module, stage_names: list[str]) -> None:
@@ -70,6 +94,7 @@ class VisualEncoder(nn.Module):
     def __init__(self, config) -> None:
         super().__init__()
         self.backbone = build_timm_backbone(config.backbone_config)
+        check_stem_width(self.backbone._backbone, config.backbone_config)
         channels = self.backbone._backbone.feature_info.channels()
         reductions = self.backbone._backbone.feature_info.reduction()
         if tuple(reductions) != FPN_STRIDES:
@@ -80,6 +105,32 @@ class VisualEncoder(nn.Module):
         if config.backbone_stride_in_1x1:
             move_stride_to_1x1(self.backbone._backbone, self.stage_names())
         self.neck = FeaturePyramidNeck(channels, config.fpn_channels)
+        self.match_weight_layout()
+
+    def match_weight_layout(self) -> None:
+        """Store the convolution weights in the memory format `forward` gives their inputs on this device:
+        channels-last on CPU, the default elsewhere.
+
+        With NHWC inputs and NCHW weights the CPU convolutions give some weight gradients (the strided 1x1
+        downsampling convolutions') channels-last strides, which DistributedDataParallel, whose gradient
+        buckets follow the parameters' strides, reports as "Grad strides do not match bucket view strides" and
+        copies. Called on construction, after every device or dtype move (`_apply`) and after loading weights
+        (which replaces the parameters), so the layout is settled before DDP wraps the model.
+        """
+        weights = [parameter for parameter in self.parameters() if parameter.dim() == 4]
+        if not weights:
+            return
+        layout = torch.channels_last if weights[0].device.type == "cpu" else torch.contiguous_format
+        for weight in weights:
+            # compared by strides: a 1x1 kernel's weight counts as contiguous in both formats, but its gradient
+            # takes the strides of one of them
+            if weight.stride() != torch.empty_like(weight, device="meta", memory_format=layout).stride():
+                weight.data = weight.data.clone(memory_format=layout)
+
+    def _apply(self, fn, recurse: bool = True):  # .to(), .cuda(), .cpu(), .float(), ...
+        module = super()._apply(fn, recurse)
+        self.match_weight_layout()
+        return module
 
     def stage_names(self) -> list[str]:
         """The timm module names of the four stages the FPN reads (e.g. layer1..layer4)."""
@@ -90,7 +141,8 @@ class VisualEncoder(nn.Module):
         if pixel_values.device.type == "cpu":
             # NHWC on CPU: oneDNN convolutions keep it, and torch's NCHW max pooling is slow (the stem's
             # 3x3 pool of a 8 x 64 x 64 x 64 map: 39 ms NCHW, 2 ms NHWC on torch 2.14, one thread). The
-            # maps come out NHWC too, which is the B x N x C layout the heads flatten them into.
+            # maps come out NHWC too, which is the B x N x C layout the heads flatten them into. The weights
+            # are channels-last on CPU as well (`match_weight_layout`).
             pixel_values = pixel_values.contiguous(memory_format=torch.channels_last)
         feature_maps = self.backbone(pixel_values).feature_maps
         return dict(zip(FPN_STRIDES, self.neck(list(feature_maps)), strict=True))

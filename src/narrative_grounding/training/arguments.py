@@ -16,6 +16,7 @@ from ..argument_types import (
 )
 from ..cli import ArgumentParser
 from ..data.synthetic.levels import LEVELS
+from ..metrics import PROTOCOLS
 from .optimization import OPTIMIZERS, PRESETS, RECIPE_DEFAULTS, SCHEDULES
 
 
@@ -166,7 +167,12 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
 
     run = parser.add_argument_group("evaluation, checkpoints, logging")
     run.add_argument("--output_dir", required=True, help="where the model, processor and card are saved")
-    run.add_argument("--eval_protocol", choices=("original", "stride4"), default="original")
+    run.add_argument(
+        "--eval_protocol",
+        choices=PROTOCOLS,
+        default="original",
+        help="the Average Recall protocol: where masks are compared (docs/metric.md; default: %(default)s)",
+    )
     run.add_argument(
         "--eval_steps", type=positive_int, default=None, help="also evaluate every N optimizer steps"
     )
@@ -218,6 +224,9 @@ def build_parser() -> argparse.ArgumentParser:
     # The CLI's parser: the dashed spelling of every option (--output-dir) is a hidden alias here too.
     parser = ArgumentParser(
         description="Train a Panoptic Narrative Grounding model with accelerate (see docs/training.md)."
+    )
+    parser.add_argument(
+        "--debug", action="store_true", help="show the full traceback of errors caused by bad input too"
     )
     return add_training_arguments(parser)
 

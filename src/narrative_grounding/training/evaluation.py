@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..data.synthetic.levels import EXPRESSION_KINDS
@@ -21,8 +22,12 @@ from ..metrics import (
     AVERAGE_RECALL_COUNT_KEYS,
     AVERAGE_RECALL_KEYS,
     AVERAGE_RECALL_SPLITS,
+    BINARY_PROTOCOLS,
+    PROTOCOLS,
     AverageRecall,
+    evaluation_size,
     mask_counts,
+    stride4_input_size,
 )
 from .collate import NO_EXPRESSION_KIND, model_inputs
 
@@ -44,46 +49,51 @@ def batch_phrase_counts(
     protocol: str = "original",
     threshold: float = 0.5,
 ) -> torch.Tensor:
-    """Per-phrase counts of one batch as a `B x P x 6` int64 tensor (columns `COUNT_COLUMNS`, -1 = padding).
+    """Per-phrase counts of one batch as a `B x P x 6` tensor (columns `COUNT_COLUMNS`, -1 = padding): int64
+    pixel counts, float64 soft counts under "soft256".
 
-    batch: a `PngCollator(with_references=True)` batch; pred_masks: B x P' x h x w logits.
-    "original" protocol: the processor's post-processing undoes the resize and padding exactly and
-    thresholds at the original image size (a phrase lost to truncation gets an empty mask: a miss).
-    "stride4": the logits cropped to the image's part of the padded input, compared at the stride-4 size
-    of an ~800-pixel input (see `narrative_grounding.metrics.resize_for_protocol`).
+    batch: a `PngCollator(with_references=True)` batch; pred_masks: B x P' x h x w logits. Per protocol (see
+    `narrative_grounding.metrics.resize_for_protocol`):
+
+    - "original" and "soft256": the processor's post-processing undoes the resize and padding exactly and
+      thresholds at the original image size (a phrase lost to truncation gets an empty mask: a miss); the
+      metric compares those masks as they are ("original") or after its 256 x 256 round trip ("soft256").
+    - "stride4": the logits of the image's part of the padded input, brought to the stride-4 size of an
+      ~800-pixel input.
+    - "stride4_padded": when the processor resized the image to the protocol's own ~800-pixel input, the
+      logits of the image padded to a multiple of 32, padding included (they are the protocol's prediction,
+      as in PPMN's evaluation); otherwise the logits of the image's part, which take the ground truth's path.
     """
     from ..modeling.image_processing_png import PngBatchFeature
 
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown evaluation protocol {protocol!r}; choose one of {PROTOCOLS}")
     references = batch["reference_masks"]
     num_phrases = [len(reference) for reference in references]
-    table = torch.full((len(references), max(num_phrases), len(COUNT_COLUMNS)), PAD, dtype=torch.int64)
-    if protocol == "original":
-        # one sample at a time: each sample's phrase slots beyond its own phrases are batch padding
-        predictions = [
-            processor.post_process_panoptic_narrative_grounding(
-                pred_masks[index : index + 1, : num_phrases[index]].float(),
+    dtype = torch.int64 if protocol in BINARY_PROTOCOLS else torch.float64
+    table = torch.full((len(references), max(num_phrases), len(COUNT_COLUMNS)), PAD, dtype=dtype)
+    for index, reference in enumerate(references):
+        count = num_phrases[index]
+        if protocol in ("original", "soft256"):
+            # one sample at a time: its phrase slots beyond its own phrases are batch padding
+            prediction = processor.post_process_panoptic_narrative_grounding(
+                pred_masks[index : index + 1, :count].float(),
                 inputs=PngBatchFeature(
                     {"pixel_values": batch["pixel_values"][index : index + 1]},
                     metadata=[batch["metadata"][index]],
                 ),
                 threshold=threshold,
             )[0]["masks"]
-            for index in range(len(references))
-        ]
-        prediction_type = "probabilities"  # binary masks at the evaluation size are used as they are
-    else:
-        predictions = [pred_masks[index].float() for index in range(len(references))]
-        prediction_type = "logits"
-    for index, reference in enumerate(references):
-        count = num_phrases[index]
-        prediction = predictions[index][:count]
+            prediction_type = "probabilities"  # binary masks at the evaluation size are used as they are
+        else:
+            prediction, prediction_type = _stride4_prediction(
+                batch, index, pred_masks[index].float(), protocol
+            )
+            prediction = prediction[:count]
         if len(prediction) < count:
             raise ValueError(
                 f"image {int(batch['image_ids'][index])}: {len(prediction)} predicted masks for {count} phrases"
             )
-        if protocol != "original":
-            height, width = _image_part(batch, index, tuple(prediction.shape[-2:]))
-            prediction = prediction[:, :height, :width]
         counts = mask_counts(
             prediction,
             reference.to(prediction.device),
@@ -91,26 +101,47 @@ def batch_phrase_counts(
             prediction_type=prediction_type,
             threshold=threshold,
         )
-        table[index, :count, 0] = torch.from_numpy(counts["intersections"])
-        table[index, :count, 1] = torch.from_numpy(counts["unions"])
-        table[index, :count, 2] = torch.from_numpy(counts["reference_areas"])
-        table[index, :count, 3] = batch["is_thing"][index].long().cpu()
-        table[index, :count, 4] = batch["num_segments"][index].long().cpu()
+        for column, name in enumerate(COUNT_COLUMNS[:3]):
+            table[index, :count, column] = torch.from_numpy(counts[name]).to(dtype)
+        table[index, :count, 3] = batch["is_thing"][index].to(dtype).cpu()
+        table[index, :count, 4] = batch["num_segments"][index].to(dtype).cpu()
         if "expression_kinds" in batch:
-            table[index, :count, 5] = batch["expression_kinds"][index].long().cpu()
+            table[index, :count, 5] = batch["expression_kinds"][index].to(dtype).cpu()
         else:
             table[index, :count, 5] = NO_EXPRESSION_KIND
     return table
 
 
+def _stride4_prediction(
+    batch: Mapping[str, Any], index: int, logits: torch.Tensor, protocol: str
+) -> tuple[torch.Tensor, str]:
+    """What a stride-4 protocol reads of one sample's `P x h x w` logits, and how to read it ("logits" or
+    "probabilities")."""
+    original_size = tuple(batch["metadata"][index]["original_size"])
+    if protocol == "stride4_padded":
+        grid = evaluation_size(original_size, protocol)
+        protocol_input = tuple(batch["metadata"][index]["resized_size"]) == stride4_input_size(original_size)
+        if protocol_input and logits.shape[-2] >= grid[0] and logits.shape[-1] >= grid[1]:
+            # The processor pads to a multiple of 32 (and to the batch's largest image): the image padded to a
+            # multiple of 32 is the top-left `grid` of the logits, as PPMN's single-image input was.
+            return logits[:, : grid[0], : grid[1]], "logits"  # P x grid
+    height, width = _image_part(batch, index, tuple(logits.shape[-2:]))
+    prediction = logits[:, :height, :width]  # P x h x w: covers the image only
+    if protocol == "stride4_padded" and tuple(prediction.shape[-2:]) == grid:
+        # At the padded grid's size the metric reads a prediction as covering the padding too; at the input
+        # size it takes the ground truth's path (bilinear to the input, pad, x0.25), which is what the image
+        # part needs. Sigmoid first, as the metric does for logits.
+        size = stride4_input_size(original_size)
+        probabilities = F.interpolate(
+            prediction.sigmoid()[None], size=size, mode="bilinear", align_corners=False
+        )
+        return probabilities[0], "probabilities"  # P x H_in x W_in
+    return prediction, "logits"
+
+
 def _image_part(batch: Mapping[str, Any], index: int, logits_size: tuple[int, int]) -> tuple[int, int]:
     """The part of the stride-4 logits that covers the image (the processor pads at the bottom / right)."""
-    pixel_mask = batch.get("pixel_mask")
-    if pixel_mask is None:
-        return logits_size
-    mask = pixel_mask[index].bool()  # H x W
-    height = int(mask.any(dim=1).sum())
-    width = int(mask.any(dim=0).sum())
+    height, width = batch["metadata"][index]["resized_size"]
     return (
         min(logits_size[0], math.ceil(height / PREDICTION_STRIDE)),
         min(logits_size[1], math.ceil(width / PREDICTION_STRIDE)),

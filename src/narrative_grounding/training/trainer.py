@@ -104,9 +104,18 @@ def resolve_checkpoint(value: str, checkpoints_dir: Path) -> Path | None:
     if value == "latest":
         checkpoints = list_checkpoints(checkpoints_dir)
         return checkpoints[-1] if checkpoints else None
+    from accelerate.utils.constants import RNG_STATE_NAME
+
     path = Path(value)
     if not path.is_dir():
         raise ValueError(f"--resume_from_checkpoint {value}: no such checkpoint folder")
+    # accelerate's save_state writes the RNG state of process 0 into every checkpoint, whatever the model's
+    # format (plain, FSDP, DeepSpeed)
+    if not (path / f"{RNG_STATE_NAME}_0.pkl").is_file():
+        raise ValueError(
+            f"--resume_from_checkpoint {value}: not a checkpoint folder (no {RNG_STATE_NAME}_0.pkl); give one of "
+            f"{CHECKPOINTS_DIR}/{CHECKPOINT_PREFIX}<step> under an --output_dir, or 'latest'"
+        )
     return path
 
 
@@ -170,7 +179,15 @@ def train(args: Namespace) -> TrainingResult:
     from accelerate.utils import ProjectConfiguration, set_seed
 
     output_dir = Path(args.output_dir)
+    if output_dir.exists() and not output_dir.is_dir():
+        raise ValueError(f"--output_dir {output_dir} is a file; give a folder (it is created if missing)")
     checkpoints_dir = output_dir / CHECKPOINTS_DIR
+    # checked before anything is loaded: a wrong folder fails at once, not after the data is prepared
+    checkpoint = (
+        resolve_checkpoint(args.resume_from_checkpoint, checkpoints_dir)
+        if args.resume_from_checkpoint
+        else None
+    )
     accelerator = Accelerator(
         cpu=args.cpu or cpu_multiprocess_launch(),
         gradient_accumulation_steps=args.gradient_accumulation_steps,
@@ -276,7 +293,6 @@ def train(args: Namespace) -> TrainingResult:
         "seed": args.seed,
     }
     if args.resume_from_checkpoint:
-        checkpoint = resolve_checkpoint(args.resume_from_checkpoint, checkpoints_dir)
         if checkpoint is None:
             logger.info("no checkpoint under %s yet: starting from scratch", checkpoints_dir)
         else:
