@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import tempfile
 import time
@@ -93,6 +94,8 @@ def _train_one(recipe: dict[str, Any], overrides: dict[str, Any], seed: int, dat
     from narrative_grounding.training import train
 
     torch.set_num_threads(recipe["threads"])
+    # as the demo does: the data-loading worker inherits the thread count instead of torch's default
+    os.environ["OMP_NUM_THREADS"] = str(recipe["threads"])
     logging.getLogger("narrative_grounding").setLevel(logging.WARNING)
     logging.getLogger("accelerate").setLevel(logging.WARNING)
     with tempfile.TemporaryDirectory(prefix="demo-study-") as output_dir:
