@@ -149,7 +149,7 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
         action="store_true",
         help="with --max_train_time and the cosine schedule: time the first --calibration_steps steps, then "
         "shorten the run (and its cosine) to the steps that fit in the budget, so the lr anneals before the end; "
-        "re-fitted to the pace of the latest steps every tenth of the budget",
+        "re-fitted to the pace of the latest steps every tenth of the fitted run",
     )
     optim.add_argument("--calibration_steps", type=positive_int, default=20)
     optim.add_argument(

@@ -431,16 +431,17 @@ def train(args: Namespace) -> TrainingResult:
 
     def fit_to_time_budget() -> int:
         """Fits the run's length (and its cosine) to the steps that fit in what is left of the budget at the
-        pace since the previous fit. Re-fitted every tenth of the budget: a pace measured once, over the first
+        pace since the previous fit. Re-fitted every tenth of the run: a pace measured once, over the first
         steps, is off when those steps were slow (start-up) or the machine's load changes later, and the run
         then ends long before its budget or is cut off before the lr has annealed."""
         nonlocal fit_mark, fitting
         steps, seconds = progress.completed_steps - fit_mark[0], progress.train_seconds - fit_mark[1]
-        # the same decision on every process: the main process's timing is broadcast
-        seconds_per_step = torch.tensor(seconds / max(steps, 1), device=accelerator.device)
-        seconds_per_step = accelerator.reduce(seconds_per_step, reduction="mean").item()
+        # the same decision on every process: the processes' pace and time left are averaged
+        timing = torch.tensor(
+            [seconds / max(steps, 1), args.max_train_time - progress.train_seconds], device=accelerator.device
+        )
+        seconds_per_step, remaining = accelerator.reduce(timing, reduction="mean").tolist()
         fit_mark = (progress.completed_steps, progress.train_seconds)
-        remaining = args.max_train_time - progress.train_seconds
         # 3% slack: steps get slower when evaluation or the OS interrupts
         fitted = progress.completed_steps + int(0.97 * remaining / max(seconds_per_step, 1e-9))
         fitted = max(progress.completed_steps + 1, min(planned_steps, fitted))
@@ -464,10 +465,11 @@ def train(args: Namespace) -> TrainingResult:
     def fit_due() -> bool:
         if not fitting:
             return False
+        # decided from step counts, which every process shares (each has its own clock): the first fit after
+        # the calibration steps, then one every tenth of the fitted run
         if not progress.fitted_steps:
             return progress.completed_steps >= args.calibration_steps
-        tenth = args.max_train_time / 10
-        return math.floor(progress.train_seconds / tenth) > math.floor(fit_mark[1] / tenth)
+        return progress.completed_steps >= fit_mark[0] + max(1, progress.fitted_steps // 10)
 
     if progress.fitted_steps:
         max_train_steps = progress.fitted_steps
