@@ -34,9 +34,12 @@ if TYPE_CHECKING:
 
 LPA_DISTANCE_FORMS = ("squared", "euclidean")
 LPA_IMPLEMENTATIONS = ("auto", "flex", "direct")
-EPNG_POSITION_ENCODINGS = ("lpa", "none", "absolute", "lpa_absolute")
-# Released-code switches with a fixed set of values: the first is our earlier choice (the default).
-RELEASED_SWITCH_CHOICES = {
+# Switches with a fixed set of values, the default first: the EPNG Table 2 ablation with our "lpa_absolute",
+# our own switches, then the released-code switches (whose default is our earlier choice).
+SWITCH_CHOICES = {
+    "epng_position_encoding": ("lpa", "none", "absolute", "lpa_absolute"),
+    "epng_communicator_stride": (16, 8),
+    "phrase_pooling": ("mean", "attention"),
     "epng_phrase_activation": ("none", "relu6"),
     "epng_residual_norm": ("single", "double"),
     "mask_loss_resolution": ("stride4", "input"),
@@ -379,19 +382,6 @@ class PngConfig(PreTrainedConfig):
             raise ValueError(
                 f"lpa_implementation must be one of {LPA_IMPLEMENTATIONS}, got {self.lpa_implementation!r}"
             )
-        # --- EPNG position encoding validation ---
-        if self.epng_position_encoding not in EPNG_POSITION_ENCODINGS:
-            raise ValueError(
-                f"epng_position_encoding must be one of {EPNG_POSITION_ENCODINGS}, "
-                f"got {self.epng_position_encoding!r}"
-            )
-        if self.phrase_pooling not in ("mean", "attention"):
-            raise ValueError(f"phrase_pooling must be 'mean' or 'attention', got {self.phrase_pooling!r}")
-        if self.epng_communicator_stride not in (8, 16):
-            raise ValueError(
-                f"epng_communicator_stride must be 8 or 16, got {self.epng_communicator_stride!r}"
-            )
-        # --- end EPNG position encoding validation ---
         if self.d_model % self.num_attention_heads:
             raise ValueError(
                 f"d_model ({self.d_model}) must be divisible by num_attention_heads ({self.num_attention_heads})"
@@ -422,8 +412,8 @@ class PngConfig(PreTrainedConfig):
         if self.drmn_query_slots < 1:
             raise ValueError(f"drmn_query_slots must be >= 1, got {self.drmn_query_slots}")
         # --- end DRMN head validation ---
-        # --- released-code switch validation ---
-        for name, allowed in RELEASED_SWITCH_CHOICES.items():
+        # --- switch validation ---
+        for name, allowed in SWITCH_CHOICES.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if not 0.0 <= self.epng_attention_dropout < 1.0:
@@ -462,7 +452,7 @@ class PngConfig(PreTrainedConfig):
                 f"drmn_hidden_dim ({self.drmn_hidden_dim}) must be divisible by {DRMN_GROUP_NORM_GROUPS} "
                 "for the GroupNorm of drmn_level_projection='conv_gn_relu' / drmn_round_pixel_projection"
             )
-        # --- end released-code switch validation ---
+        # --- end switch validation ---
         self._check_text_config()
         self._check_backbone_model_args()
         if self.text_layers_to_average < 1:
