@@ -72,11 +72,4 @@ def phrase_mean_logits(query_logits: torch.Tensor, phrases: torch.Tensor) -> tor
     return mean_logits.view(*weights.shape[:2], *query_logits.shape[-2:]).to(query_logits.dtype)
 
 
-def phrase_mean_features(query_features: torch.Tensor, phrases: torch.Tensor) -> torch.Tensor:
-    """B x Q x D per-query features -> B x P x D, the mean over each phrase's queries (0 for padding)."""
-    weights = phrases.to(query_features.dtype).transpose(1, 2)  # B x P x Q
-    counts = weights.sum(dim=-1, keepdim=True).clamp(min=1.0)  # B x P x 1
-    return torch.bmm(weights, query_features) / counts
-
-
-__all__ = ["NounTokenQueries", "noun_token_queries", "phrase_mean_features", "phrase_mean_logits"]
+__all__ = ["NounTokenQueries", "noun_token_queries", "phrase_mean_logits"]

@@ -55,9 +55,10 @@ from torch import nn
 from .attention import CrossAttention
 from .configuration_png import DRMN_GROUP_NORM_GROUPS
 from .deformable_attention import MultiScaleDeformableAttention
-from .drmn_queries import noun_token_queries, phrase_mean_features, phrase_mean_logits
+from .drmn_queries import noun_token_queries, phrase_mean_logits
 from .head_output import GroundingHeadOutput
 from .position_encoding import sine_position_embedding, slot_position_embedding
+from .text_encoder import pool_phrases
 
 # Encoded levels by priority: the matching level first, then coarser context, the costly stride 4 last.
 LEVEL_PRIORITY = (8, 16, 32, 4)
@@ -464,7 +465,7 @@ class DrmnHead(nn.Module):
         return GroundingHeadOutput(
             pred_masks=phrase_masks[-1],
             auxiliary_masks=tuple(phrase_masks[:-1]),
-            phrase_embeddings=phrase_mean_features(kernels, assignment),  # B x P x D
+            phrase_embeddings=pool_phrases(kernels, assignment.transpose(1, 2)),  # B x P x D: mean per phrase
             pixel_embeddings=pixel_embeddings,
             query_masks=tuple(all_masks),
             query_phrases=assignment,
