@@ -79,6 +79,8 @@ class PngPreTrainedModel(PreTrainedModel):
         # _init_weights, and only for weights that were not loaded from a checkpoint.
         if isinstance(module, LocalityPerceptiveAttention):
             init.ones_(module.prior_scale)  # EPNG: W_j initialised to 1
+        elif isinstance(module, PhrasePooling) and module.score is not None:
+            init.zeros_(module.score)  # equal token scores: the attention pooling starts as the mean
         elif isinstance(module, torch.nn.Conv2d):
             init.kaiming_uniform_(module.weight, a=1)
             if module.bias is not None:

@@ -78,11 +78,9 @@ class PhrasePooling(nn.Module):
 
     def __init__(self, mode: str, hidden_size: int) -> None:
         super().__init__()
-        self.score = None
-        if mode == "attention":
-            self.score = nn.Linear(hidden_size, 1)
-            nn.init.zeros_(self.score.weight)
-            nn.init.zeros_(self.score.bias)
+        # One learned direction: a token's score is its feature . score (a bias would cancel in the softmax).
+        # Zero, so equal scores: set here and again by the model's weight initialisation.
+        self.score = nn.Parameter(torch.zeros(hidden_size)) if mode == "attention" else None
 
     def forward(self, token_features: torch.Tensor, phrase_token_mask: torch.Tensor) -> torch.Tensor:
         """token_features: B x T x C; phrase_token_mask: B x P x T (0/1). Returns B x P x C (zeros for a
@@ -90,7 +88,7 @@ class PhrasePooling(nn.Module):
         if self.score is None:
             return pool_phrases(token_features, phrase_token_mask)
         member = phrase_token_mask.bool()  # B x P x T
-        scores = self.score(token_features).squeeze(-1)[:, None, :]  # B x 1 x T
+        scores = (token_features @ self.score.to(token_features.dtype))[:, None, :]  # B x 1 x T
         scores = scores.masked_fill(~member, float("-inf"))
         weights = torch.softmax(scores, dim=-1).nan_to_num(0.0)  # a phrase without tokens: all -inf -> 0
         return torch.bmm(weights.to(token_features.dtype), token_features)
