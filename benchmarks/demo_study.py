@@ -31,15 +31,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+from narrative_grounding.commands.demo import DEFAULTS as DEMO_DEFAULTS
 from narrative_grounding.data.synthetic import EXPRESSION_KINDS
 
 from ._common import load_average, machine_description, print_machine, run_in_child, write_json
+from .ablations import summarise
 
 #: label -> (PngConfig overrides, demo recipe overrides). Rows marked "ours" change the architecture
 #: beyond the paper: configuration switches that the paper configs leave off.
@@ -67,16 +68,20 @@ ROWS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     # the other head
     "DRMN head (drmn-tiny)": ({}, {"model": "drmn-tiny"}),
 }
+# The demo's own defaults, so that the study trains what `narrative-grounding demo` trains.
 RECIPE = {
-    "model": "epng-tiny",
-    "num_train": 4000,
-    "num_validation": 200,
-    "image_size": 128,
-    "batch_size": 16,
-    "learning_rate": 3e-3,
-    "threads": 1,
-    "dataloader_workers": 1,
-    "eval_every_seconds": 60.0,
+    key: DEMO_DEFAULTS[key]
+    for key in (
+        "model",
+        "num_train",
+        "num_validation",
+        "image_size",
+        "batch_size",
+        "learning_rate",
+        "threads",
+        "dataloader_workers",
+        "eval_every_seconds",
+    )
 }
 # stuff phrases are their own kind: their column would repeat "stuff"
 THING_KINDS = [kind for kind in EXPRESSION_KINDS if kind != "stuff"]
@@ -90,7 +95,7 @@ def _train_one(recipe: dict[str, Any], overrides: dict[str, Any], seed: int, dat
 
     import torch
 
-    from narrative_grounding.commands.demo import DEFAULTS, training_arguments
+    from narrative_grounding.commands.demo import training_arguments
     from narrative_grounding.training import train
 
     torch.set_num_threads(recipe["threads"])
@@ -101,7 +106,7 @@ def _train_one(recipe: dict[str, Any], overrides: dict[str, Any], seed: int, dat
     with tempfile.TemporaryDirectory(prefix="demo-study-") as output_dir:
         demo = argparse.Namespace(
             **{
-                **DEFAULTS,
+                **DEMO_DEFAULTS,
                 **recipe,
                 "seed": 0,  # the same data for every run; the training seed is set below
                 "level": "hard",
@@ -177,16 +182,6 @@ def resolution_ceiling(data_root: str | None, num_train: int, num_validation: in
 
 def run_id(recipe: dict, overrides: dict, seed: int) -> str:
     return json.dumps({"recipe": recipe, "overrides": overrides, "seed": seed}, sort_keys=True)
-
-
-def summarise(values: list[float]) -> dict[str, float]:
-    return {
-        "mean": statistics.fmean(values),
-        "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-        "min": min(values),
-        "max": max(values),
-        "n": len(values),
-    }
 
 
 def row_summary(label: str, runs: list[dict]) -> dict:
