@@ -159,6 +159,12 @@ class PngConfig(PreTrainedConfig):
         Stride of the communicator's pixel tokens: 16 (EPNG eq. 2: the stride-8 level pooled, the stride-32
         level upsampled) or 8 (ours, not in the paper: the stride-16 and stride-32 levels upsampled to the
         stride-8 grid; four times the tokens, for small inputs whose stride-16 grid is only 8 x 8).
+    epng_phrase_decoder_layers (`int`, defaults to 0):
+        Ours, not in the paper (0 = EPNG, whose phrase kernels never see the image). Each layer lets every
+        phrase attend to the other phrases of its narrative and then to the stride-4 pixel map (with a 2D sine
+        position code), followed by an FFN, before the phrase . pixel mask product; the pixel map then carries
+        the same position code. Phrases that pick one instance among look-alikes by where it is, its size or
+        what is next to it can then gather that instance's features and location into their kernel.
     bce_loss_weight, dice_loss_weight, sal_loss_weight (`float`, defaults 2.0, 2.0, 1.0): EPNG eq. 15.
     sal_temperature (`float`, defaults to 0.1): tau of EPNG eqs. 13-14: similarities are divided by it. With
         our cosine similarity 0.1 bounds the logits to [-10, 10]. The released code multiplies raw dot
@@ -252,6 +258,8 @@ class PngConfig(PreTrainedConfig):
     epng_position_encoding: str = "lpa"
     epng_communicator_stride: int = 16
     # --- end EPNG position encoding ---
+    # Ours: decoder layers that let each phrase read the image before it becomes a mask kernel (0: EPNG).
+    epng_phrase_decoder_layers: int = 0
 
     # DRMN head
     drmn_hidden_dim: int = 256
@@ -544,8 +552,8 @@ class PngConfig(PreTrainedConfig):
         for name in ("fpn_channels", "d_model", "num_attention_heads", "ffn_dim"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("num_communicator_layers", "lpa_distance_clamp", "initializer_range", "bce_loss_weight",
-                     "dice_loss_weight", "sal_loss_weight"):  # fmt: skip
+        for name in ("num_communicator_layers", "epng_phrase_decoder_layers", "lpa_distance_clamp",
+                     "initializer_range", "bce_loss_weight", "dice_loss_weight", "sal_loss_weight"):  # fmt: skip
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         for name in ("sal_temperature", "layer_norm_eps"):

@@ -111,6 +111,39 @@ class CommunicatorLayer(nn.Module):
         return self.ffn_norm(pixels + self.dropout(self.ffn(pixels)))
 
 
+class PhraseDecoderLayer(nn.Module):
+    """Ours, not in EPNG (`epng_phrase_decoder_layers`): the phrases read the image before they become mask
+    kernels. Self-attention among the phrases of a narrative, cross-attention of each phrase to the pixel map,
+    FFN; each residual + LayerNorm, as in the communicator layers."""
+
+    def __init__(self, config) -> None:
+        super().__init__()
+        d_model, heads = config.d_model, config.num_attention_heads
+        dropout = config.epng_attention_dropout
+        self.self_attention = CrossAttention(d_model=d_model, num_heads=heads, attention_dropout=dropout)
+        self.self_norm = nn.LayerNorm(d_model, eps=config.layer_norm_eps)
+        self.cross_attention = CrossAttention(d_model=d_model, num_heads=heads, attention_dropout=dropout)
+        self.cross_norm = nn.LayerNorm(d_model, eps=config.layer_norm_eps)
+        self.ffn = nn.Sequential(
+            nn.Linear(d_model, config.ffn_dim),
+            nn.ReLU(),
+            nn.Dropout(config.dropout),
+            nn.Linear(config.ffn_dim, d_model),
+        )
+        self.ffn_norm = nn.LayerNorm(d_model, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(
+        self, phrases: torch.Tensor, phrase_mask: torch.Tensor, pixels: torch.Tensor, pixel_mask: torch.Tensor
+    ) -> torch.Tensor:
+        """phrases: B x P x D; phrase_mask: B x P bool; pixels: B x N x D; pixel_mask: B x N bool (all True).
+        Returns B x P x D."""
+        attended = self.self_attention(phrases, phrases, phrase_mask)
+        phrases = self.self_norm(phrases + self.dropout(attended))
+        phrases = self.cross_norm(phrases + self.dropout(self.cross_attention(phrases, pixels, pixel_mask)))
+        return self.ffn_norm(phrases + self.dropout(self.ffn(phrases)))
+
+
 class EpngHead(nn.Module):
     def __init__(self, config) -> None:
         super().__init__()
@@ -135,6 +168,9 @@ class EpngHead(nn.Module):
         # The release upsamples with nn.Upsample(mode="bilinear", align_corners=True) (MainModule.py 16-17, 35,
         # 49): corner pixels of the coarse and the fine map coincide instead of their outer edges.
         self.align_corners = config.epng_upsample_align_corners
+        self.phrase_decoder = nn.ModuleList(
+            PhraseDecoderLayer(config) for _ in range(config.epng_phrase_decoder_layers)
+        )
 
     def _resize(self, feature: torch.Tensor, size: torch.Size) -> torch.Tensor:
         return F.interpolate(feature, size=size, mode="bilinear", align_corners=self.align_corners)
@@ -167,7 +203,26 @@ class EpngHead(nn.Module):
         pixel_map = self._resize(pixel_map, stride4_size)  # B x D x H/4 x W/4
         if self.stride4_skip is not None:
             pixel_map = pixel_map + self.stride4_skip(features[4])
+        if len(self.phrase_decoder):
+            phrases, pixel_map = self._decode_phrases(phrases, phrase_mask, pixel_map)
         mask_logits = torch.einsum("bpd,bdhw->bphw", phrases, pixel_map) * self.logit_scale  # eq. 10
         return GroundingHeadOutput(
             pred_masks=mask_logits, phrase_embeddings=phrases, pixel_embeddings=pixel_map
         )
+
+    def _decode_phrases(
+        self, phrases: torch.Tensor, phrase_mask: torch.Tensor, pixel_map: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The phrase decoder (ours): the pixel map gains a sine position code, which the phrases read with
+        the features, so that a kernel can select a place as well as an appearance. Returns the decoded
+        phrases (B x P x D) and the position-coded pixel map (B x D x h x w) they are matched against."""
+        batch, d_model, height, width = pixel_map.shape
+        position = sine_position_embedding(
+            height, width, d_model, device=pixel_map.device, dtype=pixel_map.dtype
+        )
+        pixel_map = pixel_map + position.transpose(0, 1).reshape(1, d_model, height, width)
+        pixels = pixel_map.flatten(2).transpose(1, 2)  # B x N x D
+        pixel_mask = torch.ones(pixels.shape[:2], dtype=torch.bool, device=pixels.device)
+        for layer in self.phrase_decoder:
+            phrases = layer(phrases, phrase_mask, pixels, pixel_mask)
+        return phrases, pixel_map
