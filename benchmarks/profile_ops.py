@@ -3,6 +3,9 @@
 Cases (`--cases`):
 - `epng-tiny`, `drmn-tiny`: the optimizer step of benchmarks/training_speed.py (batch 8 at 128 px, 230
   tokens, 15 phrases; forward with labels, backward, clipping, the training script's AdamW).
+- `drmn-head`: the DRMN head of `drmn-r101-bert-base` on the default eager inference path (no_grad), batch 1
+  at 640 x 640 with 15 phrases, on visual and phrase features computed once beforehand: where the head's
+  time goes when it is not compiled.
 - `lpa-direct`, `lpa-flex`: the LPA attention core at `--side` x `--side` (eqs. 3-6 on given q, k, v;
   d 768, 8 heads, batch 2), the two paths of benchmarks/lpa.py.
 
@@ -32,7 +35,7 @@ from ._common import (
     write_json,
 )
 
-CASES = ("epng-tiny", "drmn-tiny", "lpa-direct", "lpa-flex")
+CASES = ("epng-tiny", "drmn-tiny", "drmn-head", "lpa-direct", "lpa-flex")
 
 
 def _training_step(variant: str):
@@ -60,6 +63,27 @@ def _training_step(variant: str):
     return step
 
 
+def _drmn_head_inference():
+    from narrative_grounding import create_model
+
+    torch.manual_seed(0)
+    model = create_model("drmn-r101-bert-base").eval()
+    inputs = random_model_inputs(
+        1, 640, tokens=230, phrases=15, vocab_size=model.config.text_config.vocab_size
+    )
+    with torch.no_grad():
+        features = model.visual_encoder(inputs["pixel_values"])
+        tokens = model.text_encoder(inputs["input_ids"], inputs["attention_mask"], None)
+        phrases = model.phrase_pooling(tokens, inputs["phrase_token_mask"])
+    phrase_mask = inputs["phrase_mask"].bool()
+
+    def step() -> None:
+        with torch.no_grad():
+            model.head(features, phrases, phrase_mask)
+
+    return step
+
+
 def _lpa_core(implementation: str, side: int):
     from narrative_grounding.modeling.attention import LocalityPerceptiveAttention
 
@@ -82,7 +106,12 @@ def _profile(case: str, calls: int, side: int, top: int) -> dict:
     """Runs in a child process."""
     from torch.profiler import ProfilerActivity, profile
 
-    step = _training_step(case) if case.endswith("-tiny") else _lpa_core(case.removeprefix("lpa-"), side)
+    if case.endswith("-tiny"):
+        step = _training_step(case)
+    elif case == "drmn-head":
+        step = _drmn_head_inference()
+    else:
+        step = _lpa_core(case.removeprefix("lpa-"), side)
     for _ in range(2):
         step()
     cpu_start = time.process_time()
