@@ -266,6 +266,35 @@ def test_neither_layout_names_both_folders(official_dir, tmp_path):
     assert report.splits["train"].narratives_kept == 3  # the other split is still checked
 
 
+def test_both_layouts_at_once_lose_nothing(official_dir, tmp_path):
+    # A move between layouts left half done: train's PNGs split over both folders, val2017's folder of the
+    # PNG README's layout created but empty beside the full one of COCO's.
+    root = _as_coco_layout(official_dir, tmp_path)
+    annotations = root / "annotations"
+    for coco in IMAGES:
+        (annotations / "panoptic_segmentation" / coco).mkdir(parents=True)
+    moved = annotations / "panoptic_segmentation" / "train2017" / "000000226461.png"
+    (annotations / "panoptic_train2017" / moved.name).rename(moved)
+    dataset, report = load_png_dataset(root, cache_dir=tmp_path / "cache", return_report=True)
+    assert report.ok, str(report)
+    assert {split: rows.num_rows for split, rows in dataset.items()} == {"train": 3, "validation": 1}
+    decoded = dataset["train"].with_transform(functools.partial(decode_phrase_masks, dtype=bool))
+    height, width, segments = IMAGES["train2017"][226461]
+    np.testing.assert_array_equal(
+        decoded[0]["phrase_masks"],
+        np.stack([_id_map(height, width, segments) == segment_id for segment_id in (1648163, 3165766)]),
+    )
+    # A PNG in neither folder: the report names both places it was looked for.
+    (annotations / "panoptic_val2017" / "000000005000.png").unlink()
+    report = validate_png_directory(root)
+    assert report.counts() == {"missing_panoptic_png": 2, "empty_split": 1}  # both of image 5000's narratives
+    issue = report.issues[0]
+    assert (issue.split, issue.image_id) == ("validation", 5000) and issue.message.endswith(
+        f"neither {annotations / 'panoptic_segmentation' / 'val2017' / '000000005000.png'} nor "
+        f"{annotations / 'panoptic_val2017' / '000000005000.png'} exists"
+    )
+
+
 def test_a_real_difference_names_the_first_differing_word(official_dir, tmp_path):
     root = Path(shutil.copytree(official_dir, tmp_path / "data"))
     path = root / "annotations" / "png_coco_train2017.json"
