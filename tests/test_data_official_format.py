@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from narrative_grounding import load_processor
 from narrative_grounding.data import (
     PngDataError,
     decode_phrase_masks,
@@ -28,6 +29,7 @@ from narrative_grounding.data import (
     validate_png_directory,
 )
 from narrative_grounding.data.json_stream import iter_json_list, iter_json_members
+from narrative_grounding.training.collate import PngCollator
 
 CATEGORIES = [
     {"supercategory": "person", "isthing": 1, "id": 1, "name": "person"},
@@ -250,6 +252,28 @@ def test_decoded_phrase_masks_equal_the_segments(official_dir, tmp_path, layout)
                     r0, r1, c0, c1 = segments[segment_id][1]
                     expected[phrase, r0:r1, c0:c1] = True
             np.testing.assert_array_equal(decoded[index]["phrase_masks"], expected)
+
+
+def test_collated_phrase_tokens_are_the_phrases(official_dir, tmp_path):
+    # The caption offsets reach the model's inputs exactly: through the training collator, each phrase's
+    # tokens are those of its caption text (the tiny tokenizer lower-cases and strips accents, so the NFD
+    # "the café" reads "the cafe"), and its mask is the decoded ground truth.
+    dataset = load_png_dataset(official_dir, splits="train", cache_dir=tmp_path / "cache")
+    processor = load_processor("epng-tiny")
+    batch = PngCollator(processor, with_references=True)(list(dataset["train"]))
+    expected = [["black bear", "tree"], ["a man", "a woman", "the cafe"], ["two persons", "the road"]]
+    for sample, phrases in enumerate(expected):
+        tokens = [
+            processor.tokenizer.decode(batch["input_ids"][sample][mask.bool()])
+            for mask in batch["phrase_token_mask"][sample][: len(phrases)]
+        ]
+        assert tokens == phrases
+        assert batch["phrase_mask"][sample].tolist() == [1] * len(phrases) + [0] * (3 - len(phrases))
+    height, width, segments = IMAGES["train2017"][139]
+    np.testing.assert_array_equal(
+        batch["reference_masks"][2][0].numpy(),  # "two persons": the union of both people
+        np.isin(_id_map(height, width, segments), [1001, 1002]),
+    )
 
 
 def test_neither_layout_names_both_folders(official_dir, tmp_path):
