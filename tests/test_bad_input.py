@@ -172,6 +172,10 @@ def test_return_rle_and_overlap_threshold_are_checked(processor, encoding):
         processor.post_process_panoptic_narrative_grounding(
             logits_for(encoding), inputs=encoding, return_rle="yes"
         )
+    with pytest.raises(TypeError, match="inclusive_threshold must be True or False, got '>='"):
+        processor.post_process_panoptic_narrative_grounding(
+            logits_for(encoding), inputs=encoding, inclusive_threshold=">="
+        )
     with pytest.raises(ValueError, match="overlap_threshold must be a fraction in \\[0, 1\\]"):
         processor.post_process_panoptic_map(logits_for(encoding), inputs=encoding, overlap_threshold=2)
 

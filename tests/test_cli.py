@@ -86,6 +86,20 @@ def test_training_script_accepts_both_spellings():
     assert dashed.output_dir == "out" and dashed.learning_rate == pytest.approx(0.1)
 
 
+def test_published_scoring_options_of_evaluate():
+    defaults = build_parser().parse_args(["evaluate", "m", "--synthetic", "easy"])
+    assert (defaults.inclusive_threshold, defaults.empty_ground_truth, defaults.integration) == (
+        False,
+        "skip",
+        "exact",
+    )
+    argv = ["evaluate", "m", "--synthetic", "easy", "--inclusive_threshold", "--empty_ground_truth", "miss"]
+    args = build_parser().parse_args([*argv, "--integration", "official"])
+    assert (args.inclusive_threshold, args.empty_ground_truth, args.integration) == (True, "miss", "official")
+    with pytest.raises(SystemExit):  # a whole evaluation would stop at the first emptied ground truth
+        build_parser().parse_args(["evaluate", "m", "--synthetic", "easy", "--empty_ground_truth", "raise"])
+
+
 @pytest.mark.parametrize("protocol", ["original", "stride4", "stride4_padded", "soft256"])
 def test_every_average_recall_protocol_is_an_evaluation_option(protocol):
     args = build_parser().parse_args(["evaluate", "m", "--synthetic", "easy", "--protocol", protocol])

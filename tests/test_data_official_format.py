@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from narrative_grounding import load_processor
 from narrative_grounding.data import (
     PngDataError,
     decode_phrase_masks,
@@ -28,6 +29,7 @@ from narrative_grounding.data import (
     validate_png_directory,
 )
 from narrative_grounding.data.json_stream import iter_json_list, iter_json_members
+from narrative_grounding.training.collate import PngCollator
 
 CATEGORIES = [
     {"supercategory": "person", "isthing": 1, "id": 1, "name": "person"},
@@ -252,6 +254,28 @@ def test_decoded_phrase_masks_equal_the_segments(official_dir, tmp_path, layout)
             np.testing.assert_array_equal(decoded[index]["phrase_masks"], expected)
 
 
+def test_collated_phrase_tokens_are_the_phrases(official_dir, tmp_path):
+    # The caption offsets reach the model's inputs exactly: through the training collator, each phrase's
+    # tokens are those of its caption text (the tiny tokenizer lower-cases and strips accents, so the NFD
+    # "the café" reads "the cafe"), and its mask is the decoded ground truth.
+    dataset = load_png_dataset(official_dir, splits="train", cache_dir=tmp_path / "cache")
+    processor = load_processor("epng-tiny")
+    batch = PngCollator(processor, with_references=True)(list(dataset["train"]))
+    expected = [["black bear", "tree"], ["a man", "a woman", "the cafe"], ["two persons", "the road"]]
+    for sample, phrases in enumerate(expected):
+        tokens = [
+            processor.tokenizer.decode(batch["input_ids"][sample][mask.bool()])
+            for mask in batch["phrase_token_mask"][sample][: len(phrases)]
+        ]
+        assert tokens == phrases
+        assert batch["phrase_mask"][sample].tolist() == [1] * len(phrases) + [0] * (3 - len(phrases))
+    height, width, segments = IMAGES["train2017"][139]
+    np.testing.assert_array_equal(
+        batch["reference_masks"][2][0].numpy(),  # "two persons": the union of both people
+        np.isin(_id_map(height, width, segments), [1001, 1002]),
+    )
+
+
 def test_neither_layout_names_both_folders(official_dir, tmp_path):
     root = Path(shutil.copytree(official_dir, tmp_path / "data"))
     shutil.rmtree(root / "annotations" / "panoptic_segmentation" / "val2017")
@@ -264,6 +288,35 @@ def test_neither_layout_names_both_folders(official_dir, tmp_path):
     [issue] = report.issues
     assert issue.split == "validation" and "panoptic_val2017" in issue.message
     assert report.splits["train"].narratives_kept == 3  # the other split is still checked
+
+
+def test_both_layouts_at_once_lose_nothing(official_dir, tmp_path):
+    # A move between layouts left half done: train's PNGs split over both folders, val2017's folder of the
+    # PNG README's layout created but empty beside the full one of COCO's.
+    root = _as_coco_layout(official_dir, tmp_path)
+    annotations = root / "annotations"
+    for coco in IMAGES:
+        (annotations / "panoptic_segmentation" / coco).mkdir(parents=True)
+    moved = annotations / "panoptic_segmentation" / "train2017" / "000000226461.png"
+    (annotations / "panoptic_train2017" / moved.name).rename(moved)
+    dataset, report = load_png_dataset(root, cache_dir=tmp_path / "cache", return_report=True)
+    assert report.ok, str(report)
+    assert {split: rows.num_rows for split, rows in dataset.items()} == {"train": 3, "validation": 1}
+    decoded = dataset["train"].with_transform(functools.partial(decode_phrase_masks, dtype=bool))
+    height, width, segments = IMAGES["train2017"][226461]
+    np.testing.assert_array_equal(
+        decoded[0]["phrase_masks"],
+        np.stack([_id_map(height, width, segments) == segment_id for segment_id in (1648163, 3165766)]),
+    )
+    # A PNG in neither folder: the report names both places it was looked for.
+    (annotations / "panoptic_val2017" / "000000005000.png").unlink()
+    report = validate_png_directory(root)
+    assert report.counts() == {"missing_panoptic_png": 2, "empty_split": 1}  # both of image 5000's narratives
+    issue = report.issues[0]
+    assert (issue.split, issue.image_id) == ("validation", 5000) and issue.message.endswith(
+        f"neither {annotations / 'panoptic_segmentation' / 'val2017' / '000000005000.png'} nor "
+        f"{annotations / 'panoptic_val2017' / '000000005000.png'} exists"
+    )
 
 
 def test_a_real_difference_names_the_first_differing_word(official_dir, tmp_path):

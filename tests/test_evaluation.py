@@ -57,17 +57,25 @@ def saved_model(tmp_path_factory) -> str:
     return str(folder)
 
 
-def _expected(logits: torch.Tensor, processor, batch, protocol: str, protocol_input: bool) -> dict:
+def _expected(
+    logits: torch.Tensor,
+    processor,
+    batch,
+    protocol: str,
+    protocol_input: bool,
+    inclusive_threshold: bool = False,
+    **compute_options,
+) -> dict:
     """The metric on each image's own prediction: the post-processed masks at the original size ("original",
     "soft256"), the logits of the image ("stride4", "stride4_padded" for another input size), the logits of the
     image padded to a multiple of 32 ("stride4_padded" for the protocol's own ~800-pixel input)."""
-    metric = AverageRecall(protocol, prediction_type="logits")
+    metric = AverageRecall(protocol, prediction_type="logits", inclusive_threshold=inclusive_threshold)
     for index, (reference, meta) in enumerate(zip(batch["reference_masks"], batch["metadata"], strict=True)):
         count = len(reference)
         if protocol in ("original", "soft256"):
             one = PngBatchFeature({"pixel_values": batch["pixel_values"][index : index + 1]}, metadata=[meta])
             prediction = processor.post_process_panoptic_narrative_grounding(
-                logits[index : index + 1, :count], inputs=one
+                logits[index : index + 1, :count], inputs=one, inclusive_threshold=inclusive_threshold
             )[0]["masks"]
         elif protocol == "stride4_padded" and protocol_input:
             height, width = evaluation_size(meta["original_size"], protocol)
@@ -81,7 +89,7 @@ def _expected(logits: torch.Tensor, processor, batch, protocol: str, protocol_in
             is_thing=batch["is_thing"][index],
             num_segments=batch["num_segments"][index],
         )
-    return metric.compute(empty_ground_truth="skip")
+    return metric.compute(**{"empty_ground_truth": "skip", **compute_options})
 
 
 def _scalars(results: dict) -> dict:
@@ -179,3 +187,110 @@ def test_batched_evaluation_refuses_an_unknown_protocol(saved_model):
     batch = PngCollator(processor, with_references=True)([_row(0, 60, 80)])
     with pytest.raises(ValueError, match="unknown evaluation protocol 'stride8'"):
         batch_phrase_counts(batch, torch.zeros(1, 3, 32, 32), processor, "stride8")
+
+
+def test_published_scoring_options_reach_the_metric(saved_model):
+    """The options that score as the published code does (EPNG's ">= 0.5", an emptied ground truth as a miss,
+    the 1e-5 Riemann sum) give the metric's own result on each image's prediction."""
+    from accelerate import Accelerator
+    from torch.utils.data import DataLoader
+
+    model = PngForPanopticNarrativeGrounding.from_pretrained(saved_model).eval()
+    processor = PngProcessor.from_pretrained(saved_model)
+    processor.image_processor.size = CASES["small_input"][1]
+    rows = [_row(index, *shape) for index, shape in enumerate(CASES["small_input"][0])]
+    collator = PngCollator(processor, with_references=True)
+    batch = collator(rows)
+    with torch.no_grad():
+        logits = model(**model_inputs(batch)).pred_masks
+    options = {"empty_ground_truth": "miss", "integration": "official"}
+    for protocol in PROTOCOLS:
+        batched = evaluate_average_recall(
+            model,
+            DataLoader(rows, batch_size=len(rows), collate_fn=collator),
+            Accelerator(cpu=True),
+            processor,
+            protocol=protocol,
+            inclusive_threshold=True,
+            progress=False,
+            **options,
+        )
+        expected = _expected(logits, processor, batch, protocol, False, inclusive_threshold=True, **options)
+        got = _scalars(batched)
+        got.pop("eval_loss")
+        assert got == pytest.approx(_scalars(expected), abs=1e-12, nan_ok=True), protocol
+    with pytest.raises(
+        ValueError, match="empty_ground_truth must be one of \\('skip', 'miss'\\), got 'raise'"
+    ):
+        evaluate_average_recall(model, [], Accelerator(cpu=True), processor, empty_ground_truth="raise")
+
+
+def test_inclusive_threshold_counts_by_hand(saved_model):
+    """Logits of 0 are probabilities of exactly 0.5 everywhere: no pixel is above the threshold, every pixel is
+    at it. Ground-truth areas of `_row(0, 60, 80)`: the box 30 x 40 = 1200, the squares 2 x 20 x 27 = 1080, the
+    floor the other 4800 - 2280 = 2520 pixels."""
+    from narrative_grounding.training.evaluation import batch_phrase_counts
+
+    processor = PngProcessor.from_pretrained(saved_model)
+    batch = PngCollator(processor, with_references=True)([_row(0, 60, 80)])
+    height, width = batch["pixel_values"].shape[-2:]
+    logits = torch.zeros(1, 3, height // 4, width // 4)
+    areas = [1200, 2520, 1080]
+    for protocol in ("original", "stride4"):
+        strict = batch_phrase_counts(batch, logits, processor, protocol)
+        inclusive = batch_phrase_counts(batch, logits, processor, protocol, inclusive_threshold=True)
+        if protocol == "original":
+            assert strict[0, :, :3].tolist() == [[0, area, area] for area in areas]
+            assert inclusive[0, :, :3].tolist() == [[area, 4800, area] for area in areas]
+        else:  # at stride 4 the ground truth is resized too: every reference pixel is predicted, or none is
+            assert (strict[0, :, 0] == 0).all() and (inclusive[0, :, 0] == inclusive[0, :, 2]).all()
+            assert len(set(inclusive[0, :, 1].tolist())) == 1  # the union is the whole stride-4 grid
+
+
+def test_empty_ground_truth_and_integration_from_the_gathered_table():
+    from narrative_grounding.training.evaluation import PAD, average_recall_from_table
+
+    # IoU 1, an emptied ground truth with an empty prediction (the published IoU 0 / 0 = nan) and one with
+    # 2 predicted pixels (0 / 2 = 0); columns as COUNT_COLUMNS, kind -1 = not recorded
+    rows = np.array([[4, 4, 4, 1, 1, -1], [0, 0, 0, 0, 2, -1], [0, 2, 0, 1, 1, -1], [PAD] * 6])[None]
+    skipped = average_recall_from_table(rows)
+    assert (skipped["average_recall"], skipped["num_phrases"], skipped["num_skipped_empty_ground_truth"]) == (
+        1.0,
+        1,
+        2,
+    )
+    missed = average_recall_from_table(rows, empty_ground_truth="miss")
+    assert missed["num_phrases"] == 3 and missed["average_recall"] == pytest.approx(1 / 3, abs=1e-15)
+    assert missed["average_recall_things"] == pytest.approx(1 / 2, abs=1e-15)
+    assert missed["average_recall_stuff"] == 0.0
+    # the published sum: 1e-5 * (recall(0) + 99,998 * recall(t > 0)) = 1e-5 * (2/3 + 99,998 / 3) = 1/3
+    official = average_recall_from_table(rows, empty_ground_truth="miss", integration="official")
+    assert official["average_recall"] == pytest.approx(1 / 3, abs=1e-12)
+    exact_skip = average_recall_from_table(rows, integration="official")
+    # one phrase of IoU 1: recall 1 on [0, 0.99999), the last interval left out
+    assert exact_skip["average_recall"] == pytest.approx(0.99999, abs=1e-9)
+    with pytest.raises(ValueError, match="integration must be one of"):
+        average_recall_from_table(rows, integration="trapezoid")
+
+
+def test_evaluate_command_scores_as_asked(saved_model, tmp_path, capsys):
+    import json
+
+    from accelerate.state import AcceleratorState
+
+    from narrative_grounding.cli import main
+
+    argv = ["evaluate", saved_model, "--synthetic", "easy", "--synthetic_num_validation", "3",
+            "--synthetic_image_size", "64", "--synthetic_dir", str(tmp_path / "data"), "--json",
+            str(tmp_path / "results.json"), "--inclusive_threshold", "--empty_ground_truth", "miss",
+            "--integration", "official"]  # fmt: skip
+    try:
+        assert main(argv) == 0
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
+    assert (
+        "(validation, original, >= 0.5, empty ground truth: miss, official integration)"
+        in capsys.readouterr().out
+    )
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["num_phrases"] > 0 and results["num_skipped_empty_ground_truth"] == 0

@@ -13,7 +13,8 @@ from pathlib import Path
 
 from ..argument_types import positive_int, seed
 from ..data.synthetic.levels import LEVELS
-from ..metrics import PROTOCOLS
+from ..metrics import INTEGRATIONS, PROTOCOLS
+from ..training.evaluation import EMPTY_GROUND_TRUTH_CHOICES
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -34,6 +35,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         choices=PROTOCOLS,
         default="original",
         help="the Average Recall protocol: where masks are compared (docs/metric.md; default: %(default)s)",
+    )
+    parser.add_argument(
+        "--inclusive_threshold",
+        action="store_true",
+        help="a probability of exactly 0.5 is in the mask (>=, as EPNG's val.py); default: > 0.5",
+    )
+    parser.add_argument(
+        "--empty_ground_truth",
+        choices=EMPTY_GROUND_TRUTH_CHOICES,
+        default="skip",
+        help="a phrase whose ground truth the protocol's resize empties: left out and counted, or scored as a "
+        "miss as the published code does (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--integration",
+        choices=INTEGRATIONS,
+        default="exact",
+        help="area under the recall curve: exact (the mean IoU) or the published 1e-5 Riemann sum "
+        "(default: %(default)s)",
     )
     parser.add_argument("--batch_size", type=positive_int, default=16)
     parser.add_argument("--max_samples", type=positive_int, default=None)
@@ -85,13 +105,22 @@ def run_evaluate(args: argparse.Namespace) -> int:
         generator=torch.Generator(),
     )
     model, dataloader = accelerator.prepare(model, dataloader)
-    metrics = evaluate_average_recall(model, dataloader, accelerator, processor, protocol=args.protocol)
+    metrics = evaluate_average_recall(
+        model,
+        dataloader,
+        accelerator,
+        processor,
+        protocol=args.protocol,
+        inclusive_threshold=args.inclusive_threshold,
+        empty_ground_truth=args.empty_ground_truth,
+        integration=args.integration,
+    )
     if accelerator.is_main_process:
-        print(
-            format_average_recall_table(
-                metrics, title=f"{args.model} on {name} ({args.split}, {args.protocol})"
-            )
+        scoring = ", ".join(
+            [args.protocol, ">= 0.5" if args.inclusive_threshold else "> 0.5"]
+            + [f"empty ground truth: {args.empty_ground_truth}", f"{args.integration} integration"]
         )
+        print(format_average_recall_table(metrics, title=f"{args.model} on {name} ({args.split}, {scoring})"))
         if args.json_path:
             Path(args.json_path).write_text(json.dumps(scalar_metrics(metrics, prefix=""), indent=2))
     return 0

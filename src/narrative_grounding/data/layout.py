@@ -9,7 +9,8 @@
 ```
 The panoptic PNGs may be in either folder: the PNG (and NICE, XPNG) READMEs put them in
 ``panoptic_segmentation/<split>/``, COCO's ``panoptic_annotations_trainval2017.zip`` unpacks them to
-``panoptic_<split>/``. The first that exists is used.
+``panoptic_<split>/``. Each PNG is looked for in both, the PNG README's first, so that an empty or partly
+filled folder of one layout beside the full other (a move between layouts left half done) loses nothing.
 """
 
 from __future__ import annotations
@@ -93,7 +94,20 @@ class SplitPaths:
         return self.images_dir / file_name
 
     def panoptic_png_path(self, file_name: str) -> Path:
+        """The panoptic PNG ``file_name``: in the PNG README's folder, else in COCO's; where it would go in
+        :attr:`panoptic_dir` when it is in neither (the path to write it to, or to name as missing)."""
+        for folder in self.panoptic_dirs:
+            path = folder / file_name
+            if path.is_file():
+                return path
         return self.panoptic_dir / file_name
+
+    def missing_panoptic_png(self, file_name: str) -> str:
+        """Why the panoptic PNG ``file_name`` is missing, naming every existing layout folder it was looked for in."""
+        looked = [folder / file_name for folder in self.panoptic_dirs if folder.is_dir()]
+        if len(looked) == 2:
+            return f"neither {looked[0]} nor {looked[1]} exists"
+        return f"{looked[0] if looked else self.panoptic_png_path(file_name)} does not exist"
 
     def annotation_files(self) -> tuple[Path, Path]:
         return self.panoptic_json, self.narratives_json

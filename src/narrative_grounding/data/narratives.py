@@ -259,9 +259,7 @@ def _read_record(
             if not paths.image_path(image_file).is_file():
                 raise RecordError("missing_image_file", f"{paths.image_path(image_file)} does not exist")
             if not paths.panoptic_png_path(panoptic_file).is_file():
-                raise RecordError(
-                    "missing_panoptic_png", f"{paths.panoptic_png_path(panoptic_file)} does not exist"
-                )
+                raise RecordError("missing_panoptic_png", paths.missing_panoptic_png(panoptic_file))
         if grounded == 0:
             # The official loaders skip narratives that ground nothing; counted, not a data error.
             counts.narratives_without_phrases += 1

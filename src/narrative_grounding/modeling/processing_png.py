@@ -500,6 +500,7 @@ class PngProcessor(ProcessorMixin):
         inputs: PngBatchFeature | None = None,
         return_rle: bool = False,
         chunk_size: int = 8,
+        inclusive_threshold: bool = False,
     ) -> list[dict[str, Any]]:
         r"""Mask logits -> one binary mask per phrase at each image's original size.
 
@@ -511,6 +512,8 @@ class PngProcessor(ProcessorMixin):
             outputs: the model output (`pred_masks` B x P x H/4 x W/4 logits) or that tensor.
             target_sizes: (height, width) per image; defaults to the original sizes in `inputs.metadata`.
             threshold: probability above which a pixel is in a phrase's mask (EPNG: 0.5).
+            inclusive_threshold: a probability equal to `threshold` is in the mask too (`>=`, as EPNG's
+                `val.py` binarises; the default `>` is the PPMN family's).
             inputs: the processor's output for this batch: its metadata undoes the padding / aspect-ratio
                 resize exactly and gives the phrase texts and spans. Without it the masks are assumed to fill
                 `pixel_values`, every phrase slot is returned, and `phrases` / `spans` hold None.
@@ -525,6 +528,8 @@ class PngProcessor(ProcessorMixin):
             - `phrases`: the P phrase texts, `spans`: their (start, end) character offsets in the narrative.
         """
         check_post_processing_options(threshold=threshold, chunk_size=chunk_size, return_rle=return_rle)
+        if not isinstance(inclusive_threshold, bool):
+            raise TypeError(f"inclusive_threshold must be True or False, got {inclusive_threshold!r}")
         logits = outputs if isinstance(outputs, torch.Tensor) else getattr(outputs, "pred_masks", None)
         if not isinstance(logits, torch.Tensor) or logits.dim() != 4:
             raise ValueError(
@@ -587,7 +592,7 @@ class PngProcessor(ProcessorMixin):
                     chunk = chunk[..., : content[0], : content[1]]
                 chunk = F.interpolate(chunk, size=target, mode="bilinear", align_corners=False)[0]
                 probs = chunk if upsample_probabilities else chunk.sigmoid()  # bilinear keeps [0, 1]
-                binary = probs > threshold  # p x H x W
+                binary = probs >= threshold if inclusive_threshold else probs > threshold  # p x H x W
                 area = binary.flatten(1).sum(-1)
                 inside = (probs * binary).flatten(1).sum(-1) / area.clamp(min=1)
                 chunk_scores = torch.where(area > 0, inside, probs.flatten(1).amax(-1))

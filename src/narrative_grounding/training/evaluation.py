@@ -23,6 +23,7 @@ from ..metrics import (
     AVERAGE_RECALL_KEYS,
     AVERAGE_RECALL_SPLITS,
     BINARY_PROTOCOLS,
+    INTEGRATIONS,
     PROTOCOLS,
     AverageRecall,
     evaluation_size,
@@ -35,6 +36,9 @@ PREDICTION_STRIDE = 4
 #: Columns of the per-phrase count table gathered across processes.
 COUNT_COLUMNS = ("intersections", "unions", "reference_areas", "is_thing", "num_segments", "expression_kind")
 PAD = -1  # marks padded phrases (a count is never negative)
+#: What a model evaluation does with a ground truth left empty by the protocol's resize ("raise", the metric's
+#: third choice, would stop a whole evaluation for one sliver of a segment).
+EMPTY_GROUND_TRUTH_CHOICES = ("skip", "miss")
 
 #: (label, result key, phrase-count key) of each row of the Average Recall table.
 AR_TABLE_ROWS = tuple(
@@ -48,9 +52,11 @@ def batch_phrase_counts(
     processor: Any,
     protocol: str = "original",
     threshold: float = 0.5,
+    inclusive_threshold: bool = False,
 ) -> torch.Tensor:
     """Per-phrase counts of one batch as a `B x P x 6` tensor (columns `COUNT_COLUMNS`, -1 = padding): int64
-    pixel counts, float64 soft counts under "soft256".
+    pixel counts, float64 soft counts under "soft256". A probability equal to `threshold` is in a mask only
+    with `inclusive_threshold` (EPNG's `>=`).
 
     batch: a `PngCollator(with_references=True)` batch; pred_masks: B x P' x h x w logits. Per protocol (see
     `narrative_grounding.metrics.resize_for_protocol`):
@@ -83,6 +89,7 @@ def batch_phrase_counts(
                     metadata=[batch["metadata"][index]],
                 ),
                 threshold=threshold,
+                inclusive_threshold=inclusive_threshold,
             )[0]["masks"]
             prediction_type = "probabilities"  # binary masks at the evaluation size are used as they are
         else:
@@ -100,6 +107,7 @@ def batch_phrase_counts(
             protocol,
             prediction_type=prediction_type,
             threshold=threshold,
+            inclusive_threshold=inclusive_threshold,
         )
         for column, name in enumerate(COUNT_COLUMNS[:3]):
             table[index, :count, column] = torch.from_numpy(counts[name]).to(dtype)
@@ -148,8 +156,13 @@ def _image_part(batch: Mapping[str, Any], index: int, logits_size: tuple[int, in
     )
 
 
-def average_recall_from_table(table: torch.Tensor | np.ndarray) -> dict[str, Any]:
+def average_recall_from_table(
+    table: torch.Tensor | np.ndarray, *, empty_ground_truth: str = "skip", integration: str = "exact"
+) -> dict[str, Any]:
     """AverageRecall over the real rows of a gathered `N x P x 6` (or `M x 6`) count table.
+
+    `empty_ground_truth` ("skip" or "miss") and `integration` ("exact" or "official") are passed to
+    `AverageRecall.compute`: "miss" and "official" score as the published evaluation code does.
 
     Where the phrases record their expression kind (the synthetic data), the results also hold the AR of
     each kind present, as `average_recall_expression_<kind>` with its phrase count in
@@ -159,11 +172,15 @@ def average_recall_from_table(table: torch.Tensor | np.ndarray) -> dict[str, Any
         -1, len(COUNT_COLUMNS)
     )
     rows = rows[rows[:, 1] != PAD]
-    results = _average_recall(rows)
+    check_scoring_options(empty_ground_truth, integration)
+    options = {"empty_ground_truth": empty_ground_truth, "integration": integration}
+    results = _average_recall(rows, **options)
     for index, kind in enumerate(EXPRESSION_KINDS):
         of_kind = rows[rows[:, 5] == index]
         if len(of_kind):
-            results[f"average_recall_expression_{kind}"] = _average_recall(of_kind)["average_recall"]
+            results[f"average_recall_expression_{kind}"] = _average_recall(of_kind, **options)[
+                "average_recall"
+            ]
             results[f"num_phrases_expression_{kind}"] = len(of_kind)
     return results
 
@@ -177,7 +194,17 @@ def expression_kind_results(metrics: Mapping[str, Any]) -> list[tuple[str, float
     ]
 
 
-def _average_recall(rows: np.ndarray) -> dict[str, Any]:
+def check_scoring_options(empty_ground_truth: str, integration: str) -> None:
+    """Raise for an unknown choice before a whole evaluation is run for nothing."""
+    if empty_ground_truth not in EMPTY_GROUND_TRUTH_CHOICES:
+        raise ValueError(
+            f"empty_ground_truth must be one of {EMPTY_GROUND_TRUTH_CHOICES}, got {empty_ground_truth!r}"
+        )
+    if integration not in INTEGRATIONS:
+        raise ValueError(f"integration must be one of {INTEGRATIONS}, got {integration!r}")
+
+
+def _average_recall(rows: np.ndarray, *, empty_ground_truth: str, integration: str) -> dict[str, Any]:
     metric = AverageRecall()
     metric.add_batch(
         intersections=rows[:, 0].tolist(),
@@ -186,8 +213,9 @@ def _average_recall(rows: np.ndarray) -> dict[str, Any]:
         is_thing=rows[:, 3].astype(bool).tolist(),
         num_segments=rows[:, 4].tolist(),
     )
-    # A ground truth can vanish when resized (a sliver of a segment); count it instead of failing an epoch.
-    return metric.compute(empty_ground_truth="skip")
+    # A ground truth can vanish when resized (a sliver of a segment): skipped and counted, or a miss as in the
+    # published code, never an error that fails an epoch.
+    return metric.compute(empty_ground_truth=empty_ground_truth, integration=integration)
 
 
 @torch.no_grad()
@@ -199,14 +227,22 @@ def evaluate_average_recall(
     *,
     protocol: str = "original",
     threshold: float = 0.5,
+    inclusive_threshold: bool = False,
+    empty_ground_truth: str = "skip",
+    integration: str = "exact",
     progress: bool = True,
     description: str = "Evaluating",
 ) -> dict[str, Any]:
     """Evaluates `model` on every batch of `dataloader` (prepared by `accelerator`, collated by
     `PngCollator(processor, with_references=True)`) and returns the
-    AverageRecall results (plus `eval_loss`, the mean of the batch losses) on every process."""
+    AverageRecall results (plus `eval_loss`, the mean of the batch losses) on every process.
+
+    `inclusive_threshold`, `empty_ground_truth` ("skip" / "miss") and `integration` ("exact" / "official")
+    are the metric's options of the same names (docs/metric.md: which published evaluation each reproduces).
+    """
     from accelerate.utils import broadcast_object_list
 
+    check_scoring_options(empty_ground_truth, integration)
     was_training = model.training
     model.eval()
     tables, losses = [], []
@@ -221,9 +257,9 @@ def evaluate_average_recall(
         if outputs.loss is not None:
             # plain gather: one loss per process, not per sample (gather_for_metrics would trim it)
             losses.append(accelerator.gather(outputs.loss.detach().float().reshape(1)).cpu())
-        table = batch_phrase_counts(batch, outputs.pred_masks, processor, protocol, threshold).to(
-            accelerator.device
-        )
+        table = batch_phrase_counts(
+            batch, outputs.pred_masks, processor, protocol, threshold, inclusive_threshold
+        ).to(accelerator.device)
         table = accelerator.pad_across_processes(table, dim=1, pad_index=PAD)  # same P on every process
         tables.append(accelerator.gather_for_metrics(table).cpu())
     if was_training:
@@ -236,7 +272,9 @@ def evaluate_average_recall(
         padded = [
             torch.nn.functional.pad(table, (0, 0, 0, width - table.shape[1]), value=PAD) for table in tables
         ]
-        metrics = average_recall_from_table(torch.cat(padded))
+        metrics = average_recall_from_table(
+            torch.cat(padded), empty_ground_truth=empty_ground_truth, integration=integration
+        )
         if losses:
             metrics["eval_loss"] = float(torch.cat(losses).mean())
         results[0] = metrics
