@@ -328,6 +328,23 @@ def test_pickle_reader_refuses_code(tmp_path):
         read_detectron2_checkpoint(path)
 
 
+@pytest.mark.parametrize("protocol", range(pickle.HIGHEST_PROTOCOL + 1))
+def test_pickle_reader_reads_every_protocol(reference, tmp_path, protocol):
+    """Model zoo files come from many writers: Python 3 at protocol 0-2 stores array bytes through
+    `_codecs.encode`, protocol 5 rebuilds arrays with numpy's `_frombuffer`, numpy 1 names `numpy.core`."""
+    model_dict = detectron2_model_dict(reference)
+    data = pickle.dumps({"model": model_dict, "__author__": "test"}, protocol=protocol)
+    if protocol <= 2:  # text GLOBAL opcodes: spell the module as numpy 1 wrote it
+        data = data.replace(b"numpy._core.", b"numpy.core.")
+    path = tmp_path / "model_final.pkl"
+    path.write_bytes(data)
+    tensors, extra = read_detectron2_checkpoint(path)
+    assert extra == {"__author__": "test"}
+    assert tensors.keys() == model_dict.keys()
+    for key, value in model_dict.items():
+        assert torch.equal(tensors[key], torch.from_numpy(value)), key
+
+
 def test_stride_in_1x1_needs_bottleneck_blocks():
     with pytest.raises(ValueError, match="bottleneck blocks.*layer1.0 is a BasicBlock"):
         PngForPanopticNarrativeGrounding(load_config("epng-tiny", backbone_stride_in_1x1=True))
