@@ -31,6 +31,7 @@ from narrative_grounding import (
 from narrative_grounding.cli import main as cli_main
 from narrative_grounding.conversion import (
     KeyMapError,
+    convert_drmn,
     convert_epng,
     convert_panoptic_fpn,
     convert_state_dict,
@@ -570,6 +571,21 @@ def test_epng_converter_defaults_to_the_released_variant():
     from narrative_grounding.conversion.converters import EPNG_VARIANT
 
     assert load_config(EPNG_VARIANT).epng_residual_norm == "double"
+
+
+@pytest.mark.parametrize(
+    ("source_format", "converter"),
+    [("panoptic-fpn", convert_panoptic_fpn), ("epng", convert_epng), ("drmn", convert_drmn)],
+)
+def test_cli_builds_the_variant_the_python_converter_builds(source_format, converter):
+    """Without --variant, `convert epng` must build the released variant (into which an authors' checkpoint
+    loads completely), as convert_epng does and docs/conversion.md says."""
+    import inspect
+
+    from narrative_grounding.cli import build_parser
+
+    args = build_parser().parse_args(["convert", source_format, "checkpoint", "out"])
+    assert args.variant == inspect.signature(converter).parameters["variant"].default
 
 
 def test_cli_convert_epng(epng_source, tmp_path, capsys):
