@@ -470,12 +470,14 @@ def torchvision_fpn_backbone() -> nn.Module:
     return backbone.eval()
 
 
-def epng_head_state_dict(config: PngConfig, seed: int = 2) -> dict[str, torch.Tensor]:
-    """The head tensors of EPNG's MainModule (TextVisualEncoder of DecoderLayers, text_linear) by name/shape."""
-    generator = torch.Generator().manual_seed(seed)
-    d, ffn, heads = config.d_model, config.ffn_dim, config.num_attention_heads
-    shapes = {"text_linear.weight": (d, config.text_config.hidden_size), "text_linear.bias": (d,)}
-    for layer in range(config.num_communicator_layers):
+def epng_head_shapes(
+    *, d_model: int, text_dim: int, ffn_dim: int, heads: int, layers: int
+) -> dict[str, tuple[int, ...]]:
+    """The head tensors of EPNG's MainModule (TextVisualEncoder of DecoderLayers, text_linear): names and
+    shapes as models/EPNG/{MainModule,TextVisualEncoder,decoder,attention,DSA_attention}.py build them."""
+    d = d_model
+    shapes = {"text_linear.weight": (d, text_dim), "text_linear.bias": (d,)}
+    for layer in range(layers):
         prefix = f"encoder.layers.{layer}"
         for block in ("self_att", "enc_att"):
             for projection in ("fc_q", "fc_k", "fc_v", "fc_o"):
@@ -485,8 +487,21 @@ def epng_head_state_dict(config: PngConfig, seed: int = 2) -> dict[str, torch.Te
         shapes[f"{prefix}.self_att.attention.W"] = (heads, 1, 1)
         for norm in ("lnorm1", "lnorm2", "pwff.layer_norm"):
             shapes[f"{prefix}.{norm}.weight"] = shapes[f"{prefix}.{norm}.bias"] = (d,)
-        shapes.update({f"{prefix}.pwff.fc1.weight": (ffn, d), f"{prefix}.pwff.fc1.bias": (ffn,)})
-        shapes.update({f"{prefix}.pwff.fc2.weight": (d, ffn), f"{prefix}.pwff.fc2.bias": (d,)})
+        shapes.update({f"{prefix}.pwff.fc1.weight": (ffn_dim, d), f"{prefix}.pwff.fc1.bias": (ffn_dim,)})
+        shapes.update({f"{prefix}.pwff.fc2.weight": (d, ffn_dim), f"{prefix}.pwff.fc2.bias": (d,)})
+    return shapes
+
+
+def epng_head_state_dict(config: PngConfig, seed: int = 2) -> dict[str, torch.Tensor]:
+    """EPNG's head tensors at the sizes of `config`, random values."""
+    generator = torch.Generator().manual_seed(seed)
+    shapes = epng_head_shapes(
+        d_model=config.d_model,
+        text_dim=config.text_config.hidden_size,
+        ffn_dim=config.ffn_dim,
+        heads=config.num_attention_heads,
+        layers=config.num_communicator_layers,
+    )
     return {key: torch.randn(shape, generator=generator) for key, shape in shapes.items()}
 
 
@@ -565,6 +580,39 @@ def test_epng_checkpoint_loads_completely_into_the_released_layer(epng_source, t
         assert torch.equal(layer.lpa_norm.bias, state[f"{prefix}.lnorm1.bias"])
         assert torch.equal(layer.cross_inner_norm.bias, state[f"{prefix}.enc_att.layer_norm.bias"])
         assert torch.equal(layer.cross_norm.weight, state[f"{prefix}.lnorm2.weight"])
+
+
+def test_full_size_epng_checkpoint_fills_the_released_variant_exactly():
+    """The authors' full-size MainModule (torchvision resnet_fpn_backbone("resnet101") with FPN 256; 3 decoder
+    layers of d 768, 8 heads of 96, FFN 2048; text_linear 768 x 768: MainModule.py 12-19, TextVisualEncoder.py
+    11) against the shipped released variant: every tensor placed, every shape equal (on the meta device)."""
+    from torchvision.models.detection.backbone_utils import BackboneWithFPN
+    from torchvision.models.resnet import Bottleneck as TorchvisionBottleneck
+    from torchvision.models.resnet import ResNet as TorchvisionResNet
+    from torchvision.ops.misc import FrozenBatchNorm2d
+
+    from narrative_grounding.conversion import EPNG_KEY_MAP
+    from narrative_grounding.conversion.converters import EPNG_VARIANT
+    from narrative_grounding.conversion.key_map import prefixed_state_dict
+
+    config = load_config(EPNG_VARIANT)
+    with torch.device("meta"):
+        resnet = TorchvisionResNet(TorchvisionBottleneck, [3, 4, 23, 3], norm_layer=FrozenBatchNorm2d)
+        backbone = BackboneWithFPN(
+            resnet,
+            return_layers={"layer1": "0", "layer2": "1", "layer3": "2", "layer4": "3"},
+            in_channels_list=[256, 512, 1024, 2048],
+            out_channels=256,
+        )
+        model = PngForPanopticNarrativeGrounding(config)
+        source = {f"vs_backbone.{k}": v for k, v in backbone.state_dict().items()}
+        head = epng_head_shapes(d_model=768, text_dim=768, ffn_dim=2048, heads=8, layers=3)
+        source.update({key: torch.empty(shape) for key, shape in head.items()})
+    target = prefixed_state_dict(model.visual_encoder, "visual_encoder.")
+    target.update(prefixed_state_dict(model.head, "head."))
+    result = convert_state_dict(source, EPNG_KEY_MAP, target, config=config)  # raises on any mismatch
+    assert not result.unrepresented and not result.dropped
+    assert set(result.state_dict) == set(target) and len(result.mapped) == len(source)
 
 
 def test_epng_converter_defaults_to_the_released_variant():
