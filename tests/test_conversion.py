@@ -389,6 +389,42 @@ def test_cli_convert_and_push_to_hub(detectron2_pickle, tmp_path, local_hub, cap
     assert "not a readable detectron2 checkpoint" in capsys.readouterr().err
 
 
+def test_cli_convert_with_a_text_model_and_the_papers_layer_averaging(detectron2_pickle, tmp_path, capsys):
+    """`convert panoptic-fpn --text_model BERT --config_overrides '{"text_layers_to_average": ...}'` (the
+    recipe of docs/reproduce.md, with a small local BERT for bert-base-uncased): both encoders pretrained, the
+    averaging and freezing of the overrides in the saved config and in the computation."""
+    from transformers import AutoTokenizer, BertModel
+
+    torch.manual_seed(11)
+    bert_dir = tmp_path / "bert"
+    bert = BertModel(load_config("epng-tiny").text_config, add_pooling_layer=False).eval()
+    bert.save_pretrained(bert_dir)
+    AutoTokenizer.from_pretrained(load_variant("epng-tiny").tokenizer).save_pretrained(bert_dir)
+    output = tmp_path / "converted"
+    overrides = {**TINY_D2_OVERRIDES, "text_layers_to_average": 2, "freeze_text_encoder": True}
+    argv = ["convert", "panoptic-fpn", str(detectron2_pickle), str(output), "--variant", "epng-tiny"]
+    argv += ["--text_model", str(bert_dir), "--config_overrides", json.dumps(overrides)]
+    assert cli_main(argv) == 0
+    assert "randomly initialised" not in capsys.readouterr().err
+
+    model = PngForPanopticNarrativeGrounding.from_pretrained(output).eval()
+    assert (model.config.text_layers_to_average, model.config.freeze_text_encoder) == (2, True)
+    assert not any(p.requires_grad for p in model.text_encoder.parameters())
+    for name, tensor in bert.state_dict().items():
+        assert torch.equal(model.text_encoder.bert.state_dict()[name], tensor), name
+    tensors, _ = read_detectron2_checkpoint(detectron2_pickle)
+    assert torch.equal(
+        model.visual_encoder.backbone._backbone.layer3[1].conv2.weight,
+        tensors["backbone.bottom_up.res4.1.conv2.weight"],
+    )
+    processor = PngProcessor.from_pretrained(output)
+    inputs = processor.tokenizer(["a black bear on this tree"], return_tensors="pt")
+    with torch.no_grad():
+        hidden = bert(**inputs, output_hidden_states=True).hidden_states  # embeddings + 2 layers
+        expected = torch.stack(hidden[-2:]).mean(dim=0)  # the mean of the last 2
+        torch.testing.assert_close(model.text_encoder(**inputs), expected)
+
+
 def test_image_processor_channel_order():
     image = np.zeros((32, 32, 3), dtype=np.uint8)
     image[..., 0], image[..., 2] = 200, 10  # red
