@@ -31,6 +31,7 @@ from narrative_grounding import (
 from narrative_grounding.cli import main as cli_main
 from narrative_grounding.conversion import (
     KeyMapError,
+    convert_drmn,
     convert_epng,
     convert_panoptic_fpn,
     convert_state_dict,
@@ -328,6 +329,23 @@ def test_pickle_reader_refuses_code(tmp_path):
         read_detectron2_checkpoint(path)
 
 
+@pytest.mark.parametrize("protocol", range(pickle.HIGHEST_PROTOCOL + 1))
+def test_pickle_reader_reads_every_protocol(reference, tmp_path, protocol):
+    """Model zoo files come from many writers: Python 3 at protocol 0-2 stores array bytes through
+    `_codecs.encode`, protocol 5 rebuilds arrays with numpy's `_frombuffer`, numpy 1 names `numpy.core`."""
+    model_dict = detectron2_model_dict(reference)
+    data = pickle.dumps({"model": model_dict, "__author__": "test"}, protocol=protocol)
+    if protocol <= 2:  # text GLOBAL opcodes: spell the module as numpy 1 wrote it
+        data = data.replace(b"numpy._core.", b"numpy.core.")
+    path = tmp_path / "model_final.pkl"
+    path.write_bytes(data)
+    tensors, extra = read_detectron2_checkpoint(path)
+    assert extra == {"__author__": "test"}
+    assert tensors.keys() == model_dict.keys()
+    for key, value in model_dict.items():
+        assert torch.equal(tensors[key], torch.from_numpy(value)), key
+
+
 def test_stride_in_1x1_needs_bottleneck_blocks():
     with pytest.raises(ValueError, match="bottleneck blocks.*layer1.0 is a BasicBlock"):
         PngForPanopticNarrativeGrounding(load_config("epng-tiny", backbone_stride_in_1x1=True))
@@ -369,6 +387,42 @@ def test_cli_convert_and_push_to_hub(detectron2_pickle, tmp_path, local_hub, cap
     bad.write_bytes(b"not a pickle")
     assert cli_main(["convert", "panoptic-fpn", str(bad), str(tmp_path / "x"), "--variant", "epng-tiny"]) == 1
     assert "not a readable detectron2 checkpoint" in capsys.readouterr().err
+
+
+def test_cli_convert_with_a_text_model_and_the_papers_layer_averaging(detectron2_pickle, tmp_path, capsys):
+    """`convert panoptic-fpn --text_model BERT --config_overrides '{"text_layers_to_average": ...}'` (the
+    recipe of docs/reproduce.md, with a small local BERT for bert-base-uncased): both encoders pretrained, the
+    averaging and freezing of the overrides in the saved config and in the computation."""
+    from transformers import AutoTokenizer, BertModel
+
+    torch.manual_seed(11)
+    bert_dir = tmp_path / "bert"
+    bert = BertModel(load_config("epng-tiny").text_config, add_pooling_layer=False).eval()
+    bert.save_pretrained(bert_dir)
+    AutoTokenizer.from_pretrained(load_variant("epng-tiny").tokenizer).save_pretrained(bert_dir)
+    output = tmp_path / "converted"
+    overrides = {**TINY_D2_OVERRIDES, "text_layers_to_average": 2, "freeze_text_encoder": True}
+    argv = ["convert", "panoptic-fpn", str(detectron2_pickle), str(output), "--variant", "epng-tiny"]
+    argv += ["--text_model", str(bert_dir), "--config_overrides", json.dumps(overrides)]
+    assert cli_main(argv) == 0
+    assert "randomly initialised" not in capsys.readouterr().err
+
+    model = PngForPanopticNarrativeGrounding.from_pretrained(output).eval()
+    assert (model.config.text_layers_to_average, model.config.freeze_text_encoder) == (2, True)
+    assert not any(p.requires_grad for p in model.text_encoder.parameters())
+    for name, tensor in bert.state_dict().items():
+        assert torch.equal(model.text_encoder.bert.state_dict()[name], tensor), name
+    tensors, _ = read_detectron2_checkpoint(detectron2_pickle)
+    assert torch.equal(
+        model.visual_encoder.backbone._backbone.layer3[1].conv2.weight,
+        tensors["backbone.bottom_up.res4.1.conv2.weight"],
+    )
+    processor = PngProcessor.from_pretrained(output)
+    inputs = processor.tokenizer(["a black bear on this tree"], return_tensors="pt")
+    with torch.no_grad():
+        hidden = bert(**inputs, output_hidden_states=True).hidden_states  # embeddings + 2 layers
+        expected = torch.stack(hidden[-2:]).mean(dim=0)  # the mean of the last 2
+        torch.testing.assert_close(model.text_encoder(**inputs), expected)
 
 
 def test_image_processor_channel_order():
@@ -452,12 +506,14 @@ def torchvision_fpn_backbone() -> nn.Module:
     return backbone.eval()
 
 
-def epng_head_state_dict(config: PngConfig, seed: int = 2) -> dict[str, torch.Tensor]:
-    """The head tensors of EPNG's MainModule (TextVisualEncoder of DecoderLayers, text_linear) by name/shape."""
-    generator = torch.Generator().manual_seed(seed)
-    d, ffn, heads = config.d_model, config.ffn_dim, config.num_attention_heads
-    shapes = {"text_linear.weight": (d, config.text_config.hidden_size), "text_linear.bias": (d,)}
-    for layer in range(config.num_communicator_layers):
+def epng_head_shapes(
+    *, d_model: int, text_dim: int, ffn_dim: int, heads: int, layers: int
+) -> dict[str, tuple[int, ...]]:
+    """The head tensors of EPNG's MainModule (TextVisualEncoder of DecoderLayers, text_linear): names and
+    shapes as models/EPNG/{MainModule,TextVisualEncoder,decoder,attention,DSA_attention}.py build them."""
+    d = d_model
+    shapes = {"text_linear.weight": (d, text_dim), "text_linear.bias": (d,)}
+    for layer in range(layers):
         prefix = f"encoder.layers.{layer}"
         for block in ("self_att", "enc_att"):
             for projection in ("fc_q", "fc_k", "fc_v", "fc_o"):
@@ -467,8 +523,21 @@ def epng_head_state_dict(config: PngConfig, seed: int = 2) -> dict[str, torch.Te
         shapes[f"{prefix}.self_att.attention.W"] = (heads, 1, 1)
         for norm in ("lnorm1", "lnorm2", "pwff.layer_norm"):
             shapes[f"{prefix}.{norm}.weight"] = shapes[f"{prefix}.{norm}.bias"] = (d,)
-        shapes.update({f"{prefix}.pwff.fc1.weight": (ffn, d), f"{prefix}.pwff.fc1.bias": (ffn,)})
-        shapes.update({f"{prefix}.pwff.fc2.weight": (d, ffn), f"{prefix}.pwff.fc2.bias": (d,)})
+        shapes.update({f"{prefix}.pwff.fc1.weight": (ffn_dim, d), f"{prefix}.pwff.fc1.bias": (ffn_dim,)})
+        shapes.update({f"{prefix}.pwff.fc2.weight": (d, ffn_dim), f"{prefix}.pwff.fc2.bias": (d,)})
+    return shapes
+
+
+def epng_head_state_dict(config: PngConfig, seed: int = 2) -> dict[str, torch.Tensor]:
+    """EPNG's head tensors at the sizes of `config`, random values."""
+    generator = torch.Generator().manual_seed(seed)
+    shapes = epng_head_shapes(
+        d_model=config.d_model,
+        text_dim=config.text_config.hidden_size,
+        ffn_dim=config.ffn_dim,
+        heads=config.num_attention_heads,
+        layers=config.num_communicator_layers,
+    )
     return {key: torch.randn(shape, generator=generator) for key, shape in shapes.items()}
 
 
@@ -549,10 +618,58 @@ def test_epng_checkpoint_loads_completely_into_the_released_layer(epng_source, t
         assert torch.equal(layer.cross_norm.weight, state[f"{prefix}.lnorm2.weight"])
 
 
+def test_full_size_epng_checkpoint_fills_the_released_variant_exactly():
+    """The authors' full-size MainModule (torchvision resnet_fpn_backbone("resnet101") with FPN 256; 3 decoder
+    layers of d 768, 8 heads of 96, FFN 2048; text_linear 768 x 768: MainModule.py 12-19, TextVisualEncoder.py
+    11) against the shipped released variant: every tensor placed, every shape equal (on the meta device)."""
+    from torchvision.models.detection.backbone_utils import BackboneWithFPN
+    from torchvision.models.resnet import Bottleneck as TorchvisionBottleneck
+    from torchvision.models.resnet import ResNet as TorchvisionResNet
+    from torchvision.ops.misc import FrozenBatchNorm2d
+
+    from narrative_grounding.conversion import EPNG_KEY_MAP
+    from narrative_grounding.conversion.converters import EPNG_VARIANT
+    from narrative_grounding.conversion.key_map import prefixed_state_dict
+
+    config = load_config(EPNG_VARIANT)
+    with torch.device("meta"):
+        resnet = TorchvisionResNet(TorchvisionBottleneck, [3, 4, 23, 3], norm_layer=FrozenBatchNorm2d)
+        backbone = BackboneWithFPN(
+            resnet,
+            return_layers={"layer1": "0", "layer2": "1", "layer3": "2", "layer4": "3"},
+            in_channels_list=[256, 512, 1024, 2048],
+            out_channels=256,
+        )
+        model = PngForPanopticNarrativeGrounding(config)
+        source = {f"vs_backbone.{k}": v for k, v in backbone.state_dict().items()}
+        head = epng_head_shapes(d_model=768, text_dim=768, ffn_dim=2048, heads=8, layers=3)
+        source.update({key: torch.empty(shape) for key, shape in head.items()})
+    target = prefixed_state_dict(model.visual_encoder, "visual_encoder.")
+    target.update(prefixed_state_dict(model.head, "head."))
+    result = convert_state_dict(source, EPNG_KEY_MAP, target, config=config)  # raises on any mismatch
+    assert not result.unrepresented and not result.dropped
+    assert set(result.state_dict) == set(target) and len(result.mapped) == len(source)
+
+
 def test_epng_converter_defaults_to_the_released_variant():
     from narrative_grounding.conversion.converters import EPNG_VARIANT
 
     assert load_config(EPNG_VARIANT).epng_residual_norm == "double"
+
+
+@pytest.mark.parametrize(
+    ("source_format", "converter"),
+    [("panoptic-fpn", convert_panoptic_fpn), ("epng", convert_epng), ("drmn", convert_drmn)],
+)
+def test_cli_builds_the_variant_the_python_converter_builds(source_format, converter):
+    """Without --variant, `convert epng` must build the released variant (into which an authors' checkpoint
+    loads completely), as convert_epng does and docs/conversion.md says."""
+    import inspect
+
+    from narrative_grounding.cli import build_parser
+
+    args = build_parser().parse_args(["convert", source_format, "checkpoint", "out"])
+    assert args.variant == inspect.signature(converter).parameters["variant"].default
 
 
 def test_cli_convert_epng(epng_source, tmp_path, capsys):

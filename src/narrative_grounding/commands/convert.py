@@ -9,6 +9,9 @@ import sys
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``convert`` sub-command (with one sub-command per source format)."""
+    # The converter functions' defaults, so that the CLI and Python build the same variant.
+    from ..conversion.converters import DRMN_VARIANT, EPNG_VARIANT, PANOPTIC_FPN_VARIANT
+
     convert = subparsers.add_parser(
         "convert",
         help="convert detectron2's Panoptic FPN, an EPNG or a DRMN reference checkpoint into a from_pretrained "
@@ -28,7 +31,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     panoptic.add_argument("checkpoint", help="detectron2 .pkl file, e.g. model_final_cafdb1.pkl")
     panoptic.add_argument("output_dir")
     panoptic.add_argument(
-        "--variant", default="epng-r101-panoptic-fpn-bert-base", help="model variant to build"
+        "--variant", default=PANOPTIC_FPN_VARIANT, help="model variant to build (default: %(default)s)"
     )
     _common_arguments(panoptic)
     panoptic.set_defaults(func=_convert)
@@ -41,7 +44,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     epng.add_argument("checkpoint", help="EPNG checkpoint (.pth) saved by the authors' train_net.py")
     epng.add_argument("output_dir")
-    epng.add_argument("--variant", default="epng-r101-bert-base", help="model variant to build")
+    epng.add_argument("--variant", default=EPNG_VARIANT, help="model variant to build (default: %(default)s)")
     _allow_unrepresented_argument(epng, "the released code's extra LayerNorms")
     _common_arguments(epng)
     epng.set_defaults(func=_convert)
@@ -56,7 +59,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "checkpoint", help="the reference's training checkpoint (model_state, fpn_model_state, ...)"
     )
     drmn.add_argument("output_dir")
-    drmn.add_argument("--variant", default="drmn-r101-bert-base-reference", help="model variant to build")
+    drmn.add_argument("--variant", default=DRMN_VARIANT, help="model variant to build (default: %(default)s)")
     _allow_unrepresented_argument(drmn, "the LXMERT text encoder, the detector's fpn_wrapper")
     _common_arguments(drmn)
     drmn.set_defaults(func=_convert)

@@ -87,13 +87,19 @@ PANOPTIC_FPN_KEY_MAP: tuple[KeyRule, ...] = (
 
 
 # ---------------------------------------------------------------------------------------------- reading
-# The only globals a detectron2 model zoo pickle needs: numpy arrays (and their dtypes) in dicts. numpy 2
-# writes `numpy._core`, numpy 1 `numpy.core`.
-_ALLOWED_GLOBALS = {
-    (module, name)
-    for module in ("numpy.core.multiarray", "numpy._core.multiarray")
-    for name in ("_reconstruct", "scalar")
-} | {("numpy", "ndarray"), ("numpy", "dtype"), ("collections", "OrderedDict")}
+# The only globals a detectron2 model zoo pickle needs: numpy arrays (and their dtypes) in dicts, whatever the
+# pickle protocol. numpy 2 writes `numpy._core`, numpy 1 `numpy.core`; protocol 5 rebuilds arrays with
+# `numeric._frombuffer`; Python 3 writing protocol 0-2 stores an array's bytes as `_codecs.encode(text,
+# "latin1")`. Each of these only builds bytes or arrays from data.
+_ALLOWED_GLOBALS = (
+    {
+        (f"{package}.multiarray", name)
+        for package in ("numpy.core", "numpy._core")
+        for name in ("_reconstruct", "scalar")
+    }
+    | {(f"{package}.numeric", "_frombuffer") for package in ("numpy.core", "numpy._core")}
+    | {("numpy", "ndarray"), ("numpy", "dtype"), ("collections", "OrderedDict"), ("_codecs", "encode")}
+)
 
 
 class _ArrayOnlyUnpickler(pickle.Unpickler):
