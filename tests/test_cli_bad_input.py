@@ -146,6 +146,19 @@ def test_bad_json_line_is_one_line_naming_the_line(capsys, tmp_path, image_file)
     assert f"{records}:2: not valid JSON" in _one_line_error(capsys, argv, "predict")
 
 
+@pytest.mark.parametrize("content", ["", "\n  \n"])
+def test_records_file_without_records_is_one_line(capsys, tmp_path, content):
+    # it wrote "0 prediction(s)" and exited 0, where an image folder without images is an error
+    records = tmp_path / "records.jsonl"
+    records.write_text(content)
+    argv = ["predict", "--model", str(tmp_path), "--output", str(tmp_path / "out"), "--input", str(records)]
+    assert f"no records in {records}" in _one_line_error(capsys, argv, "predict")
+    assert not (tmp_path / "out").exists()
+    (tmp_path / "images").mkdir()
+    argv[-1] = str(tmp_path / "images")
+    assert "no image files in" in _one_line_error(capsys, argv, "predict")
+
+
 def test_evaluate_on_a_folder_without_config_json_is_one_line(capsys, tmp_path):
     (tmp_path / "model.safetensors").write_bytes(b"")
     argv = ["evaluate", str(tmp_path), "--synthetic", "easy", "--synthetic-dir", str(tmp_path / "data")]
