@@ -103,6 +103,8 @@ def test_hub_pusher_refuses_a_negative_wait():
         (["make-synthetic", "out", "--num_train", "-1"], "--num_train"),
         (["make-synthetic", "out", "--image_size", "0"], "--image_size"),
         (["validate", "data", "--max_issues", "-1"], "--max_issues"),
+        (["convert", "epng", "c.pth", "out", "--config_overrides", "{d_model: 1}"], "--config_overrides"),
+        (["convert", "drmn", "c.pth", "out", "--config_overrides", "[1]"], "--config_overrides"),
     ],
 )
 def test_command_flags_are_range_checked_at_parse_time(capsys, argv, flag):
@@ -144,6 +146,19 @@ def test_bad_json_line_is_one_line_naming_the_line(capsys, tmp_path, image_file)
     assert f"{records}:2: not valid JSON" in _one_line_error(capsys, argv, "predict")
 
 
+@pytest.mark.parametrize("content", ["", "\n  \n"])
+def test_records_file_without_records_is_one_line(capsys, tmp_path, content):
+    # it wrote "0 prediction(s)" and exited 0, where an image folder without images is an error
+    records = tmp_path / "records.jsonl"
+    records.write_text(content)
+    argv = ["predict", "--model", str(tmp_path), "--output", str(tmp_path / "out"), "--input", str(records)]
+    assert f"no records in {records}" in _one_line_error(capsys, argv, "predict")
+    assert not (tmp_path / "out").exists()
+    (tmp_path / "images").mkdir()
+    argv[-1] = str(tmp_path / "images")
+    assert "no image files in" in _one_line_error(capsys, argv, "predict")
+
+
 def test_evaluate_on_a_folder_without_config_json_is_one_line(capsys, tmp_path):
     (tmp_path / "model.safetensors").write_bytes(b"")
     argv = ["evaluate", str(tmp_path), "--synthetic", "easy", "--synthetic-dir", str(tmp_path / "data")]
@@ -151,6 +166,24 @@ def test_evaluate_on_a_folder_without_config_json_is_one_line(capsys, tmp_path):
     from accelerate.state import AcceleratorState
 
     AcceleratorState._reset_state(reset_partial_state=True)  # the command set up accelerate before failing
+
+
+def test_evaluate_on_a_path_that_does_not_exist_names_it(capsys, tmp_path):
+    # not a folder and not a valid repo id: reached the Hub client as a malformed repo id before
+    missing = tmp_path / "runs" / "nowhere"
+    argv = ["evaluate", str(missing), "--synthetic", "easy", "--synthetic_dir", str(tmp_path / "data")]
+    error = _one_line_error(capsys, argv, "evaluate")
+    assert f"model '{missing}' is neither a local folder, nor a Hub repo id" in error
+    assert not (tmp_path / "data").exists()
+
+
+def test_demo_refuses_an_unknown_model_before_generating_data(capsys, tmp_path):
+    data, output = tmp_path / "data", tmp_path / "out"
+    argv = ["demo", "--model", "epng-tinyy", "--data_dir", str(data), "--output_dir", str(output)]
+    argv += ["--num_train", "2", "--num_validation", "1", "--image_size", "32", "--time_budget", "1"]
+    error = _one_line_error(capsys, argv, "demo")
+    assert "--model 'epng-tinyy' is neither a variant (" in error
+    assert not data.exists() and not output.exists()  # refused before any data was generated
 
 
 def test_console_entry_point_prints_no_traceback(tmp_path):

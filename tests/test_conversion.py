@@ -385,8 +385,37 @@ def test_cli_convert_and_push_to_hub(detectron2_pickle, tmp_path, local_hub, cap
     # A bad file: a one-line error, exit status 1.
     bad = tmp_path / "bad.pkl"
     bad.write_bytes(b"not a pickle")
-    assert cli_main(["convert", "panoptic-fpn", str(bad), str(tmp_path / "x"), "--variant", "epng-tiny"]) == 1
-    assert "not a readable detectron2 checkpoint" in capsys.readouterr().err
+    argv = ["convert", "panoptic-fpn", str(bad), str(tmp_path / "x"), "--variant", "epng-tiny"]
+    capsys.readouterr()  # the upload's progress bars
+    assert cli_main(argv) == 1
+    error = capsys.readouterr().err
+    assert (
+        error.startswith("narrative-grounding convert panoptic-fpn: error: ") and len(error.splitlines()) == 1
+    )
+    assert "not a readable detectron2 checkpoint" in error and "Traceback" not in error
+    with pytest.raises(ValueError, match="not a readable detectron2 checkpoint"):  # --debug: the traceback
+        cli_main(["--debug", *argv])
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--variant", "epng-tinyy"], "unknown model variant 'epng-tinyy'"),
+        (["--config_overrides", '{"d_modle": 128}'], "did you mean 'd_model'"),
+        (["--config_overrides", '{"d_model": "wide"}'], "d_model"),
+    ],
+)
+def test_cli_convert_into_a_bad_variant_or_config_is_one_line(
+    detectron2_pickle, tmp_path, capsys, extra, message
+):
+    output = tmp_path / "out"
+    argv = ["convert", "panoptic-fpn", str(detectron2_pickle), str(output), *extra]
+    assert cli_main(argv) == 1
+    error = capsys.readouterr().err
+    assert (
+        error.startswith("narrative-grounding convert panoptic-fpn: error: ") and len(error.splitlines()) == 1
+    )
+    assert message in error and not output.exists()
 
 
 def test_cli_convert_with_a_text_model_and_the_papers_layer_averaging(detectron2_pickle, tmp_path, capsys):
@@ -680,7 +709,7 @@ def test_cli_convert_epng(epng_source, tmp_path, capsys):
     argv = ["convert", "epng", str(path), str(output), "--variant", "epng-tiny"]
     argv += ["--config_overrides", json.dumps(EPNG_OVERRIDES)]
     assert cli_main(argv) == 1  # the released LayerNorms have no counterpart: refused, named
-    assert "convert epng:" in capsys.readouterr().err and not output.exists()
+    assert "narrative-grounding convert epng: error: " in capsys.readouterr().err and not output.exists()
     assert cli_main([*argv, "--allow-unrepresented"]) == 0  # the dashed spelling is an alias
     printed = capsys.readouterr()
     assert f"wrote {output}" in printed.out and "no --text_model given" in printed.err

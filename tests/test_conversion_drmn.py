@@ -370,7 +370,7 @@ def test_cli_convert_drmn(tiny_checkpoint, tmp_path, capsys):
     argv = ["convert", "drmn", str(path), str(output), "--variant", "drmn-tiny"]
     argv += ["--config_overrides", json.dumps(TINY_REFERENCE_OVERRIDES)]
     assert cli_main(argv) == 1
-    assert "convert drmn:" in capsys.readouterr().err and not output.exists()
+    assert "narrative-grounding convert drmn: error: " in capsys.readouterr().err and not output.exists()
     assert cli_main([*argv, "--allow_unrepresented"]) == 0
     printed = capsys.readouterr().out
     assert f"wrote {output}" in printed and "without a counterpart in this model" in printed

@@ -14,6 +14,29 @@ def is_variant_name(source: str) -> bool:
     return source in available_variants()
 
 
+def check_model_source(source: str, flag: str = "--model", *, variants: bool = True) -> None:
+    """Raises ValueError unless `source` is a variant name (when `variants`), a local folder or a Hub repo id
+    (namespace/name).
+
+    Cheap (no download, no model built), so commands call it before they prepare data: a mistyped name or
+    a folder that does not exist fails at once, not after minutes of work, and a path such as
+    `/runs/model` is named as a missing folder instead of reaching the Hub client as a malformed repo id."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    if (variants and is_variant_name(source)) or Path(source).is_dir():
+        return
+    try:
+        validate_repo_id(source)
+        is_repo_id = source.count("/") == 1
+    except HFValidationError:
+        is_repo_id = False
+    if not is_repo_id:
+        variant = f"a variant ({', '.join(available_variants())}), " if variants else ""
+        raise ValueError(
+            f"{flag} {source!r} is neither {variant}a local folder, nor a Hub repo id (namespace/name)"
+        )
+
+
 def load_model_and_processor(
     source: str,
     *,
@@ -49,11 +72,7 @@ def load_model_and_processor(
             "--config_overrides, --text_model_name_or_path and --backbone_pretrained apply to a variant name; "
             f"{source!r} is a trained model (folder or Hub repo)"
         )
-    if not Path(source).is_dir() and source.count("/") != 1:
-        raise ValueError(
-            f"--model {source!r} is neither a variant ({', '.join(available_variants())}), a local folder, "
-            "nor a Hub repo id (namespace/name)"
-        )
+    check_model_source(source)
     model = PngForPanopticNarrativeGrounding.from_pretrained(source, revision=revision, token=token)
     processor = PngProcessor.from_pretrained(source, revision=revision, token=token)
     return model, processor, source

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
+
+from ..argument_types import json_object
+from ..cli import USER_ERRORS, one_line
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -81,19 +83,9 @@ def _common_arguments(parser: argparse.ArgumentParser) -> None:
         "without it the text encoder is randomly initialised",
     )
     parser.add_argument("--tokenizer", help="tokenizer (default: --text_model, then the variant's)")
-    parser.add_argument("--config_overrides", help="JSON object of PngConfig fields to override")
-
-
-def _overrides(args: argparse.Namespace) -> dict:
-    if not args.config_overrides:
-        return {}
-    try:
-        overrides = json.loads(args.config_overrides)
-    except json.JSONDecodeError as error:
-        raise SystemExit(f"--config_overrides is not valid JSON: {error}") from error
-    if not isinstance(overrides, dict):
-        raise SystemExit("--config_overrides must be a JSON object")
-    return overrides
+    parser.add_argument(
+        "--config_overrides", type=json_object, default={}, help="JSON object of PngConfig fields to override"
+    )
 
 
 def _convert(args: argparse.Namespace) -> int:
@@ -113,11 +105,15 @@ def _convert(args: argparse.Namespace) -> int:
             variant=args.variant,
             text_model_name_or_path=args.text_model,
             tokenizer=args.tokenizer,
-            config_overrides=_overrides(args),
+            config_overrides=args.config_overrides,
             **extra,
         )
-    except (ValueError, FileNotFoundError) as error:
-        print(f"convert {args.source_format}: {error}", file=sys.stderr)
+    except USER_ERRORS as error:
+        # a checkpoint this model cannot take (unreadable, tensors without a place) or a variant / config it
+        # cannot be built into: status 1, like prepare-data's data problems; --debug shows where it was found
+        if args.debug:
+            raise
+        print(f"narrative-grounding convert {args.source_format}: error: {one_line(error)}", file=sys.stderr)
         return 1
     print(converted.result.summary())
     if not args.text_model:

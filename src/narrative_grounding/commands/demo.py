@@ -220,9 +220,11 @@ def write_overlays(model_dir: Path, dataset: Any, output_dir: Path, count: int) 
 def run_demo(args: argparse.Namespace) -> int:
     import torch
 
+    from ..loading import check_model_source
     from ..training import format_average_recall_table, train
     from ..training.data import load_training_data
 
+    check_model_source(args.model)  # before minutes of data generation, not after them
     logging.getLogger("accelerate").setLevel(logging.WARNING)
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -72,6 +72,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from accelerate import Accelerator
     from torch.utils.data import DataLoader
 
+    from ..loading import check_model_source
     from ..modeling.modeling_png import PngForPanopticNarrativeGrounding
     from ..modeling.processing_png import PngProcessor
     from ..training.collate import PngCollator
@@ -79,6 +80,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from ..training.distributed import cpu_multiprocess_launch
     from ..training.evaluation import evaluate_average_recall, format_average_recall_table, scalar_metrics
 
+    check_model_source(args.model, "model", variants=False)  # a trained model: a folder or a Hub repo
     accelerator = Accelerator(cpu=cpu_multiprocess_launch())
     model = PngForPanopticNarrativeGrounding.from_pretrained(
         args.model, revision=args.revision, token=args.token

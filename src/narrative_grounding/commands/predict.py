@@ -96,7 +96,10 @@ def iter_records(args: argparse.Namespace) -> list[dict[str, Any]]:
     if source.is_dir():
         return list(_folder_records(source))
     if source.is_file():
-        return list(_jsonl_records(source))
+        records = list(_jsonl_records(source))
+        if not records:  # like an image folder without images: nothing to do is not a success
+            raise ValueError(f"no records in {source} (one JSON object per line)")
+        return records
     raise FileNotFoundError(f"--input {source} is neither a file nor a folder")
 
 
