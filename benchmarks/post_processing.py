@@ -20,6 +20,7 @@ when |mean| exceeds their std and every seed moves the same way, "not resolved" 
 from __future__ import annotations
 
 import argparse
+import shlex
 import statistics
 import tempfile
 import time
@@ -28,7 +29,7 @@ from typing import Any
 
 import torch
 
-from ._common import machine_description, print_machine, run_in_child, write_json
+from ._common import invoking_command, machine_description, print_machine, run_in_child, write_json
 from .ablations import summarise
 from .convergence import run_training, training_argv
 
@@ -208,6 +209,10 @@ def main(argv: list[str] | None = None) -> dict:
         "num_train": args.num_train,
         "num_validation": args.num_validation,
         "wall_seconds": time.perf_counter() - start,
+        # the module's own command line also when main() is called with arguments (as the tests do)
+        "command": invoking_command()
+        if argv is None
+        else shlex.join(["python", "-m", "benchmarks.post_processing", *argv]),
         "runs": runs,
         "rows": summarise_rows(runs),
     }
