@@ -41,7 +41,7 @@ def test_paired_verdict() -> None:
     assert post_processing.paired_verdict([0.05]) == "1 seed: no spread"
 
 
-@pytest.mark.slow  # a training and an evaluation child process, each a fresh interpreter: ~40-60 s on 2 cores
+@pytest.mark.slow  # two child processes (training, evaluation), each a fresh interpreter: 24-84 s on 2 shared cores
 def test_main_evaluates_one_trained_model_four_ways(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     record = post_processing.main(
         ["--seeds", "0", "--budget-steps", "2", "--num-train", "8", "--num-validation", "4", "--threads", "1",
