@@ -13,7 +13,8 @@ Notes on the rows:
 - No row for `drmn_phrase_update_dropout=0.0`: `drmn-tiny` trains without dropout (`drmn_dropout=0`), so the
   reference's value is already what its default does. No row for the post-processing fields of the image
   processor (`post_process_align_corners`, `post_process_upsampled`): every row here is a training run of a
-  config, and these change only how a trained model's masks are resized for evaluation.
+  config, and these change only how a trained model's masks are resized for evaluation;
+  `python -m benchmarks.post_processing` measures them on the same trained models.
 - `sal_similarity=dot` is measured with the release's temperature 10 (raw dot products / 0.1 would be
   nobody's reading); the "all released" and "paper" rows set every switch of `epng-r101-bert-base-released`
   / `-paper` (the model sizes stay tiny).

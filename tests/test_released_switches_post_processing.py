@@ -112,3 +112,27 @@ def test_released_preset_carries_the_release_post_processing():
 def test_bad_post_processing_fields_name_the_field(fields, error, message):
     with pytest.raises(error, match=message):
         PngImageProcessor(**fields)
+
+
+def test_from_pretrained_overrides_of_the_post_processing_fields_are_checked_and_stay_off_the_tokenizer(
+    tmp_path,
+):
+    loaded = PngProcessor.from_pretrained(
+        TOKENIZER_DIR, post_process_upsampled="probabilities", post_process_align_corners=True
+    )
+    assert loaded.image_processor.post_process_upsampled == "probabilities"
+    assert loaded.image_processor.post_process_align_corners is True
+    loaded.save_pretrained(tmp_path)
+    assert "post_process" not in (tmp_path / "tokenizer_config.json").read_text()
+    reloaded = PngProcessor.from_pretrained(tmp_path)
+    assert (
+        reloaded.image_processor.post_process_upsampled,
+        reloaded.image_processor.post_process_align_corners,
+    ) == (
+        "probabilities",
+        True,
+    )
+    with pytest.raises(ValueError, match="post_process_upsampled must be one of"):
+        PngProcessor.from_pretrained(TOKENIZER_DIR, post_process_upsampled="probs")
+    with pytest.raises(TypeError, match="post_process_align_corners must be True or False"):
+        PngImageProcessor.from_pretrained(variant_path(RELEASED), post_process_align_corners="yes")

@@ -34,6 +34,8 @@ SIZE_DIVISOR = 32  # pixel_values height and width must be multiples of the coar
 CHANNEL_ORDERS = ("RGB", "BGR")
 # What post-processing resizes: the stride-4 logits (ours) or their sigmoid probabilities (EPNG's release).
 POST_PROCESS_UPSAMPLED = ("logits", "probabilities")
+# The image processor's fields read only by post-processing: constructor arguments, not per-call options.
+POST_PROCESSING_FIELDS = ("post_process_align_corners", "post_process_upsampled")
 
 
 class PngImagesKwargs(ImagesKwargs, total=False):
@@ -302,6 +304,14 @@ class PngImageProcessor(TorchvisionBackend):
         # Instance attributes: to_dict saves them into preprocessor_config.json, from_pretrained passes them back.
         self.post_process_align_corners = post_process_align_corners
         self.post_process_upsampled = post_process_upsampled
+
+    @classmethod
+    def from_dict(cls, image_processor_dict: dict[str, Any], **kwargs: Any) -> Any:
+        """As the base class, but a post-processing field given to `from_pretrained` (e.g.
+        `post_process_upsampled="probabilities"`) goes to the constructor, which checks it: the base class
+        would set it on the built processor unchecked, since it is not a per-call option (`valid_kwargs`)."""
+        overrides = {name: kwargs.pop(name) for name in POST_PROCESSING_FIELDS if name in kwargs}
+        return super().from_dict({**image_processor_dict, **overrides}, **kwargs)
 
     def __call__(self, images: Any, phrase_masks: Any = None, **kwargs: Any) -> PngBatchFeature:
         """images: one image or a list (PIL, numpy, torch, or file paths). phrase_masks: per image the masks

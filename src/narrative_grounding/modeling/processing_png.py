@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from transformers import AutoTokenizer
 from transformers.processing_utils import ProcessorMixin
 
-from .image_processing_png import PngBatchFeature, PngImageProcessor
+from .image_processing_png import POST_PROCESSING_FIELDS, PngBatchFeature, PngImageProcessor
 
 Span = tuple[int, int]
 TEXT_KEYS = ("input_ids", "attention_mask", "token_type_ids", "phrase_token_mask", "phrase_mask")
@@ -264,10 +264,13 @@ class PngProcessor(ProcessorMixin):
         # loads offline whether the package is installed or this file came from a Hub repository.
         trust_remote_code = kwargs.pop("trust_remote_code", None)
         image_processor = PngImageProcessor.from_pretrained(pretrained_model_name_or_path, **kwargs)
+        # The image processor's post-processing fields are not the tokenizer's: passed on, they would be kept
+        # in its init_kwargs and written into its tokenizer_config.json by save_pretrained.
+        tokenizer_kwargs = {key: value for key, value in kwargs.items() if key not in POST_PROCESSING_FIELDS}
         # AutoTokenizer reads the folder's config.json first; where a model is saved beside the processor, that
         # config names custom code, and without the caller's answer transformers would prompt for it.
         tokenizer = AutoTokenizer.from_pretrained(
-            pretrained_model_name_or_path, trust_remote_code=trust_remote_code, **kwargs
+            pretrained_model_name_or_path, trust_remote_code=trust_remote_code, **tokenizer_kwargs
         )
         return [image_processor, tokenizer]
 
