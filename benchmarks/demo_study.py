@@ -67,6 +67,13 @@ ROWS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     # phrases that read the image before they become mask kernels
     "phrase decoder: 1 layer (ours)": ({"epng_phrase_decoder_layers": 1}, {}),
     "phrase decoder: 2 layers (ours)": ({"epng_phrase_decoder_layers": 2}, {}),
+    "phrase decoder: 2 layers, text without dropout (ours)": (
+        {
+            "epng_phrase_decoder_layers": 2,
+            "text_config": {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0},
+        },
+        {},
+    ),
     # data and recipe
     "12,000 images": ({}, {"num_train": 12000}),
     "learning rate 1e-3": ({}, {"learning_rate": 1e-3}),
