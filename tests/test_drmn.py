@@ -20,6 +20,7 @@ from narrative_grounding.modeling.deformable_attention import (
     MultiScaleDeformableAttention,
     initial_sampling_pattern,
     multi_scale_deformable_sampling,
+    multi_scale_deformable_sampling_by_bags,
     multi_scale_deformable_sampling_by_gathering,
 )
 from narrative_grounding.modeling.head_output import GroundingHeadOutput
@@ -186,10 +187,39 @@ def test_gather_sampling_equals_the_direct_loop():
         value.permute(0, 3, 4, 1, 2).reshape(batch, h * w, heads, head_dim)
         for value, (h, w) in zip(values, LEVEL_SHAPES, strict=True)
     ]
-    gathered = multi_scale_deformable_sampling_by_gathering(channels_last, LEVEL_SHAPES, locations, weights)
-    torch.testing.assert_close(gathered, loop_sampling(values, locations, weights), atol=1e-12, rtol=1e-10)
-    with pytest.raises(ValueError, match="2 value levels and 3 level shapes"):
-        multi_scale_deformable_sampling_by_gathering(channels_last[:2], LEVEL_SHAPES, locations, weights)
+    expected = loop_sampling(values, locations, weights)
+    for sampling in (multi_scale_deformable_sampling_by_gathering, multi_scale_deformable_sampling_by_bags):
+        torch.testing.assert_close(
+            sampling(channels_last, LEVEL_SHAPES, locations, weights), expected, atol=1e-12, rtol=1e-10
+        )
+        with pytest.raises(ValueError, match="2 value levels and 3 level shapes"):
+            sampling(channels_last[:2], LEVEL_SHAPES, locations, weights)
+
+
+def test_bag_sampling_reads_zeros_far_outside_and_on_every_border():
+    """The embedding_bag form clamps coordinates onto a zero border: points far outside, exactly on the edges
+    and in the half-pixel band of every side of a 1-pixel-wide level give grid_sample's values."""
+    generator = torch.Generator().manual_seed(3)
+    heads, head_dim = 2, 3
+    values = [
+        torch.randn(1, heads, head_dim, h, w, generator=generator, dtype=torch.float64)
+        for h, w in LEVEL_SHAPES
+    ]
+    edges = torch.tensor([-5.0, -0.1, 0.0, 0.05, 0.5, 0.95, 1.0, 1.1, 7.0], dtype=torch.float64)
+    grid = torch.stack(torch.meshgrid(edges, edges, indexing="ij"), dim=-1).reshape(-1, 2)  # every pair
+    queries = grid.shape[0]
+    locations = grid.view(1, queries, 1, 1, 1, 2).expand(1, queries, heads, len(LEVEL_SHAPES), 1, 2)
+    weights = torch.rand(1, queries, heads, len(LEVEL_SHAPES), 1, generator=generator, dtype=torch.float64)
+    channels_last = [
+        value.permute(0, 3, 4, 1, 2).reshape(1, h * w, heads, head_dim)
+        for value, (h, w) in zip(values, LEVEL_SHAPES, strict=True)
+    ]
+    torch.testing.assert_close(
+        multi_scale_deformable_sampling_by_bags(channels_last, LEVEL_SHAPES, locations, weights),
+        multi_scale_deformable_sampling(values, locations, weights),
+        atol=1e-12,
+        rtol=1e-10,
+    )
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
@@ -207,6 +237,14 @@ def test_half_precision_sampling_of_head_views_is_finite(dtype, batch):
         [pixels.to(dtype).permute(0, 3, 4, 1, 2)], locations.to(dtype), weights.to(dtype)
     )
     torch.testing.assert_close(half.float(), reference, atol=0.1, rtol=0.05)
+    bags = multi_scale_deformable_sampling_by_bags(
+        [pixels.to(dtype).reshape(batch, size * size, heads, head_dim)],
+        [(size, size)],
+        locations.to(dtype),
+        weights.to(dtype),
+    )
+    assert bags.dtype == dtype
+    torch.testing.assert_close(bags.float(), reference, atol=0.1, rtol=0.05)
 
 
 def test_deformable_attention_module_equals_the_direct_loop_values_and_gradients():
@@ -225,6 +263,8 @@ def test_deformable_attention_module_equals_the_direct_loop_values_and_gradients
     fast = module(queries, reference_points, flattened, LEVEL_SHAPES)
     slow = loop_deformable_attention(module, queries, reference_points, values)
     torch.testing.assert_close(fast, slow, atol=1e-12, rtol=1e-10)
+    with torch.no_grad():  # the eager inference path: the embedding_bag form
+        torch.testing.assert_close(module(queries, reference_points, flattened, LEVEL_SHAPES), slow.detach())
     upstream = torch.randn(fast.shape, dtype=torch.float64)
     inputs = [queries, *values, *module.parameters()]
     fast_grads = torch.autograd.grad((fast * upstream).sum(), inputs)
