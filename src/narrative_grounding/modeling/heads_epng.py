@@ -221,7 +221,9 @@ class EpngHead(nn.Module):
             height, width, d_model, device=pixel_map.device, dtype=pixel_map.dtype
         )
         pixel_map = pixel_map + position.transpose(0, 1).reshape(1, d_model, height, width)
-        pixels = pixel_map.flatten(2).transpose(1, 2)  # B x N x D
+        # The phrases read the map pooled to stride 8: a quarter of the key and value projections, and still
+        # a cell per ~8 input pixels to tell instances apart by where they are.
+        pixels = F.avg_pool2d(pixel_map, kernel_size=2, ceil_mode=True).flatten(2).transpose(1, 2)  # B x N x D
         pixel_mask = torch.ones(pixels.shape[:2], dtype=torch.bool, device=pixels.device)
         for layer in self.phrase_decoder:
             phrases = layer(phrases, phrase_mask, pixels, pixel_mask)
