@@ -6,6 +6,7 @@ import copy
 
 import pytest
 import torch
+import torch.nn.functional as F
 from huggingface_hub.errors import StrictDataclassClassValidationError
 from tiny_models import make_inputs, tiny_config, tiny_model
 
@@ -34,8 +35,9 @@ def _head_inputs(model, batch=2, phrases=3, height=64, width=96):
 
 def test_decoded_phrases_and_position_coded_pixels_make_the_masks():
     """Written out: the head without the decoder gives the phrase kernels and the stride-4 pixel map; the
-    decoder adds the 2D sine code to the map, runs each layer on (phrases, coded pixels), and the mask logits
-    are the scaled dot products of the decoded phrases with the coded map."""
+    decoder adds the 2D sine code to the map, runs each layer on the phrases and the coded map pooled 2 x 2
+    (stride 8; ceil mode, so an odd side keeps its last row), and the mask logits are the scaled dot products
+    of the decoded phrases with the coded stride-4 map."""
     model = tiny_model(epng_phrase_decoder_layers=2).eval()
     head = model.head
     features, phrase_features, phrase_mask = _head_inputs(model)
@@ -49,7 +51,7 @@ def test_decoded_phrases_and_position_coded_pixels_make_the_masks():
             height, width, d_model, device=torch.device("cpu"), dtype=torch.float32
         )
         pixel_map = reference.pixel_embeddings + code.T.reshape(1, d_model, height, width)
-        pixels = pixel_map.flatten(2).transpose(1, 2)
+        pixels = F.avg_pool2d(pixel_map, 2, ceil_mode=True).flatten(2).transpose(1, 2)  # read at stride 8
         phrases = reference.phrase_embeddings
         for layer in head.phrase_decoder:
             phrases = layer(phrases, phrase_mask, pixels, torch.ones(pixels.shape[:2], dtype=torch.bool))

@@ -161,9 +161,9 @@ class PngConfig(PreTrainedConfig):
         stride-8 grid; four times the tokens, for small inputs whose stride-16 grid is only 8 x 8).
     epng_phrase_decoder_layers (`int`, defaults to 0):
         Ours, not in the paper (0 = EPNG, whose phrase kernels never see the image). Each layer lets every
-        phrase attend to the other phrases of its narrative and then to the stride-4 pixel map (with a 2D sine
-        position code), followed by an FFN, before the phrase . pixel mask product; the pixel map then carries
-        the same position code. Phrases that pick one instance among look-alikes by where it is, its size or
+        phrase attend to the other phrases of its narrative and then to the stride-4 pixel map pooled to stride
+        8 (with a 2D sine position code), followed by an FFN, before the phrase . pixel mask product; the
+        stride-4 pixel map then carries the same position code. Phrases that pick one instance among look-alikes by where it is, its size or
         what is next to it can then gather that instance's features and location into their kernel.
     bce_loss_weight, dice_loss_weight, sal_loss_weight (`float`, defaults 2.0, 2.0, 1.0): EPNG eq. 15.
     sal_temperature (`float`, defaults to 0.1): tau of EPNG eqs. 13-14: similarities are divided by it. With
