@@ -10,14 +10,17 @@ import torch.nn.functional as F
 from huggingface_hub.errors import StrictDataclassClassValidationError
 from tiny_models import make_inputs, tiny_config, tiny_model
 
-from narrative_grounding import PngConfig, PngForPanopticNarrativeGrounding
+from narrative_grounding import PngConfig, PngForPanopticNarrativeGrounding, load_config
 from narrative_grounding.modeling.heads_epng import PhraseDecoderLayer
 from narrative_grounding.modeling.position_encoding import sine_position_embedding
 
 
-def test_off_by_default_and_a_negative_depth_is_refused_by_name():
+def test_off_in_the_paper_configs_on_in_the_tiny_one_and_a_negative_depth_is_refused_by_name():
     assert PngConfig().epng_phrase_decoder_layers == 0
-    assert len(tiny_model().head.phrase_decoder) == 0
+    for variant in ("epng-r101-bert-base", "epng-r101-bert-base-paper", "epng-r101-bert-base-released"):
+        assert load_config(variant).epng_phrase_decoder_layers == 0
+    assert len(tiny_model(epng_phrase_decoder_layers=0).head.phrase_decoder) == 0
+    assert len(tiny_model().head.phrase_decoder) == 2  # epng-tiny, the demo's model
     with pytest.raises((ValueError, StrictDataclassClassValidationError), match="epng_phrase_decoder_layers"):
         tiny_config(epng_phrase_decoder_layers=-1)
 
