@@ -512,6 +512,7 @@ EPNG_OVERRIDES = {
     "ffn_dim": 192,
     "num_communicator_layers": 2,
     "use_stride4_skip": False,
+    "epng_phrase_decoder_layers": 0,  # epng-tiny's phrase decoder is ours: EPNG's checkpoints have none
 }
 
 

@@ -150,7 +150,10 @@ def test_one_process_batch_2b_equals_two_processes_batch_b(tmp_path):
     assert one["gradients"].keys() == two["gradients"].keys()
     assert len(one["gradients"]) > 10
     for name, gradient in one["gradients"].items():
-        torch.testing.assert_close(two["gradients"][name], gradient, rtol=1e-4, atol=1e-7, msg=name)
+        # float32 sums in another order: differences of ~1e-7 of the largest entry (a wrong normalisation
+        # would be a factor of 2)
+        atol = 1e-6 * float(gradient.abs().max()) + 1e-9
+        torch.testing.assert_close(two["gradients"][name], gradient, rtol=1e-4, atol=atol, msg=name)
 
 
 @pytest.mark.slow

@@ -33,6 +33,11 @@ from narrative_grounding.training.optimization import (
 RELEASED = "epng-r101-bert-base-released"
 
 
+def epng_config(**switches):
+    """epng-tiny as EPNG's head is, without the phrase decoder the tiny variant adds (ours)."""
+    return tiny_config(epng_phrase_decoder_layers=0, **switches)
+
+
 def tiny_drmn_config(**overrides) -> PngConfig:
     return load_config("drmn-tiny", text_config={"vocab_size": TEST_VOCAB_SIZE}, **overrides)
 
@@ -40,7 +45,7 @@ def tiny_drmn_config(**overrides) -> PngConfig:
 # ------------------------------------------------------------------------------------------- EPNG head
 def test_phrase_activation_relu6_bounds_the_projected_phrases():
     torch.manual_seed(0)
-    head = EpngHead(tiny_config(epng_phrase_activation="relu6")).eval()
+    head = EpngHead(epng_config(epng_phrase_activation="relu6")).eval()
     phrase_features = torch.randn(1, 3, 64) * 20  # large enough to reach both clamps of ReLU6
     features = {s: torch.randn(1, 32, 128 // s, 128 // s) for s in (4, 8, 16, 32)}
     output = head(features, phrase_features, torch.ones(1, 3, dtype=torch.bool))
@@ -122,7 +127,7 @@ def test_cross_attention_dropout_only_in_training():
 @pytest.mark.parametrize("scale", [True, False])
 def test_mask_logits_scaled_or_plain_dot_product(scale):
     torch.manual_seed(0)
-    head = EpngHead(tiny_config(epng_scale_mask_logits=scale)).eval()
+    head = EpngHead(epng_config(epng_scale_mask_logits=scale)).eval()
     features = {s: torch.randn(1, 32, 64 // s, 64 // s) for s in (4, 8, 16, 32)}
     output = head(features, torch.randn(1, 2, 64), torch.ones(1, 2, dtype=torch.bool))
     dot = torch.einsum("bpd,bdhw->bphw", output.phrase_embeddings, output.pixel_embeddings)  # EPNG eq. 10
@@ -155,7 +160,7 @@ def _upsample(maps: torch.Tensor, height: int, width: int, align_corners: bool) 
 @pytest.mark.parametrize("align_corners", [True, False])
 def test_upsample_align_corners_at_both_places_of_the_head(align_corners):
     torch.manual_seed(0)
-    head = EpngHead(tiny_config(epng_upsample_align_corners=align_corners)).eval()
+    head = EpngHead(epng_config(epng_upsample_align_corners=align_corners)).eval()
     features = {s: torch.randn(1, 32, 64 // s, 64 // s) for s in (4, 8, 16, 32)}
     seen = {}
     # fuse_projection (identity: 3 x 32 = d_model 96) receives eq. 2's fused map; the last communicator layer
