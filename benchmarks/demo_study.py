@@ -72,6 +72,8 @@ ROWS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
         {"epng_phrase_decoder_layers": 0, "text_config": TEXT_DROPOUT_01},
         {},
     ),
+    # EPNG eq. 10's plain dot product (the release's too) instead of our d_model^-1/2 scaling
+    "unscaled mask logits": ({"epng_scale_mask_logits": False}, {}),
     # data and recipe
     "12,000 images": ({}, {"num_train": 12000}),
     "learning rate 1e-3": ({}, {"learning_rate": 1e-3}),
