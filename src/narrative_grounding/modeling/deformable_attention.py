@@ -68,6 +68,15 @@ def multi_scale_deformable_sampling(
     return output.view(batch, num_heads, head_dim, num_queries).permute(0, 3, 1, 2)  # B x Q x Hd x Dh
 
 
+def _check_level_counts(value_levels: list, level_shapes: list, num_levels: int) -> None:
+    """The channels-last sampling forms take one value tensor and one (H, W) per level of the locations."""
+    if len(value_levels) != num_levels or len(level_shapes) != num_levels:
+        raise ValueError(
+            f"{len(value_levels)} value levels and {len(level_shapes)} level shapes for sampling locations over "
+            f"{num_levels} levels"
+        )
+
+
 def multi_scale_deformable_sampling_by_gathering(
     value_levels: list[torch.Tensor],
     level_shapes: list[tuple[int, int]],
@@ -88,11 +97,7 @@ def multi_scale_deformable_sampling_by_gathering(
     eager code and training use `multi_scale_deformable_sampling`.
     """
     batch, num_queries, num_heads, num_levels, num_points, _ = sampling_locations.shape
-    if len(value_levels) != num_levels or len(level_shapes) != num_levels:
-        raise ValueError(
-            f"{len(value_levels)} value levels and {len(level_shapes)} level shapes for sampling locations over "
-            f"{num_levels} levels"
-        )
+    _check_level_counts(value_levels, level_shapes, num_levels)
     batch_index = torch.arange(batch, device=sampling_locations.device).view(batch, 1, 1, 1)
     head_index = torch.arange(num_heads, device=sampling_locations.device).view(1, 1, num_heads, 1)
     output = None
@@ -142,11 +147,7 @@ def multi_scale_deformable_sampling_by_bags(
     with these shapes, so training keeps `multi_scale_deformable_sampling`.
     """
     batch, num_queries, num_heads, num_levels, num_points, _ = sampling_locations.shape
-    if len(value_levels) != num_levels or len(level_shapes) != num_levels:
-        raise ValueError(
-            f"{len(value_levels)} value levels and {len(level_shapes)} level shapes for sampling locations over "
-            f"{num_levels} levels"
-        )
+    _check_level_counts(value_levels, level_shapes, num_levels)
     head_dim = value_levels[0].shape[-1]
     device = sampling_locations.device
     tables, level_starts, rows = [], [], 0

@@ -42,6 +42,17 @@ class PixelSelfAttention(nn.Module):
         return self.out_proj(attended)
 
 
+def feed_forward(config) -> nn.Sequential:
+    """The FFN of a communicator or phrase-decoder layer: Linear, ReLU, dropout, Linear (d_model -> ffn_dim ->
+    d_model)."""
+    return nn.Sequential(
+        nn.Linear(config.d_model, config.ffn_dim),
+        nn.ReLU(),
+        nn.Dropout(config.dropout),
+        nn.Linear(config.ffn_dim, config.d_model),
+    )
+
+
 class CommunicatorLayer(nn.Module):
     """One layer of the multi-modal communicator: LPA, cross-attention to phrases, FFN; each residual + LN.
 
@@ -80,12 +91,7 @@ class CommunicatorLayer(nn.Module):
         double = config.epng_residual_norm == "double"
         self.lpa_inner_norm = nn.LayerNorm(d_model, eps=config.layer_norm_eps) if double else None
         self.cross_inner_norm = nn.LayerNorm(d_model, eps=config.layer_norm_eps) if double else None
-        self.ffn = nn.Sequential(
-            nn.Linear(d_model, config.ffn_dim),
-            nn.ReLU(),
-            nn.Dropout(config.dropout),
-            nn.Linear(config.ffn_dim, d_model),
-        )
+        self.ffn = feed_forward(config)
         self.ffn_norm = nn.LayerNorm(d_model, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.dropout)
 
@@ -124,12 +130,7 @@ class PhraseDecoderLayer(nn.Module):
         self.self_norm = nn.LayerNorm(d_model, eps=config.layer_norm_eps)
         self.cross_attention = CrossAttention(d_model=d_model, num_heads=heads, attention_dropout=dropout)
         self.cross_norm = nn.LayerNorm(d_model, eps=config.layer_norm_eps)
-        self.ffn = nn.Sequential(
-            nn.Linear(d_model, config.ffn_dim),
-            nn.ReLU(),
-            nn.Dropout(config.dropout),
-            nn.Linear(config.ffn_dim, d_model),
-        )
+        self.ffn = feed_forward(config)
         self.ffn_norm = nn.LayerNorm(d_model, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.dropout)
 
@@ -223,7 +224,9 @@ class EpngHead(nn.Module):
         pixel_map = pixel_map + position.transpose(0, 1).reshape(1, d_model, height, width)
         # The phrases read the map pooled to stride 8: a quarter of the key and value projections, and still
         # a cell per ~8 input pixels to tell instances apart by where they are.
-        pixels = F.avg_pool2d(pixel_map, kernel_size=2, ceil_mode=True).flatten(2).transpose(1, 2)  # B x N x D
+        pixels = (
+            F.avg_pool2d(pixel_map, kernel_size=2, ceil_mode=True).flatten(2).transpose(1, 2)
+        )  # B x N x D
         pixel_mask = torch.ones(pixels.shape[:2], dtype=torch.bool, device=pixels.device)
         for layer in self.phrase_decoder:
             phrases = layer(phrases, phrase_mask, pixels, pixel_mask)
