@@ -237,6 +237,7 @@ def test_training_script_reports_bad_input_in_one_line(tmp_path, case, message):
     assert done.stderr.strip() == done.stderr.strip().splitlines()[0], done.stderr
     assert done.stderr.startswith("train.py: error: "), done.stderr
     assert message.format(tmp=tmp_path) in done.stderr
+    assert not (tmp_path / "out").exists()  # a refused run leaves no empty output folder behind
 
 
 def test_training_script_debug_keeps_the_traceback(tmp_path):

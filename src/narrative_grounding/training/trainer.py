@@ -200,8 +200,6 @@ def train(args: Namespace) -> TrainingResult:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     if not accelerator.is_main_process:
         logging.getLogger("narrative_grounding").setLevel(logging.WARNING)
-    if accelerator.is_main_process:
-        output_dir.mkdir(parents=True, exist_ok=True)
     set_seed(args.seed)  # the same initial weights on every process
 
     model, processor, base_model = load_model_and_processor(
@@ -217,6 +215,9 @@ def train(args: Namespace) -> TrainingResult:
     eval_dataset = (
         None if args.no_eval else select_split(dataset, args.eval_split, args.max_eval_samples, "evaluation")
     )
+    # Created once the model and the data have loaded: a run refused for its input leaves no empty folder.
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
 
     sampler = EpochSeededSampler(len(train_dataset), seed=args.seed)
     # An explicit generator keeps DataLoader iteration from drawing on the global RNG (whose state the
