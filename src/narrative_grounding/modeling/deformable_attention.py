@@ -265,11 +265,13 @@ class MultiScaleDeformableAttention(nn.Module):
         offsets = self.sampling_offsets(offset_queries).view(
             batch, num_queries, self.num_heads, self.num_levels, self.num_points, 2
         )  # B x Q x Hd x L x K x 2, in pixels
-        offsets = offsets + initial_sampling_pattern(self.num_heads, self.num_levels, self.num_points).to(
-            offsets
-        )
+        pattern = initial_sampling_pattern(self.num_heads, self.num_levels, self.num_points).to(offsets)
         sizes = torch.tensor([[w, h] for h, w in level_shapes], dtype=offsets.dtype, device=offsets.device)
-        return reference_points[:, :, None, None, None, :] + offsets / sizes[None, None, None, :, None, :]
+        # Level sizes expanded to Hd x L x K x 2 like the pattern: dividing by a broadcast L x 1 x 2 tensor, whose
+        # (w, h) pair repeats every 2 elements, ran 3x slower. In place on the fresh projection: neither the
+        # linear layer's backward nor the pattern's addition or the division's needs the tensor they change.
+        offsets = offsets.add_(pattern).div_(sizes[None, :, None, :].expand_as(pattern).contiguous())
+        return offsets.add_(reference_points[:, :, None, None, None, :])
 
     def forward(
         self,
