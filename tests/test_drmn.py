@@ -16,6 +16,7 @@ from tiny_models import TEST_VOCAB_SIZE, make_inputs, select_sample
 from transformers import AutoModel
 
 from narrative_grounding import PngConfig, PngForPanopticNarrativeGrounding, create_model, load_config
+from narrative_grounding.modeling.attention import CrossAttention
 from narrative_grounding.modeling.deformable_attention import (
     MultiScaleDeformableAttention,
     initial_sampling_pattern,
@@ -271,6 +272,51 @@ def test_deformable_attention_module_equals_the_direct_loop_values_and_gradients
     slow_grads = torch.autograd.grad((slow * upstream).sum(), inputs)
     for fast_grad, slow_grad in zip(fast_grads, slow_grads, strict=True):
         torch.testing.assert_close(fast_grad, slow_grad, atol=1e-11, rtol=1e-9)
+
+
+def test_bag_sampling_and_the_module_leave_their_inputs_untouched():
+    """The eager path works in place on its own intermediates only: float32 inputs (which the bag form does not
+    convert) come back unchanged, and a second call gives the same result."""
+    generator = torch.Generator().manual_seed(4)
+    heads, head_dim, points = 2, 3, 2
+    levels = [torch.randn(2, h * w, heads, head_dim, generator=generator) for h, w in LEVEL_SHAPES]
+    locations = torch.rand(2, 5, heads, len(LEVEL_SHAPES), points, 2, generator=generator) * 1.4 - 0.2
+    weights = torch.rand(2, 5, heads, len(LEVEL_SHAPES), points, generator=generator)
+    given = [tensor.clone() for tensor in (*levels, locations, weights)]
+    first = multi_scale_deformable_sampling_by_bags(levels, LEVEL_SHAPES, locations, weights)
+    for tensor, copy in zip((*levels, locations, weights), given, strict=True):
+        assert torch.equal(tensor, copy)
+    assert torch.equal(
+        multi_scale_deformable_sampling_by_bags(levels, LEVEL_SHAPES, locations, weights), first
+    )
+
+    torch.manual_seed(0)
+    module = MultiScaleDeformableAttention(d_model=8, num_heads=2, num_levels=len(LEVEL_SHAPES), num_points=2)
+    queries, reference_points = torch.randn(2, 4, 8), torch.rand(4, 2).expand(2, -1, -1)
+    values = torch.randn(2, sum(h * w for h, w in LEVEL_SHAPES), 8)
+    given = [tensor.clone() for tensor in (queries, reference_points, values)]
+    with torch.no_grad():
+        first = module(queries, reference_points, values, LEVEL_SHAPES)
+        for tensor, copy in zip((queries, reference_points, values), given, strict=True):
+            assert torch.equal(tensor, copy)
+        assert torch.equal(module(queries, reference_points, values, LEVEL_SHAPES), first)
+
+
+def test_cross_attention_without_keys_returns_exactly_the_output_bias():
+    """A narrative without real phrases gets no text context (zeros before the output projection); the other
+    sample of the batch attends to its real keys only, as softmax attention written out does."""
+    torch.manual_seed(0)
+    attention = CrossAttention(d_model=8, num_heads=2).double().eval()
+    queries, keys = torch.randn(2, 5, 8, dtype=torch.float64), torch.randn(2, 3, 8, dtype=torch.float64)
+    key_mask = torch.tensor([[True, True, False], [False, False, False]])
+    output = attention(queries, keys, key_mask)
+    assert torch.equal(output[1], attention.out_proj.bias.expand(5, 8))
+    q = attention.q_proj(queries[0]).view(5, 2, 4).transpose(0, 1)  # Hd x N x Dh
+    k = attention.k_proj(keys[0, :2]).view(2, 2, 4).transpose(0, 1)
+    v = attention.v_proj(keys[0, :2]).view(2, 2, 4).transpose(0, 1)
+    attended = ((q @ k.transpose(1, 2)) / 2.0).softmax(-1) @ v  # Hd x N x Dh
+    expected = attention.out_proj(attended.transpose(0, 1).reshape(5, 8))
+    torch.testing.assert_close(output[0], expected, atol=1e-12, rtol=1e-10)
 
 
 def test_initial_sampling_pattern_spreads_heads_and_points():

@@ -247,12 +247,13 @@ class CrossAttention(nn.Module):
         v = self.v_proj(keys).view(batch, num_keys, self.num_heads, self.head_dim).transpose(1, 2)
         # q, k, v: B x Hd x {N, P} x Dh
         has_keys = key_mask.any(dim=1)  # B
-        # Rows without any real key attend to everything (finite softmax) and are zeroed below.
+        # Rows without any real key attend to everything (a finite softmax) over values zeroed here: their
+        # output is exactly zero, for the price of scaling the P values instead of the N outputs.
         attend = (key_mask | ~has_keys[:, None])[:, None, None, :]  # B x 1 x 1 x P
+        v = v * has_keys.view(batch, 1, 1, 1).to(v.dtype)
         attended = F.scaled_dot_product_attention(
             q, k, v, attn_mask=attend, dropout_p=self.attention_dropout if self.training else 0.0
         )  # B x Hd x N x Dh
-        attended = attended * has_keys.view(batch, 1, 1, 1).to(attended.dtype)
         attended = attended.transpose(1, 2).reshape(batch, num_queries, d_model)  # B x N x D
         return self.out_proj(attended)
 
