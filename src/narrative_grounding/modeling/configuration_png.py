@@ -165,6 +165,11 @@ class PngConfig(PreTrainedConfig):
         8 (with a 2D sine position code), followed by an FFN, before the phrase . pixel mask product; the
         stride-4 pixel map then carries the same position code. Phrases that pick one instance among look-alikes by where it is, its size or
         what is next to it can then gather that instance's features and location into their kernel.
+    epng_phrase_decoder_reads_tokens (`bool`, defaults to `False`):
+        Ours, not in the paper. Each phrase-decoder layer also lets every phrase attend to its own tokens
+        (after the self-attention among phrases), so that a kernel is not bound to the mean of its tokens:
+        "the ring beside the pink cross" can look for the cross and then for the ring. Needs
+        `epng_phrase_decoder_layers` >= 1.
     epng_mask_refinement_kernels (`int`, defaults to 0):
         Ours, not in the paper (0 = EPNG). K > 0: each phrase makes K more kernels whose maps, with its mask
         logits, pass at stride 8 through a CNN of four dilated 3 x 3 convolutions (dilations 1, 2, 4, 8) whose
@@ -269,6 +274,8 @@ class PngConfig(PreTrainedConfig):
     epng_phrase_decoder_layers: int = 0
     # Ours: a CNN over each phrase's mask logits and K more phrase maps that corrects them (0: EPNG).
     epng_mask_refinement_kernels: int = 0
+    # Ours: the phrase decoder's layers also read each phrase's own tokens (needs decoder layers).
+    epng_phrase_decoder_reads_tokens: bool = False
     epng_mask_refinement_channels: int = 16
 
     # DRMN head
@@ -411,6 +418,11 @@ class PngConfig(PreTrainedConfig):
         if not 1 <= self.drmn_num_levels <= 4:
             raise ValueError(
                 f"drmn_num_levels must be in 1..4 (FPN strides 4-32), got {self.drmn_num_levels}"
+            )
+        if self.epng_phrase_decoder_reads_tokens and self.epng_phrase_decoder_layers < 1:
+            raise ValueError(
+                "epng_phrase_decoder_reads_tokens needs epng_phrase_decoder_layers >= 1 (the decoder's layers "
+                "read the tokens), got 0"
             )
         # --- DRMN head validation ---
         for name in ("drmn_hidden_dim", "drmn_num_heads", "drmn_num_points", "drmn_ffn_dim", "drmn_top_k"):

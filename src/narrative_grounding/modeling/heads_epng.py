@@ -119,8 +119,9 @@ class CommunicatorLayer(nn.Module):
 
 class PhraseDecoderLayer(nn.Module):
     """Ours, not in EPNG (`epng_phrase_decoder_layers`): the phrases read the image before they become mask
-    kernels. Self-attention among the phrases of a narrative, cross-attention of each phrase to the pixel map,
-    FFN; each residual + LayerNorm, as in the communicator layers."""
+    kernels. Self-attention among the phrases of a narrative, cross-attention of each phrase to its own tokens
+    (`epng_phrase_decoder_reads_tokens`), cross-attention of each phrase to the pixel map, FFN; each residual +
+    LayerNorm, as in the communicator layers."""
 
     def __init__(self, config) -> None:
         super().__init__()
@@ -128,6 +129,17 @@ class PhraseDecoderLayer(nn.Module):
         dropout = config.epng_attention_dropout
         self.self_attention = CrossAttention(d_model=d_model, num_heads=heads, attention_dropout=dropout)
         self.self_norm = nn.LayerNorm(d_model, eps=config.layer_norm_eps)
+        # A phrase's kernel starts as the mean of its tokens; reading them one by one lets it keep "ring" and
+        # "pink cross" of "the ring beside the pink cross" apart, and weigh them by what the image holds.
+        self.token_attention = self.token_norm = None
+        if config.epng_phrase_decoder_reads_tokens:
+            self.token_attention = CrossAttention(
+                d_model=d_model,
+                num_heads=heads,
+                key_dim=config.text_config.hidden_size,
+                attention_dropout=dropout,
+            )
+            self.token_norm = nn.LayerNorm(d_model, eps=config.layer_norm_eps)
         self.cross_attention = CrossAttention(d_model=d_model, num_heads=heads, attention_dropout=dropout)
         self.cross_norm = nn.LayerNorm(d_model, eps=config.layer_norm_eps)
         self.ffn = feed_forward(config)
@@ -135,12 +147,22 @@ class PhraseDecoderLayer(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(
-        self, phrases: torch.Tensor, phrase_mask: torch.Tensor, pixels: torch.Tensor, pixel_mask: torch.Tensor
+        self,
+        phrases: torch.Tensor,
+        phrase_mask: torch.Tensor,
+        pixels: torch.Tensor,
+        pixel_mask: torch.Tensor,
+        tokens: torch.Tensor | None = None,
+        phrase_token_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """phrases: B x P x D; phrase_mask: B x P bool; pixels: B x N x D; pixel_mask: B x N bool (all True).
-        Returns B x P x D."""
+        """phrases: B x P x D; phrase_mask: B x P bool; pixels: B x N x D; pixel_mask: B x N bool (all True);
+        with `epng_phrase_decoder_reads_tokens` also tokens: B x T x C_text and phrase_token_mask: B x P x T
+        (which tokens each phrase reads). Returns B x P x D."""
         attended = self.self_attention(phrases, phrases, phrase_mask)
         phrases = self.self_norm(phrases + self.dropout(attended))
+        if self.token_attention is not None:
+            attended = self.token_attention(phrases, tokens, phrase_token_mask)
+            phrases = self.token_norm(phrases + self.dropout(attended))
         phrases = self.cross_norm(phrases + self.dropout(self.cross_attention(phrases, pixels, pixel_mask)))
         return self.ffn_norm(phrases + self.dropout(self.ffn(phrases)))
 
@@ -232,14 +254,28 @@ class EpngHead(nn.Module):
             PhraseDecoderLayer(config) for _ in range(config.epng_phrase_decoder_layers)
         )
         self.refiner = PhraseMaskRefiner(config) if config.epng_mask_refinement_kernels else None
+        self.reads_token_features = bool(self.phrase_decoder) and config.epng_phrase_decoder_reads_tokens
 
     def _resize(self, feature: torch.Tensor, size: torch.Size) -> torch.Tensor:
         return F.interpolate(feature, size=size, mode="bilinear", align_corners=self.align_corners)
 
     def forward(
-        self, features: dict[int, torch.Tensor], phrase_features: torch.Tensor, phrase_mask: torch.Tensor
+        self,
+        features: dict[int, torch.Tensor],
+        phrase_features: torch.Tensor,
+        phrase_mask: torch.Tensor,
+        *,
+        token_features: torch.Tensor | None = None,
+        phrase_token_mask: torch.Tensor | None = None,
     ) -> GroundingHeadOutput:
-        """features: stride -> B x C x H/s x W/s; phrase_features: B x P x C_text; phrase_mask: B x P bool."""
+        """features: stride -> B x C x H/s x W/s; phrase_features: B x P x C_text; phrase_mask: B x P bool;
+        with `epng_phrase_decoder_reads_tokens` also token_features: B x T x C_text and phrase_token_mask:
+        B x P x T (0/1)."""
+        if self.reads_token_features and (token_features is None or phrase_token_mask is None):
+            raise ValueError(
+                "epng_phrase_decoder_reads_tokens needs token_features and phrase_token_mask (the phrase "
+                "decoder reads each phrase's tokens)"
+            )
         if self.communicator_stride == 16:
             grid = features[16].shape[-2:]
             levels = [F.avg_pool2d(features[8], kernel_size=2), features[16]]  # Down(F_v1), F_v2
@@ -265,7 +301,9 @@ class EpngHead(nn.Module):
         if self.stride4_skip is not None:
             pixel_map = pixel_map + self.stride4_skip(features[4])
         if len(self.phrase_decoder):
-            phrases, pixel_map = self._decode_phrases(phrases, phrase_mask, pixel_map)
+            phrases, pixel_map = self._decode_phrases(
+                phrases, phrase_mask, pixel_map, token_features, phrase_token_mask
+            )
         mask_logits = torch.einsum("bpd,bdhw->bphw", phrases, pixel_map) * self.logit_scale  # eq. 10
         auxiliary_masks = ()
         if self.refiner is not None:  # the unrefined logits stay supervised (deep supervision)
@@ -279,7 +317,12 @@ class EpngHead(nn.Module):
         )
 
     def _decode_phrases(
-        self, phrases: torch.Tensor, phrase_mask: torch.Tensor, pixel_map: torch.Tensor
+        self,
+        phrases: torch.Tensor,
+        phrase_mask: torch.Tensor,
+        pixel_map: torch.Tensor,
+        token_features: torch.Tensor | None,
+        phrase_token_mask: torch.Tensor | None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The phrase decoder (ours): the pixel map gains a sine position code, which the phrases read with
         the features, so that a kernel can select a place as well as an appearance. Returns the decoded
@@ -295,6 +338,8 @@ class EpngHead(nn.Module):
             F.avg_pool2d(pixel_map, kernel_size=2, ceil_mode=True).flatten(2).transpose(1, 2)
         )  # B x N x D
         pixel_mask = torch.ones(pixels.shape[:2], dtype=torch.bool, device=pixels.device)
+        if not self.reads_token_features:
+            token_features = phrase_token_mask = None
         for layer in self.phrase_decoder:
-            phrases = layer(phrases, phrase_mask, pixels, pixel_mask)
+            phrases = layer(phrases, phrase_mask, pixels, pixel_mask, token_features, phrase_token_mask)
         return phrases, pixel_map
