@@ -223,8 +223,9 @@ class CrossAttention(nn.Module):
     """Multi-head attention of B x N x D queries over B x P x D keys with a key mask: B x P (padding, the same
     for every query) or B x N x P (which keys each query may read).
 
-    Masked keys get no weight; a query row without any key to read (a narrative without a real phrase) returns
-    zeros instead of the NaN a plain softmax over -inf would give.
+    Masked keys get no weight; a query row without any key to read (a narrative without a real phrase) attends
+    to nothing: its attended values are zeros (the output is the output projection's bias) instead of the NaN a
+    plain softmax over -inf would give.
     """
 
     def __init__(
