@@ -571,7 +571,13 @@ class PngConfig(PreTrainedConfig):
                 not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value)
             ):
                 raise ValueError(f"{spec.name} must be a finite number, got {value!r}")
-        for name in ("fpn_channels", "d_model", "num_attention_heads", "ffn_dim", "epng_mask_refinement_channels"):
+        for name in (
+            "fpn_channels",
+            "d_model",
+            "num_attention_heads",
+            "ffn_dim",
+            "epng_mask_refinement_channels",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("num_communicator_layers", "epng_phrase_decoder_layers", "lpa_distance_clamp",
