@@ -61,6 +61,8 @@ ROWS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     # capacity
     "wider: d_model 192": ({"d_model": 192, "ffn_dim": 384}, {}),
     "deeper: 4 communicator layers": ({"num_communicator_layers": 4}, {}),
+    "backbone: channels 32-256": ({"backbone_config": {"timm_model_args": {"channels": [32, 64, 128, 256]}}}, {}),
+    "backbone: 2 blocks per stage": ({"backbone_config": {"timm_model_args": {"layers": [2, 2, 2, 2]}}}, {}),
     "text: 4 layers": ({"text_config": {"num_hidden_layers": 4}}, {}),
     "text: average last 2 layers": ({"text_layers_to_average": 2}, {}),
     "attention phrase pooling (ours)": ({"phrase_pooling": "attention"}, {}),
