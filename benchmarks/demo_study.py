@@ -71,6 +71,10 @@ ROWS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "no phrase decoder": ({"epng_phrase_decoder_layers": 0}, {}),
     "mask refinement: 4 kernels (ours)": ({"epng_mask_refinement_kernels": 4}, {}),
     "phrase decoder reads tokens (ours)": ({"epng_phrase_decoder_reads_tokens": True}, {}),
+    "mask refinement + decoder reads tokens (ours)": (
+        {"epng_mask_refinement_kernels": 4, "epng_phrase_decoder_reads_tokens": True},
+        {},
+    ),
     "text dropout 0.1": ({"text_config": TEXT_DROPOUT_01}, {}),
     "no phrase decoder, text dropout 0.1 (epng-tiny before 2026-12-02)": (
         {"epng_phrase_decoder_layers": 0, "text_config": TEXT_DROPOUT_01},
