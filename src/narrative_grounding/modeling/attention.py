@@ -220,10 +220,12 @@ class LocalityPerceptiveAttention(nn.Module):
 
 
 class CrossAttention(nn.Module):
-    """Multi-head attention of B x N x D queries over B x P x D keys with a B x P key padding mask.
+    """Multi-head attention of B x N x D queries over B x P x D keys with a key mask: B x P (padding, the same
+    for every query) or B x N x P (which keys each query may read).
 
-    Padded keys get no weight; a query row whose keys are all padding (a narrative without a real
-    phrase) returns zeros instead of the NaN a plain softmax over -inf would give.
+    Masked keys get no weight; a query row without any key to read (a narrative without a real phrase) attends
+    to nothing: its attended values are zeros (the output is the output projection's bias) instead of the NaN a
+    plain softmax over -inf would give.
     """
 
     def __init__(
@@ -239,21 +241,29 @@ class CrossAttention(nn.Module):
         self.out_proj = nn.Linear(d_model, d_model)
 
     def forward(self, queries: torch.Tensor, keys: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
-        """queries: B x N x D, keys: B x P x Dk, key_mask: B x P bool (True = real). Returns B x N x D."""
+        """queries: B x N x D, keys: B x P x Dk, key_mask: B x P or B x N x P bool (True = may be read).
+        Returns B x N x D."""
         batch, num_queries, d_model = queries.shape
         num_keys = keys.shape[1]
         q = self.q_proj(queries).view(batch, num_queries, self.num_heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(keys).view(batch, num_keys, self.num_heads, self.head_dim).transpose(1, 2)
         v = self.v_proj(keys).view(batch, num_keys, self.num_heads, self.head_dim).transpose(1, 2)
         # q, k, v: B x Hd x {N, P} x Dh
-        has_keys = key_mask.any(dim=1)  # B
-        # Rows without any real key attend to everything (a finite softmax) over values zeroed here: their
-        # output is exactly zero, for the price of scaling the P values instead of the N outputs.
-        attend = (key_mask | ~has_keys[:, None])[:, None, None, :]  # B x 1 x 1 x P
-        v = v * has_keys.view(batch, 1, 1, 1).to(v.dtype)
+        key_mask = key_mask.bool()
+        per_query = key_mask.dim() == 3
+        if not per_query:
+            key_mask = key_mask[:, None, :]  # B x 1 x P: the same keys for every query
+        has_keys = key_mask.any(dim=-1, keepdim=True)  # B x {1, N} x 1
+        # Rows without any key attend to everything (a finite softmax) and read zeros: with one mask for all
+        # queries the P values are zeroed (cheaper than the N outputs), with a mask per query the outputs.
+        attend = (key_mask | ~has_keys)[:, None]  # B x 1 x {1, N} x P
+        if not per_query:
+            v = v * has_keys[:, None].to(v.dtype)
         attended = F.scaled_dot_product_attention(
             q, k, v, attn_mask=attend, dropout_p=self.attention_dropout if self.training else 0.0
         )  # B x Hd x N x Dh
+        if per_query:
+            attended = attended * has_keys[:, None].to(attended.dtype)
         attended = attended.transpose(1, 2).reshape(batch, num_queries, d_model)  # B x N x D
         return self.out_proj(attended)
 

@@ -165,6 +165,18 @@ class PngConfig(PreTrainedConfig):
         8 (with a 2D sine position code), followed by an FFN, before the phrase . pixel mask product; the
         stride-4 pixel map then carries the same position code. Phrases that pick one instance among look-alikes by where it is, its size or
         what is next to it can then gather that instance's features and location into their kernel.
+    epng_phrase_decoder_reads_tokens (`bool`, defaults to `False`):
+        Ours, not in the paper. Each phrase-decoder layer also lets every phrase attend to its own tokens
+        (after the self-attention among phrases), so that a kernel is not bound to the mean of its tokens:
+        "the ring beside the pink cross" can look for the cross and then for the ring. Needs
+        `epng_phrase_decoder_layers` >= 1.
+    epng_mask_refinement_kernels (`int`, defaults to 0):
+        Ours, not in the paper (0 = EPNG). K > 0: each phrase makes K more kernels whose maps, with its mask
+        logits, pass at stride 8 through a CNN of four dilated 3 x 3 convolutions (dilations 1, 2, 4, 8) whose
+        zero-initialised 1 x 1 output is added to the logits, so that a mask can depend on how regions lie
+        relative to each other ("the ring beside the pink cross", "the biggest hexagon"). The unrefined logits
+        are supervised too.
+    epng_mask_refinement_channels (`int`, defaults to 16): width of that CNN.
     bce_loss_weight, dice_loss_weight, sal_loss_weight (`float`, defaults 2.0, 2.0, 1.0): EPNG eq. 15.
     sal_temperature (`float`, defaults to 0.1): tau of EPNG eqs. 13-14: similarities are divided by it. With
         our cosine similarity 0.1 bounds the logits to [-10, 10]. The released code multiplies raw dot
@@ -260,6 +272,11 @@ class PngConfig(PreTrainedConfig):
     # --- end EPNG position encoding ---
     # Ours: decoder layers that let each phrase read the image before it becomes a mask kernel (0: EPNG).
     epng_phrase_decoder_layers: int = 0
+    # Ours: a CNN over each phrase's mask logits and K more phrase maps that corrects them (0: EPNG).
+    epng_mask_refinement_kernels: int = 0
+    # Ours: the phrase decoder's layers also read each phrase's own tokens (needs decoder layers).
+    epng_phrase_decoder_reads_tokens: bool = False
+    epng_mask_refinement_channels: int = 16
 
     # DRMN head
     drmn_hidden_dim: int = 256
@@ -401,6 +418,11 @@ class PngConfig(PreTrainedConfig):
         if not 1 <= self.drmn_num_levels <= 4:
             raise ValueError(
                 f"drmn_num_levels must be in 1..4 (FPN strides 4-32), got {self.drmn_num_levels}"
+            )
+        if self.epng_phrase_decoder_reads_tokens and self.epng_phrase_decoder_layers < 1:
+            raise ValueError(
+                "epng_phrase_decoder_reads_tokens needs epng_phrase_decoder_layers >= 1 (the decoder's layers "
+                "read the tokens), got 0"
             )
         # --- DRMN head validation ---
         for name in ("drmn_hidden_dim", "drmn_num_heads", "drmn_num_points", "drmn_ffn_dim", "drmn_top_k"):
@@ -549,10 +571,17 @@ class PngConfig(PreTrainedConfig):
                 not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value)
             ):
                 raise ValueError(f"{spec.name} must be a finite number, got {value!r}")
-        for name in ("fpn_channels", "d_model", "num_attention_heads", "ffn_dim"):
+        for name in (
+            "fpn_channels",
+            "d_model",
+            "num_attention_heads",
+            "ffn_dim",
+            "epng_mask_refinement_channels",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("num_communicator_layers", "epng_phrase_decoder_layers", "lpa_distance_clamp",
+                     "epng_mask_refinement_kernels",
                      "initializer_range", "bce_loss_weight", "dice_loss_weight", "sal_loss_weight"):  # fmt: skip
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")

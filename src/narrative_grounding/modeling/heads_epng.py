@@ -119,8 +119,9 @@ class CommunicatorLayer(nn.Module):
 
 class PhraseDecoderLayer(nn.Module):
     """Ours, not in EPNG (`epng_phrase_decoder_layers`): the phrases read the image before they become mask
-    kernels. Self-attention among the phrases of a narrative, cross-attention of each phrase to the pixel map,
-    FFN; each residual + LayerNorm, as in the communicator layers."""
+    kernels. Self-attention among the phrases of a narrative, cross-attention of each phrase to its own tokens
+    (`epng_phrase_decoder_reads_tokens`), cross-attention of each phrase to the pixel map, FFN; each residual +
+    LayerNorm, as in the communicator layers."""
 
     def __init__(self, config) -> None:
         super().__init__()
@@ -128,6 +129,17 @@ class PhraseDecoderLayer(nn.Module):
         dropout = config.epng_attention_dropout
         self.self_attention = CrossAttention(d_model=d_model, num_heads=heads, attention_dropout=dropout)
         self.self_norm = nn.LayerNorm(d_model, eps=config.layer_norm_eps)
+        # A phrase's kernel starts as the mean of its tokens; reading them one by one lets it keep "ring" and
+        # "pink cross" of "the ring beside the pink cross" apart, and weigh them by what the image holds.
+        self.token_attention = self.token_norm = None
+        if config.epng_phrase_decoder_reads_tokens:
+            self.token_attention = CrossAttention(
+                d_model=d_model,
+                num_heads=heads,
+                key_dim=config.text_config.hidden_size,
+                attention_dropout=dropout,
+            )
+            self.token_norm = nn.LayerNorm(d_model, eps=config.layer_norm_eps)
         self.cross_attention = CrossAttention(d_model=d_model, num_heads=heads, attention_dropout=dropout)
         self.cross_norm = nn.LayerNorm(d_model, eps=config.layer_norm_eps)
         self.ffn = feed_forward(config)
@@ -135,14 +147,83 @@ class PhraseDecoderLayer(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(
-        self, phrases: torch.Tensor, phrase_mask: torch.Tensor, pixels: torch.Tensor, pixel_mask: torch.Tensor
+        self,
+        phrases: torch.Tensor,
+        phrase_mask: torch.Tensor,
+        pixels: torch.Tensor,
+        pixel_mask: torch.Tensor,
+        tokens: torch.Tensor | None = None,
+        phrase_token_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """phrases: B x P x D; phrase_mask: B x P bool; pixels: B x N x D; pixel_mask: B x N bool (all True).
-        Returns B x P x D."""
+        """phrases: B x P x D; phrase_mask: B x P bool; pixels: B x N x D; pixel_mask: B x N bool (all True);
+        with `epng_phrase_decoder_reads_tokens` also tokens: B x T x C_text and phrase_token_mask: B x P x T
+        (which tokens each phrase reads). Returns B x P x D."""
         attended = self.self_attention(phrases, phrases, phrase_mask)
         phrases = self.self_norm(phrases + self.dropout(attended))
+        if self.token_attention is not None:
+            attended = self.token_attention(phrases, tokens, phrase_token_mask)
+            phrases = self.token_norm(phrases + self.dropout(attended))
         phrases = self.cross_norm(phrases + self.dropout(self.cross_attention(phrases, pixels, pixel_mask)))
         return self.ffn_norm(phrases + self.dropout(self.ffn(phrases)))
+
+
+class PhraseMaskRefiner(nn.Module):
+    """Ours, not in EPNG (`epng_mask_refinement_kernels` K > 0): a small CNN over each phrase's own maps that
+    corrects its mask logits where the choice depends on the layout of the image.
+
+    A phrase . pixel product scores every pixel on its own: it can say "orange ring" or "near this place",
+    but "the ring beside the pink cross" or "the biggest hexagon" compares regions with each other. Each phrase
+    here produces K more kernels (K maps against the same pixel map, e.g. the reference object of a relation);
+    its mask logits and these maps, pooled to stride 8, pass through 3 x 3 convolutions with dilations 1, 2, 4
+    and 8 (a receptive field of 31 cells: 248 input pixels) plus the image-wide maximum of the first layer's
+    features, and a 1 x 1 convolution adds the result, upsampled to stride 4, to the logits. That convolution
+    starts at zero, so a fresh refiner returns the logits unchanged. The CNN runs on the real phrases only.
+    """
+
+    DILATIONS = (1, 2, 4, 8)
+
+    def __init__(self, config) -> None:
+        super().__init__()
+        d_model, channels = config.d_model, config.epng_mask_refinement_channels
+        self.num_kernels = config.epng_mask_refinement_kernels
+        self.kernels = nn.Linear(d_model, self.num_kernels * d_model)
+        self.convs = nn.ModuleList(
+            nn.Conv2d(self.num_kernels + 1 if i == 0 else channels, channels, 3, padding=d, dilation=d)
+            for i, d in enumerate(self.DILATIONS)
+        )
+        self.global_context = nn.Linear(channels, channels)
+        # The 1 x 1 output convolution, as parameters of this module so that it is zero-initialised here
+        # (PngPreTrainedModel) rather than as a convolution.
+        self.output_weight = nn.Parameter(torch.zeros(channels))
+        self.output_bias = nn.Parameter(torch.zeros(()))
+
+    def forward(
+        self,
+        mask_logits: torch.Tensor,
+        phrases: torch.Tensor,
+        pixel_map: torch.Tensor,
+        phrase_mask: torch.Tensor,
+        logit_scale: float,
+    ) -> torch.Tensor:
+        """mask_logits: B x P x h x w; phrases: B x P x D; pixel_map: B x D x h x w; phrase_mask: B x P bool.
+        Returns the refined B x P x h x w logits (padded phrases unchanged)."""
+        batch, num_phrases, height, width = mask_logits.shape
+        real = phrase_mask.bool()
+        # At stride 8: pooling commutes with the kernel products, so the maps are made from the pooled map.
+        pixel_map = F.avg_pool2d(pixel_map, kernel_size=2, ceil_mode=True)  # B x D x h' x w'
+        kernels = self.kernels(phrases).view(batch, num_phrases, self.num_kernels, -1)  # B x P x K x D
+        maps = torch.einsum("bpkd,bdhw->bpkhw", kernels, pixel_map) * logit_scale  # B x P x K x h' x w'
+        pooled_logits = F.avg_pool2d(mask_logits, kernel_size=2, ceil_mode=True)  # B x P x h' x w'
+        hidden = torch.cat([pooled_logits[:, :, None], maps], dim=2)[real]  # R x (K + 1) x h' x w'
+        hidden = F.gelu(self.convs[0](hidden))
+        hidden = hidden + self.global_context(hidden.amax(dim=(-2, -1)))[:, :, None, None]
+        for conv in self.convs[1:]:
+            hidden = hidden + F.gelu(conv(hidden))
+        correction = torch.einsum("rchw,c->rhw", hidden, self.output_weight) + self.output_bias
+        correction = F.interpolate(
+            correction[:, None], size=(height, width), mode="bilinear", align_corners=False
+        )[:, 0]  # R x h x w
+        return mask_logits.index_put((real.nonzero(as_tuple=True)), mask_logits[real] + correction)
 
 
 class EpngHead(nn.Module):
@@ -172,14 +253,29 @@ class EpngHead(nn.Module):
         self.phrase_decoder = nn.ModuleList(
             PhraseDecoderLayer(config) for _ in range(config.epng_phrase_decoder_layers)
         )
+        self.refiner = PhraseMaskRefiner(config) if config.epng_mask_refinement_kernels else None
+        self.reads_token_features = bool(self.phrase_decoder) and config.epng_phrase_decoder_reads_tokens
 
     def _resize(self, feature: torch.Tensor, size: torch.Size) -> torch.Tensor:
         return F.interpolate(feature, size=size, mode="bilinear", align_corners=self.align_corners)
 
     def forward(
-        self, features: dict[int, torch.Tensor], phrase_features: torch.Tensor, phrase_mask: torch.Tensor
+        self,
+        features: dict[int, torch.Tensor],
+        phrase_features: torch.Tensor,
+        phrase_mask: torch.Tensor,
+        *,
+        token_features: torch.Tensor | None = None,
+        phrase_token_mask: torch.Tensor | None = None,
     ) -> GroundingHeadOutput:
-        """features: stride -> B x C x H/s x W/s; phrase_features: B x P x C_text; phrase_mask: B x P bool."""
+        """features: stride -> B x C x H/s x W/s; phrase_features: B x P x C_text; phrase_mask: B x P bool;
+        with `epng_phrase_decoder_reads_tokens` also token_features: B x T x C_text and phrase_token_mask:
+        B x P x T (0/1)."""
+        if self.reads_token_features and (token_features is None or phrase_token_mask is None):
+            raise ValueError(
+                "epng_phrase_decoder_reads_tokens needs token_features and phrase_token_mask (the phrase "
+                "decoder reads each phrase's tokens)"
+            )
         if self.communicator_stride == 16:
             grid = features[16].shape[-2:]
             levels = [F.avg_pool2d(features[8], kernel_size=2), features[16]]  # Down(F_v1), F_v2
@@ -205,14 +301,28 @@ class EpngHead(nn.Module):
         if self.stride4_skip is not None:
             pixel_map = pixel_map + self.stride4_skip(features[4])
         if len(self.phrase_decoder):
-            phrases, pixel_map = self._decode_phrases(phrases, phrase_mask, pixel_map)
+            phrases, pixel_map = self._decode_phrases(
+                phrases, phrase_mask, pixel_map, token_features, phrase_token_mask
+            )
         mask_logits = torch.einsum("bpd,bdhw->bphw", phrases, pixel_map) * self.logit_scale  # eq. 10
+        auxiliary_masks = ()
+        if self.refiner is not None:  # the unrefined logits stay supervised (deep supervision)
+            auxiliary_masks = (mask_logits,)
+            mask_logits = self.refiner(mask_logits, phrases, pixel_map, phrase_mask, self.logit_scale)
         return GroundingHeadOutput(
-            pred_masks=mask_logits, phrase_embeddings=phrases, pixel_embeddings=pixel_map
+            pred_masks=mask_logits,
+            auxiliary_masks=auxiliary_masks,
+            phrase_embeddings=phrases,
+            pixel_embeddings=pixel_map,
         )
 
     def _decode_phrases(
-        self, phrases: torch.Tensor, phrase_mask: torch.Tensor, pixel_map: torch.Tensor
+        self,
+        phrases: torch.Tensor,
+        phrase_mask: torch.Tensor,
+        pixel_map: torch.Tensor,
+        token_features: torch.Tensor | None,
+        phrase_token_mask: torch.Tensor | None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The phrase decoder (ours): the pixel map gains a sine position code, which the phrases read with
         the features, so that a kernel can select a place as well as an appearance. Returns the decoded
@@ -228,6 +338,8 @@ class EpngHead(nn.Module):
             F.avg_pool2d(pixel_map, kernel_size=2, ceil_mode=True).flatten(2).transpose(1, 2)
         )  # B x N x D
         pixel_mask = torch.ones(pixels.shape[:2], dtype=torch.bool, device=pixels.device)
+        if not self.reads_token_features:
+            token_features = phrase_token_mask = None
         for layer in self.phrase_decoder:
-            phrases = layer(phrases, phrase_mask, pixels, pixel_mask)
+            phrases = layer(phrases, phrase_mask, pixels, pixel_mask, token_features, phrase_token_mask)
         return phrases, pixel_map

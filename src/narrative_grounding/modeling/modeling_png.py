@@ -20,6 +20,7 @@ from transformers.utils import ModelOutput
 from .attention import LocalityPerceptiveAttention
 from .configuration_png import PngConfig
 from .heads import GROUNDING_HEADS
+from .heads_epng import PhraseMaskRefiner
 from .losses import (
     PHRASES,
     QUERIES,
@@ -81,6 +82,9 @@ class PngPreTrainedModel(PreTrainedModel):
             init.ones_(module.prior_scale)  # EPNG: W_j initialised to 1
         elif isinstance(module, PhrasePooling) and module.score is not None:
             init.zeros_(module.score)  # equal token scores: the attention pooling starts as the mean
+        elif isinstance(module, PhraseMaskRefiner):
+            init.zeros_(module.output_weight)  # a fresh refiner leaves the mask logits as they are
+            init.zeros_(module.output_bias)
         elif isinstance(module, torch.nn.Conv2d):
             init.kaiming_uniform_(module.weight, a=1)
             if module.bias is not None:
