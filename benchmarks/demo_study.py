@@ -82,6 +82,8 @@ ROWS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     ),
     # EPNG eq. 10's plain dot product (the release's too) instead of our d_model^-1/2 scaling
     "unscaled mask logits": ({"epng_scale_mask_logits": False}, {}),
+    # the losses: EPNG eq. 15's Semantic Alignment Loss off (BCE + Dice alone)
+    "no SAL": ({"sal_loss_weight": 0.0}, {}),
     # data and recipe
     "12,000 images": ({}, {"num_train": 12000}),
     "learning rate 1e-3": ({}, {"learning_rate": 1e-3}),
