@@ -145,11 +145,12 @@ def check_config_keys(kwargs: dict[str, Any], where: str, *, saved: bool = False
         raise ValueError(f"{where}: unknown PngConfig key(s) {', '.join(described)}")
 
 
-def _merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+def merge_config_dicts(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """`base` updated by `overrides`, recursing into the sub-config dicts both have (`text_config`, ...)."""
     merged = dict(base)
     for key, value in overrides.items():
         if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _merge(merged[key], value)
+            merged[key] = merge_config_dicts(merged[key], value)
         else:
             merged[key] = value
     return merged
@@ -166,7 +167,7 @@ def load_config(name_or_path: str | Path, **overrides: Any) -> PngConfig:
     except (OSError, json.JSONDecodeError) as error:
         raise ValueError(f"variant {path}: config.json cannot be read: {error}") from error
     check_config_keys(config_dict, f"variant {path.name} ({path / 'config.json'})", saved=True)
-    return PngConfig.from_dict(_merge(config_dict, overrides))
+    return PngConfig.from_dict(merge_config_dicts(config_dict, overrides))
 
 
 def load_processor(name_or_path: str | Path) -> Any:

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..factory import load_config, load_variant
+from ..factory import load_config, load_variant, merge_config_dicts
 from ..modeling.image_processing_png import PngImageProcessor
 from ..modeling.modeling_png import PngForPanopticNarrativeGrounding
 from ..modeling.processing_png import PngProcessor
@@ -34,17 +34,6 @@ class ConvertedModel:
     def save_pretrained(self, output_dir: str | Path) -> None:
         self.model.save_pretrained(output_dir)
         self.processor.save_pretrained(output_dir)
-
-
-def _merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for key, value in overrides.items():
-        merged[key] = (
-            _merge(merged[key], value)
-            if isinstance(value, dict) and isinstance(merged.get(key), dict)
-            else value
-        )
-    return merged
 
 
 def _build(
@@ -106,7 +95,7 @@ def convert_panoptic_fpn(
     normalisation (BGR, 0..255, its pixel mean and std). Written to `output_dir` when given.
     """
     tensors, _ = read_detectron2_checkpoint(checkpoint)
-    overrides = _merge(panoptic_fpn_overrides(), config_overrides or {})
+    overrides = merge_config_dicts(panoptic_fpn_overrides(), config_overrides or {})
     model, processor = _build(
         variant, overrides, image_processor_settings(tensors), text_model_name_or_path, tokenizer
     )
@@ -164,7 +153,9 @@ def convert_drmn(
         key.split("/", 1)[1]: value for key, value in tensors.items() if key.startswith("fpn_model_state/")
     }
     overrides = (
-        _merge(panoptic_fpn_overrides(), config_overrides or {}) if detector else config_overrides or {}
+        merge_config_dicts(panoptic_fpn_overrides(), config_overrides or {})
+        if detector
+        else config_overrides or {}
     )
     image_processor = image_processor_settings(detector) if detector else {}
     model, processor = _build(variant, overrides, image_processor, text_model_name_or_path, tokenizer)
