@@ -512,7 +512,10 @@ EPNG_OVERRIDES = {
     "ffn_dim": 192,
     "num_communicator_layers": 2,
     "use_stride4_skip": False,
-    "epng_phrase_decoder_layers": 0,  # epng-tiny's phrase decoder is ours: EPNG's checkpoints have none
+    # epng-tiny's phrase decoder and mask refinement are ours: EPNG's checkpoints have neither
+    "epng_phrase_decoder_layers": 0,
+    "epng_phrase_decoder_reads_tokens": False,
+    "epng_mask_refinement_kernels": 0,
 }
 
 

@@ -8,11 +8,24 @@ import pytest
 import torch
 import torch.nn.functional as F
 from huggingface_hub.errors import StrictDataclassClassValidationError
-from tiny_models import make_inputs, tiny_config, tiny_model
+from tiny_models import make_inputs
+from tiny_models import tiny_config as tiny_config_with_everything
+from tiny_models import tiny_model as tiny_model_with_everything
 
 from narrative_grounding import PngConfig, PngForPanopticNarrativeGrounding, load_config
 from narrative_grounding.modeling.heads_epng import PhraseDecoderLayer
 from narrative_grounding.modeling.position_encoding import sine_position_embedding
+
+ALONE = {"epng_phrase_decoder_reads_tokens": False, "epng_mask_refinement_kernels": 0}
+
+
+def tiny_config(**overrides):
+    """epng-tiny's config with the phrase decoder alone (no token reading, no mask refinement)."""
+    return tiny_config_with_everything(**{**ALONE, **overrides})
+
+
+def tiny_model(**overrides):
+    return tiny_model_with_everything(**{**ALONE, **overrides})
 
 
 def test_off_in_the_paper_configs_on_in_the_tiny_one_and_a_negative_depth_is_refused_by_name():
@@ -20,7 +33,7 @@ def test_off_in_the_paper_configs_on_in_the_tiny_one_and_a_negative_depth_is_ref
     for variant in ("epng-r101-bert-base", "epng-r101-bert-base-paper", "epng-r101-bert-base-released"):
         assert load_config(variant).epng_phrase_decoder_layers == 0
     assert len(tiny_model(epng_phrase_decoder_layers=0).head.phrase_decoder) == 0
-    assert len(tiny_model().head.phrase_decoder) == 2  # epng-tiny, the demo's model
+    assert len(tiny_model_with_everything().head.phrase_decoder) == 2  # epng-tiny, the demo's model
     with pytest.raises((ValueError, StrictDataclassClassValidationError), match="epng_phrase_decoder_layers"):
         tiny_config(epng_phrase_decoder_layers=-1)
 

@@ -34,8 +34,13 @@ RELEASED = "epng-r101-bert-base-released"
 
 
 def epng_config(**switches):
-    """epng-tiny as EPNG's head is, without the phrase decoder the tiny variant adds (ours)."""
-    return tiny_config(epng_phrase_decoder_layers=0, **switches)
+    """epng-tiny as EPNG's head is, without the phrase decoder and mask refinement the tiny variant adds (ours)."""
+    return tiny_config(
+        epng_phrase_decoder_layers=0,
+        epng_phrase_decoder_reads_tokens=False,
+        epng_mask_refinement_kernels=0,
+        **switches,
+    )
 
 
 def tiny_drmn_config(**overrides) -> PngConfig:
@@ -270,7 +275,7 @@ def test_released_model_loss_upsamples_with_align_corners():
     torch.manual_seed(0)
     overrides = {"mask_loss_resolution": "input", "mask_loss_reduction": "samples", "dice_eps": 2e-3}
     model = PngForPanopticNarrativeGrounding(
-        tiny_config(epng_upsample_align_corners=True, **overrides)
+        epng_config(epng_upsample_align_corners=True, **overrides)
     ).eval()
     inputs = make_inputs([2, 1], with_labels=True)
     output = model(**inputs)
