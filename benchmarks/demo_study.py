@@ -46,6 +46,8 @@ from ._common import load_average, machine_description, print_machine, run_in_ch
 from .ablations import summarise
 
 TEXT_DROPOUT_01 = {"hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.1}  # BERT's own default
+#: epng-tiny as the first two rounds of the study measured it (without the two additions of the third round).
+BEFORE_THIRD_ROUND = {"epng_mask_refinement_kernels": 0, "epng_phrase_decoder_reads_tokens": False}
 #: label -> (PngConfig overrides, demo recipe overrides). Rows marked "ours" change the architecture
 #: beyond the paper: configuration switches that the paper configs leave off.
 ROWS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
@@ -61,23 +63,27 @@ ROWS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     # capacity
     "wider: d_model 192": ({"d_model": 192, "ffn_dim": 384}, {}),
     "deeper: 4 communicator layers": ({"num_communicator_layers": 4}, {}),
-    "backbone: channels 32-256": ({"backbone_config": {"timm_model_args": {"channels": [32, 64, 128, 256]}}}, {}),
+    "backbone: channels 32-256": (
+        {"backbone_config": {"timm_model_args": {"channels": [32, 64, 128, 256]}}},
+        {},
+    ),
     "backbone: 2 blocks per stage": ({"backbone_config": {"timm_model_args": {"layers": [2, 2, 2, 2]}}}, {}),
     "text: 4 layers": ({"text_config": {"num_hidden_layers": 4}}, {}),
     "text: average last 2 layers": ({"text_layers_to_average": 2}, {}),
     "attention phrase pooling (ours)": ({"phrase_pooling": "attention"}, {}),
-    # the phrase decoder (ours) that epng-tiny adds to EPNG, and the text encoder's dropout
+    # what epng-tiny adds to EPNG (ours): the phrase decoder, its token reading, the mask refinement; and the
+    # text encoder's dropout
     "phrase decoder: 1 layer (ours)": ({"epng_phrase_decoder_layers": 1}, {}),
-    "no phrase decoder": ({"epng_phrase_decoder_layers": 0}, {}),
-    "mask refinement: 4 kernels (ours)": ({"epng_mask_refinement_kernels": 4}, {}),
-    "phrase decoder reads tokens (ours)": ({"epng_phrase_decoder_reads_tokens": True}, {}),
-    "mask refinement + decoder reads tokens (ours)": (
-        {"epng_mask_refinement_kernels": 4, "epng_phrase_decoder_reads_tokens": True},
+    "no phrase decoder": ({"epng_phrase_decoder_layers": 0, "epng_phrase_decoder_reads_tokens": False}, {}),
+    "no mask refinement": ({"epng_mask_refinement_kernels": 0}, {}),
+    "phrase decoder without token reading": ({"epng_phrase_decoder_reads_tokens": False}, {}),
+    "no mask refinement, no token reading (epng-tiny before the third round)": (
+        {**BEFORE_THIRD_ROUND},
         {},
     ),
     "text dropout 0.1": ({"text_config": TEXT_DROPOUT_01}, {}),
     "no phrase decoder, text dropout 0.1 (epng-tiny before 2026-12-02)": (
-        {"epng_phrase_decoder_layers": 0, "text_config": TEXT_DROPOUT_01},
+        {**BEFORE_THIRD_ROUND, "epng_phrase_decoder_layers": 0, "text_config": TEXT_DROPOUT_01},
         {},
     ),
     # EPNG eq. 10's plain dot product (the release's too) instead of our d_model^-1/2 scaling
