@@ -22,7 +22,7 @@ thresholded at 0.5, scored by the same metric. A perfect model whose logits live
 AR and no more.
 
     python -m benchmarks.demo_study --json study.json                                  # every row, 3 seeds
-    python -m benchmarks.demo_study --json study.json --rows default "stride-8 tokens" --seeds 0
+    python -m benchmarks.demo_study --json study.json --rows default "stride-8 tokens (ours)" --seeds 0
     python -m benchmarks.demo_study --json study.json --report
     python -m benchmarks.demo_study --json steps.json --steps 700 --rows default "no phrase decoder"  # load-immune
     python -m benchmarks.demo_study --ceiling

@@ -39,6 +39,21 @@ def test_a_fresh_refiner_returns_the_logits_unchanged():
         torch.testing.assert_close(model.head.refiner(*inputs, 0.1), inputs[0])
 
 
+def test_narratives_without_real_phrases_and_odd_sizes():
+    model = tiny_model(epng_mask_refinement_kernels=2).eval()
+    refiner = model.head.refiner
+    with torch.no_grad():
+        refiner.output_weight.normal_()
+        logits, phrases, pixel_map, phrase_mask = _refiner_inputs(model.config, height=7, width=9)
+        # no phrase at all, and only padded phrases: the logits come back as they are
+        empty = refiner(logits[:, :0], phrases[:, :0], pixel_map, phrase_mask[:, :0], 0.1)
+        assert empty.shape == (2, 0, 7, 9)
+        padded = refiner(logits, phrases, pixel_map, torch.zeros_like(phrase_mask), 0.1)
+        torch.testing.assert_close(padded, logits)
+        # an odd-sized map: pooled in ceil mode, the correction brought back to the logits' size
+        assert refiner(logits, phrases, pixel_map, phrase_mask, 0.1).shape == logits.shape
+
+
 def test_written_out_with_a_trained_output():
     """The maps are the phrase's K extra kernels against the pixel map pooled 2 x 2 (ceil mode), stacked with
     its pooled logits; dilated 3 x 3 convolutions with residuals and the image-wide maximum; the 1 x 1 output,

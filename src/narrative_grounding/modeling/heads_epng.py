@@ -208,10 +208,14 @@ class PhraseMaskRefiner(nn.Module):
         """mask_logits: B x P x h x w; phrases: B x P x D; pixel_map: B x D x h x w; phrase_mask: B x P bool.
         Returns the refined B x P x h x w logits (padded phrases unchanged)."""
         batch, num_phrases, height, width = mask_logits.shape
+        if num_phrases == 0:  # pooling refuses an empty phrase axis; there is nothing to refine
+            return mask_logits
         real = phrase_mask.bool()
         # At stride 8: pooling commutes with the kernel products, so the maps are made from the pooled map.
         pixel_map = F.avg_pool2d(pixel_map, kernel_size=2, ceil_mode=True)  # B x D x h' x w'
-        kernels = self.kernels(phrases).view(batch, num_phrases, self.num_kernels, -1)  # B x P x K x D
+        kernels = self.kernels(phrases).view(
+            batch, num_phrases, self.num_kernels, phrases.shape[-1]
+        )  # B x P x K x D
         maps = torch.einsum("bpkd,bdhw->bpkhw", kernels, pixel_map) * logit_scale  # B x P x K x h' x w'
         pooled_logits = F.avg_pool2d(mask_logits, kernel_size=2, ceil_mode=True)  # B x P x h' x w'
         hidden = torch.cat([pooled_logits[:, :, None], maps], dim=2)[real]  # R x (K + 1) x h' x w'

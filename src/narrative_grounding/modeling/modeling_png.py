@@ -50,8 +50,9 @@ class PngOutput(ModelOutput):
         Mask logits per phrase at stride 4 of `pixel_values`. Padded phrases are present (ignore them with
         `phrase_mask`).
     auxiliary_masks (`tuple[torch.Tensor]`, *optional*):
-        Earlier predictions of multi-round heads (DRMN's initial matching and refinement rounds before the
-        last), each like `pred_masks`. Empty for EPNG.
+        Earlier predictions, each like `pred_masks` and supervised too: DRMN's initial matching and refinement
+        rounds before the last; EPNG's logits before its mask refinement (`epng_mask_refinement_kernels`, ours).
+        Empty for the paper's EPNG.
     phrase_embeddings (`torch.Tensor` of shape `(batch_size, num_phrases, hidden)`, *optional*):
         The phrase kernels of the final prediction.
     pixel_embeddings (`torch.Tensor` of shape `(batch_size, hidden, height / 4, width / 4)`, *optional*):
