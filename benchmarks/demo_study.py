@@ -74,6 +74,8 @@ ROWS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     # what epng-tiny adds to EPNG (ours): the phrase decoder, its token reading, the mask refinement; and the
     # text encoder's dropout
     "phrase decoder: 1 layer (ours)": ({"epng_phrase_decoder_layers": 1}, {}),
+    "phrase decoder: 3 layers (ours)": ({"epng_phrase_decoder_layers": 3}, {}),
+    "mask refinement: 8 kernels (ours)": ({"epng_mask_refinement_kernels": 8}, {}),
     "no phrase decoder": ({"epng_phrase_decoder_layers": 0, "epng_phrase_decoder_reads_tokens": False}, {}),
     "no mask refinement": ({"epng_mask_refinement_kernels": 0}, {}),
     "phrase decoder without token reading": ({"epng_phrase_decoder_reads_tokens": False}, {}),
