@@ -272,10 +272,10 @@ class PngConfig(PreTrainedConfig):
     # --- end EPNG position encoding ---
     # Ours: decoder layers that let each phrase read the image before it becomes a mask kernel (0: EPNG).
     epng_phrase_decoder_layers: int = 0
-    # Ours: a CNN over each phrase's mask logits and K more phrase maps that corrects them (0: EPNG).
-    epng_mask_refinement_kernels: int = 0
     # Ours: the phrase decoder's layers also read each phrase's own tokens (needs decoder layers).
     epng_phrase_decoder_reads_tokens: bool = False
+    # Ours: a CNN over each phrase's mask logits and K more phrase maps that corrects them (0: EPNG).
+    epng_mask_refinement_kernels: int = 0
     epng_mask_refinement_channels: int = 16
 
     # DRMN head

@@ -7,6 +7,15 @@ from dataclasses import dataclass
 import torch
 
 
+def check_token_inputs(
+    token_features: torch.Tensor | None, phrase_token_mask: torch.Tensor | None, *, switch: str, why: str
+) -> None:
+    """A head that reads token features (`reads_token_features`) refuses to run without them; `switch` names
+    the setting that made it read them and `why` what it reads them for."""
+    if token_features is None or phrase_token_mask is None:
+        raise ValueError(f"{switch} needs token_features and phrase_token_mask ({why})")
+
+
 @dataclass
 class GroundingHeadOutput:
     """

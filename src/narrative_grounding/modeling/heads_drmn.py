@@ -56,7 +56,7 @@ from .attention import CrossAttention
 from .configuration_png import DRMN_GROUP_NORM_GROUPS
 from .deformable_attention import MultiScaleDeformableAttention
 from .drmn_queries import noun_token_queries, phrase_mean_logits
-from .head_output import GroundingHeadOutput
+from .head_output import GroundingHeadOutput, check_token_inputs
 from .position_encoding import sine_position_embedding, slot_position_embedding
 from .text_encoder import pool_phrases
 
@@ -357,10 +357,12 @@ class DrmnHead(nn.Module):
         phrase_mask = phrase_mask.bool()
         token_queries = None
         if self.reads_token_features:
-            if token_features is None or phrase_token_mask is None:
-                raise ValueError(
-                    "drmn_queries='noun_token' needs token_features and phrase_token_mask (one query per token)"
-                )
+            check_token_inputs(
+                token_features,
+                phrase_token_mask,
+                switch="drmn_queries='noun_token'",
+                why="one query per token",
+            )
             token_queries = noun_token_queries(token_features, phrase_token_mask, phrase_mask)
             phrase_features, phrase_mask = token_queries.features, token_queries.mask  # B x Q x C_text, B x Q
         maps = [

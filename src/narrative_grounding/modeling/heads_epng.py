@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .attention import CrossAttention, LocalityPerceptiveAttention
-from .head_output import GroundingHeadOutput
+from .head_output import GroundingHeadOutput, check_token_inputs
 from .position_encoding import sine_position_embedding
 
 
@@ -227,7 +227,7 @@ class PhraseMaskRefiner(nn.Module):
         correction = F.interpolate(
             correction[:, None], size=(height, width), mode="bilinear", align_corners=False
         )[:, 0]  # R x h x w
-        return mask_logits.index_put((real.nonzero(as_tuple=True)), mask_logits[real] + correction)
+        return mask_logits.index_put(real.nonzero(as_tuple=True), mask_logits[real] + correction)
 
 
 class EpngHead(nn.Module):
@@ -258,7 +258,7 @@ class EpngHead(nn.Module):
             PhraseDecoderLayer(config) for _ in range(config.epng_phrase_decoder_layers)
         )
         self.refiner = PhraseMaskRefiner(config) if config.epng_mask_refinement_kernels else None
-        self.reads_token_features = bool(self.phrase_decoder) and config.epng_phrase_decoder_reads_tokens
+        self.reads_token_features = config.epng_phrase_decoder_reads_tokens  # validated: needs decoder layers
 
     def _resize(self, feature: torch.Tensor, size: torch.Size) -> torch.Tensor:
         return F.interpolate(feature, size=size, mode="bilinear", align_corners=self.align_corners)
@@ -275,10 +275,12 @@ class EpngHead(nn.Module):
         """features: stride -> B x C x H/s x W/s; phrase_features: B x P x C_text; phrase_mask: B x P bool;
         with `epng_phrase_decoder_reads_tokens` also token_features: B x T x C_text and phrase_token_mask:
         B x P x T (0/1)."""
-        if self.reads_token_features and (token_features is None or phrase_token_mask is None):
-            raise ValueError(
-                "epng_phrase_decoder_reads_tokens needs token_features and phrase_token_mask (the phrase "
-                "decoder reads each phrase's tokens)"
+        if self.reads_token_features:
+            check_token_inputs(
+                token_features,
+                phrase_token_mask,
+                switch="epng_phrase_decoder_reads_tokens",
+                why="the phrase decoder reads each phrase's tokens",
             )
         if self.communicator_stride == 16:
             grid = features[16].shape[-2:]
@@ -342,8 +344,6 @@ class EpngHead(nn.Module):
             F.avg_pool2d(pixel_map, kernel_size=2, ceil_mode=True).flatten(2).transpose(1, 2)
         )  # B x N x D
         pixel_mask = torch.ones(pixels.shape[:2], dtype=torch.bool, device=pixels.device)
-        if not self.reads_token_features:
-            token_features = phrase_token_mask = None
         for layer in self.phrase_decoder:
             phrases = layer(phrases, phrase_mask, pixels, pixel_mask, token_features, phrase_token_mask)
         return phrases, pixel_map
