@@ -79,10 +79,7 @@ ROWS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "no phrase decoder": ({"epng_phrase_decoder_layers": 0, "epng_phrase_decoder_reads_tokens": False}, {}),
     "no mask refinement": ({"epng_mask_refinement_kernels": 0}, {}),
     "phrase decoder without token reading": ({"epng_phrase_decoder_reads_tokens": False}, {}),
-    "no mask refinement, no token reading (epng-tiny before the third round)": (
-        {**BEFORE_THIRD_ROUND},
-        {},
-    ),
+    "no mask refinement, no token reading (epng-tiny before the third round)": (BEFORE_THIRD_ROUND, {}),
     "text dropout 0.1": ({"text_config": TEXT_DROPOUT_01}, {}),
     "no phrase decoder, text dropout 0.1 (epng-tiny before 2026-12-02)": (
         {**BEFORE_THIRD_ROUND, "epng_phrase_decoder_layers": 0, "text_config": TEXT_DROPOUT_01},
