@@ -87,6 +87,8 @@ ROWS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     ),
     # EPNG eq. 10's plain dot product (the release's too) instead of our d_model^-1/2 scaling
     "unscaled mask logits": ({"epng_scale_mask_logits": False}, {}),
+    "mask loss at the input size (EPNG eqs. 10-11)": ({"mask_loss_resolution": "input"}, {}),
+    "Dice loss weight 4 (demo: 2)": ({"dice_loss_weight": 4.0}, {}),
     # the losses: EPNG eq. 15's Semantic Alignment Loss off (BCE + Dice alone)
     "no SAL": ({"sal_loss_weight": 0.0}, {}),
     # data and recipe
@@ -277,7 +279,8 @@ def main(argv: list[str] | None = None) -> dict:
         default=None,
         help="train a fixed number of optimizer steps instead of --budget seconds (the cosine spans them): "
         "rows then compare the same optimisation whatever else loads the machine, and s/step gives each "
-        "row's cost",
+        "row's cost; counted in steps of the demo's batch, so that a row with another batch size trains on as "
+        "many samples",
     )
     parser.add_argument("--num-train", type=int, default=RECIPE["num_train"])
     parser.add_argument("--num-validation", type=int, default=RECIPE["num_validation"])
@@ -320,8 +323,11 @@ def main(argv: list[str] | None = None) -> dict:
             "num_train": args.num_train,
             "num_validation": args.num_validation,
             **recipe_changes,
-            **({"max_steps": args.steps} if args.steps else {"time_budget": args.budget}),
         }
+        if args.steps:  # counted in batches of the demo's size: a row with another batch sees as many samples
+            recipe["max_steps"] = args.steps * RECIPE["batch_size"] // recipe["batch_size"]
+        else:
+            recipe["time_budget"] = args.budget
         runs = []
         for seed in args.seeds:
             key = run_id(recipe, overrides, seed)
