@@ -26,9 +26,12 @@ DEFAULTS = {
     "model": "epng-tiny",
     "level": "hard",
     "time_budget": 600.0,
-    # One compute thread plus one data-loading worker: the tiny model gains little from intra-op threads,
-    # and OpenMP threads that share cores with any other busy process slow down by an order of magnitude
-    # (measured: 0.23 s per batch-16 step with 1 thread vs 6.1 s with 2 threads beside one busy process).
+    # Data parallelism over the cores, one compute thread per process plus one data-loading worker each: the
+    # tiny model gains little from intra-op threads, and OpenMP threads that share cores with any other busy
+    # process slow down by an order of magnitude (measured: 0.23 s per batch-16 step with 1 thread vs 6.1 s
+    # with 2 threads beside one busy process); separate processes of one thread do not. None: one process
+    # per core, at most MAX_DEFAULT_PROCESSES (the batch is split between them).
+    "processes": None,
     "threads": 1,
     "dataloader_workers": 1,
     "num_train": 4000,
@@ -40,6 +43,9 @@ DEFAULTS = {
     "num_overlays": 6,
     "seed": 0,
 }
+#: The most processes the demo starts by default: each trains on batch_size / processes images per step, and
+#: the models' batch norm needs a few images per process.
+MAX_DEFAULT_PROCESSES = 2
 OVERLAY_MIN_WIDTH = 384
 CURVE_CSV = "ar_vs_time.csv"
 CURVE_PNG = "ar_vs_time.png"
@@ -67,7 +73,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=DEFAULTS["time_budget"],
         help="seconds of training (evaluation not counted; default: %(default)s)",
     )
-    parser.add_argument("--threads", type=positive_int, default=DEFAULTS["threads"], help="torch CPU threads")
+    parser.add_argument(
+        "--processes",
+        type=positive_int,
+        default=DEFAULTS["processes"],
+        help="training processes on the CPU, data parallel; --batch_size is split between them (default: one "
+        f"per core, at most {MAX_DEFAULT_PROCESSES}; with --gpu: 1)",
+    )
+    parser.add_argument(
+        "--threads", type=positive_int, default=DEFAULTS["threads"], help="torch CPU threads per process"
+    )
     parser.add_argument(
         "--dataloader_workers",
         type=non_negative_int,
@@ -110,7 +125,7 @@ def training_arguments(args: argparse.Namespace) -> argparse.Namespace:
         "--synthetic_image_size", str(args.image_size),
         "--synthetic_seed", str(args.seed),
         "--output_dir", str(args.output_dir),
-        "--per_device_train_batch_size", str(args.batch_size),
+        "--per_device_train_batch_size", str(args.batch_size // (args.processes or 1)),
         "--per_device_eval_batch_size", "32",
         "--dataloader_num_workers", str(args.dataloader_workers),
         "--optimization", "fast",
@@ -217,17 +232,81 @@ def write_overlays(model_dir: Path, dataset: Any, output_dir: Path, count: int) 
     return written
 
 
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity where the OS tells it, else every core)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def resolve_processes(args: argparse.Namespace) -> int:
+    """The number of training processes: `--processes`, or one per core up to MAX_DEFAULT_PROCESSES (1 with
+    --gpu). Refuses a count that does not split `--batch_size` evenly."""
+    if args.gpu:
+        if args.processes not in (None, 1):
+            raise ValueError(
+                f"--processes {args.processes} with --gpu: the demo trains on one GPU; for several, run "
+                "training/train.py with accelerate launch (docs/training.md)"
+            )
+        return 1
+    processes = args.processes or min(MAX_DEFAULT_PROCESSES, available_cores())
+    if args.batch_size % processes:
+        raise ValueError(
+            f"--batch_size {args.batch_size} does not split between {processes} processes; give a multiple of "
+            f"{processes} or set --processes"
+        )
+    return processes
+
+
+def _train_process(train_args: argparse.Namespace, threads: int | None) -> Any:
+    """One training process of the demo (the entry point `launch_training` starts in each): returns the
+    `TrainingResult` on the main process, None on the others."""
+    import torch
+
+    from ..training import train
+
+    if threads:
+        torch.set_num_threads(threads)
+    logging.getLogger("accelerate").setLevel(logging.WARNING)
+    result = train(train_args)
+    return result if int(os.environ.get("RANK", "0")) == 0 else None
+
+
+def launch_training(train_args: argparse.Namespace, processes: int, threads: int | None) -> Any:
+    """Runs `_train_process` in `processes` processes with torch's elastic launcher (what torchrun runs, here
+    with a local rendezvous on a free port, as `torchrun --standalone`); returns the main process's result."""
+    if processes == 1:
+        return _train_process(train_args, threads)
+    import uuid
+
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    # the launcher logs its configuration at INFO level; the training's own logs are enough
+    logging.getLogger("torch.distributed.elastic").setLevel(logging.WARNING)
+    config = LaunchConfig(
+        min_nodes=1,
+        max_nodes=1,
+        nproc_per_node=processes,
+        run_id=str(uuid.uuid4()),
+        rdzv_backend="c10d",
+        rdzv_endpoint="localhost:0",  # port 0: the store picks a free one
+        max_restarts=0,
+        start_method="spawn",
+    )
+    return elastic_launch(config, _train_process)(train_args, threads)[0]
+
+
 def run_demo(args: argparse.Namespace) -> int:
     import torch
 
     from ..loading import check_model_source
-    from ..training import format_average_recall_table, train
+    from ..training import format_average_recall_table
     from ..training.data import load_training_data
 
     check_model_source(args.model)  # before minutes of data generation, not after them
+    args.processes = resolve_processes(args)
     logging.getLogger("accelerate").setLevel(logging.WARNING)
     if args.threads:
         torch.set_num_threads(args.threads)
+        # the data-loading workers and the training processes inherit it instead of torch's default
         os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     train_args = training_arguments(args)
     output_dir = Path(args.output_dir)
@@ -236,10 +315,12 @@ def run_demo(args: argparse.Namespace) -> int:
         f"[demo] data: synthetic '{args.level}' ({args.num_train} train / {args.num_validation} validation images)"
     )
     dataset, _ = load_training_data(train_args)
+    where = f"{args.processes} processes" if args.processes > 1 else "1 process"
     print(
-        f"[demo] data ready in {time.perf_counter() - started:.0f} s; training {args.model} for {args.time_budget:.0f} s"
+        f"[demo] data ready in {time.perf_counter() - started:.0f} s; training {args.model} for "
+        f"{args.time_budget:.0f} s ({where})"
     )
-    result = train(train_args)
+    result = launch_training(train_args, args.processes, args.threads)
     print()
     print(
         format_average_recall_table(
