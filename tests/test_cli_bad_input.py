@@ -186,6 +186,21 @@ def test_demo_refuses_an_unknown_model_before_generating_data(capsys, tmp_path):
     assert not data.exists() and not output.exists()  # refused before any data was generated
 
 
+@pytest.mark.parametrize(
+    "extra, expected",
+    [
+        (["--processes", "3"], "--batch_size 16 does not split between 3 processes"),
+        (["--processes", "2", "--batch_size", "5"], "--batch_size 5 does not split between 2 processes"),
+        (["--processes", "2", "--gpu"], "--processes 2 with --gpu: the demo trains on one GPU"),
+    ],
+)
+def test_demo_refuses_processes_that_cannot_share_the_batch(capsys, tmp_path, extra, expected):
+    data, output = tmp_path / "data", tmp_path / "out"
+    argv = ["demo", "--data_dir", str(data), "--output_dir", str(output), *extra]
+    assert expected in _one_line_error(capsys, argv, "demo")
+    assert not data.exists() and not output.exists()  # refused before any data was generated
+
+
 def test_console_entry_point_prints_no_traceback(tmp_path):
     argv = [sys.executable, "-m", "narrative_grounding.cli", "predict", "--model", str(tmp_path)]
     argv += ["--output", str(tmp_path / "out"), "--input", str(tmp_path / "missing.jsonl")]
