@@ -102,6 +102,25 @@ def _gradient_worker(out_file: str) -> None:
     accelerator.end_training()
 
 
+def _slow_clock_worker(*train_argv: str) -> None:
+    """`training/train.py` with `train_argv`, except that the second process's clock runs at half speed (as on a
+    machine where one process is slowed down): the processes must still take every decision made on the clock
+    (stop, timed evaluation) together."""
+    import time
+    import types
+
+    from narrative_grounding.training import parse_args, train
+    from narrative_grounding.training import trainer as trainer_module
+
+    if int(os.environ["RANK"]) == 1:
+        start = time.perf_counter()
+        trainer_module.time = types.SimpleNamespace(
+            **{name: getattr(time, name) for name in dir(time) if not name.startswith("_")}
+        )
+        trainer_module.time.perf_counter = lambda: start + 0.5 * (time.perf_counter() - start)
+    train(parse_args(list(train_argv)))
+
+
 def _worker_env() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), env.get("PYTHONPATH", "")])
@@ -217,9 +236,45 @@ def test_two_processes_train_and_evaluate_with_gathered_metrics(tmp_path):
         assert one_process[key] == pytest.approx(distributed[key], abs=1e-9), key
 
 
+@pytest.mark.slow
+def test_processes_whose_clocks_differ_evaluate_and_stop_together(tmp_path):
+    """Timed evaluations are collective: decided on each process's own clock, one process would gather
+    metrics while the other all-reduces gradients, and both would wait for ever (the timeout below)."""
+    output_dir = tmp_path / "run"
+    train_argv = [
+        "--synthetic", "easy",
+        "--synthetic_num_train", "16",
+        "--synthetic_num_validation", "4",
+        "--synthetic_image_size", "64",
+        "--synthetic_dir", str(tmp_path / "data"),
+        "--dataset_cache_dir", str(tmp_path / "data" / "arrow"),
+        "--output_dir", str(output_dir),
+        "--per_device_train_batch_size", "2",
+        "--per_device_eval_batch_size", "2",
+        "--max_train_steps", "16",
+        "--max_train_time", "600",
+        "--eval_every_seconds", "0.3",
+        "--report_to", "none",
+        "--no_progress_bar",
+    ]  # fmt: skip
+    done = subprocess.run(
+        torchrun_command(2, __file__, "slow_clock", *train_argv),
+        env=_worker_env(),
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    history = json.loads((output_dir / "training_history.json").read_text())
+    timed = [entry["step"] for entry in history if entry["step"] < 16]
+    assert len(timed) >= 2, history  # several evaluations on the way, each taken by both processes
+
+
 if __name__ == "__main__":
     mode, *rest = sys.argv[1:]
     if mode == "gradients":
         _gradient_worker(*rest)
+    elif mode == "slow_clock":
+        _slow_clock_worker(*rest)
     else:
         raise SystemExit(f"unknown worker mode {mode!r}")

@@ -491,6 +491,9 @@ def train(args: Namespace) -> TrainingResult:
     )
     stop = progress.completed_steps >= max_train_steps
     stopped_by_time = False
+    shared_clock = accelerator.num_processes > 1 and (
+        args.max_train_time is not None or next_timed_eval is not None
+    )
     running_loss, running_batches = torch.zeros((), device=accelerator.device), 0
     model.train()
     for epoch in range(progress.epoch, num_epochs):
@@ -523,6 +526,13 @@ def train(args: Namespace) -> TrainingResult:
             progress.completed_steps += 1
             now = time.perf_counter()
             progress.train_seconds += now - step_started
+            if shared_clock:
+                # Every decision taken on the clock (stop, timed evaluation) is a collective step: taken on
+                # each process's own clock, one process would start evaluating (its gathers) while another
+                # trains on (its gradient all-reduce), and both would wait for ever. The processes keep one
+                # clock, the mean of theirs, agreed after every step.
+                clock = torch.tensor(progress.train_seconds, dtype=torch.float64, device=accelerator.device)
+                progress.train_seconds = accelerator.reduce(clock, reduction="mean").item()
             progress_bar.update(1)
             if progress.completed_steps % args.logging_steps == 0:
                 loss = accelerator.reduce(running_loss / running_batches, reduction="mean").item()
@@ -535,11 +545,7 @@ def train(args: Namespace) -> TrainingResult:
             if fit_due():
                 max_train_steps = fit_to_time_budget()
             if args.max_train_time is not None and progress.train_seconds >= args.max_train_time:
-                stop = stopped_by_time = True  # decided from the main process's clock, shared below
-            if accelerator.num_processes > 1 and args.max_train_time is not None:
-                flag = torch.tensor(float(stop), device=accelerator.device)
-                stop = bool(accelerator.reduce(flag, reduction="sum").item() > 0)
-                stopped_by_time = stop
+                stop = stopped_by_time = True  # the same decision on every process: they share the clock
             if progress.completed_steps >= max_train_steps:
                 stop = True
             if (
