@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import multiprocessing
 import os
 import subprocess
 import sys
@@ -18,6 +19,7 @@ from narrative_grounding.commands.demo import (
     DEFAULTS,
     MAX_DEFAULT_PROCESSES,
     available_cores,
+    launch_processes,
     resolve_processes,
     training_arguments,
 )
@@ -37,6 +39,17 @@ def test_the_batch_is_split_between_the_processes():
     assert training_arguments(args).per_device_train_batch_size == 8
     assert resolve_processes(_demo_args(processes=None)) == min(MAX_DEFAULT_PROCESSES, available_cores())
     assert resolve_processes(_demo_args(processes=None, gpu=True)) == 1
+
+
+def _worker_report(offset: int) -> tuple[int, str, int]:
+    import multiprocessing
+
+    return int(os.environ["RANK"]), multiprocessing.get_start_method(), offset + int(os.environ["WORLD_SIZE"])
+
+
+def test_launched_processes_return_the_main_result_and_keep_the_start_method():
+    # spawned processes would otherwise make "spawn" the default of their DataLoader workers
+    assert launch_processes(_worker_report, (40,), 2) == (0, multiprocessing.get_start_method(), 42)
 
 
 @pytest.mark.slow
