@@ -8,8 +8,11 @@ both. Each run is a fresh child process; the synthetic data are generated once p
 final and best Average Recall on the 200 validation images (mean ± std over seeds, min-max), things /
 stuff, AR per expression kind (attribute, group, position, size, relation, count_position, stuff: the
 synthetic annotations record each phrase's kind), the optimizer steps the budget gave, and the seconds per
-step. `--steps N` trains every run for N optimizer steps instead of a time budget (the cosine spans them):
-rows then compare the same optimisation whatever else loads the machine, and s/step says what each costs.
+step. `--steps N` trains every run for N optimizer steps of the demo's batch instead of a time budget (the cosine
+spans them; a row with another batch size trains on as many samples): rows then compare the same
+optimisation whatever else loads the machine, and s/step says what each costs. Every run is one process;
+the demo itself splits the batch between one process per core (`--processes`), the same optimisation but
+for batch norm, whose statistics then come from each process's share of the batch.
 
 With `--json FILE` each finished run is appended to FILE.runs.jsonl at once, and a rerun with the same
 settings reuses the runs found there, so a sweep can be interrupted, extended with more seeds or rows, and
