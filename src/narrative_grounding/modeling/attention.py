@@ -50,6 +50,12 @@ def grid_distance(
 FLEX_MIN_TOKENS = 1024
 
 
+# torch 2.14's compiled CPU kernel returns wrong scores, even NaN, for sequences shorter than 128 tokens on
+# some CPUs (seen on an AVX2-only AMD EPYC: grids of 8-120 pixels, with or without a block mask, and from 128
+# pixels on every grid tried was exact); such grids, which the "auto" choice never sends here, take the
+# direct form even under lpa_implementation="flex".
+FLEX_CPU_MIN_TOKENS = 128
+
 _COMPILED_FLEX_ATTENTION = None
 
 
@@ -207,6 +213,8 @@ class LocalityPerceptiveAttention(nn.Module):
     ) -> torch.Tensor:
         """block_size: the CPU kernel's Q x KV tiles (None: one tile per head); benchmarks/lpa_block_size.py
         compares settings."""
+        if query.device.type == "cpu" and query.shape[-2] < FLEX_CPU_MIN_TOKENS:
+            return self._direct(query, key, value, height, width)
         score_mod = locality_prior_score_mod(
             self.prior_scale.to(query.dtype), width, clamp=self.distance_clamp, form=self.distance_form
         )
