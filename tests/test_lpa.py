@@ -108,11 +108,13 @@ def test_flex_path_serves_many_grid_sizes_fused(recwarn):
     for height in [1, 2, 3, 4, 5, 7, 8, 9]:  # 4 to 108 pixels: each computed as the direct path does
         width = height + 3
         x = torch.randn(1, height * width, 32)
+        assert flex.resolve_implementation(x) == "direct"
         with torch.no_grad():
             torch.testing.assert_close(flex(x, height, width), direct(x, height, width), atol=1e-4, rtol=1e-4)
     for height in range(12, 22):  # 180 to 504 pixels, 10 sizes, all fused
         width = height + 3
         x = torch.randn(1, height * width, 32)
+        assert flex.resolve_implementation(x) == "flex"
         with torch.no_grad():
             torch.testing.assert_close(flex(x, height, width), direct(x, height, width), atol=1e-4, rtol=1e-4)
     assert not [w for w in recwarn if "unfused implementation" in str(w.message)]

@@ -52,7 +52,7 @@ FLEX_MIN_TOKENS = 1024
 
 # torch 2.14's compiled CPU kernel returns wrong scores, even NaN, for sequences shorter than 128 tokens on
 # some CPUs (seen on an AVX2-only AMD EPYC: grids of 8-120 pixels, with or without a block mask, and from 128
-# pixels on every grid tried was exact); such grids, which the "auto" choice never sends here, take the
+# pixels on every grid tried was exact); such grids, which the "auto" choice never sends to flex, take the
 # direct form even under lpa_implementation="flex".
 FLEX_CPU_MIN_TOKENS = 128
 
@@ -165,6 +165,8 @@ class LocalityPerceptiveAttention(nn.Module):
                 raise RuntimeError(
                     "lpa_implementation='flex' needs torch >= 2.5 (torch.nn.attention.flex_attention)"
                 )
+            if query.device.type == "cpu" and query.shape[1] < FLEX_CPU_MIN_TOKENS:
+                return "direct"  # see FLEX_CPU_MIN_TOKENS
             return self.implementation
         needs_backward = torch.is_grad_enabled() and (
             query.requires_grad or any(p.requires_grad for p in self.parameters())
@@ -213,8 +215,6 @@ class LocalityPerceptiveAttention(nn.Module):
     ) -> torch.Tensor:
         """block_size: the CPU kernel's Q x KV tiles (None: one tile per head); benchmarks/lpa_block_size.py
         compares settings."""
-        if query.device.type == "cpu" and query.shape[-2] < FLEX_CPU_MIN_TOKENS:
-            return self._direct(query, key, value, height, width)
         score_mod = locality_prior_score_mod(
             self.prior_scale.to(query.dtype), width, clamp=self.distance_clamp, form=self.distance_form
         )

@@ -437,11 +437,8 @@ def train(args: Namespace) -> TrainingResult:
         then ends long before its budget or is cut off before the lr has annealed."""
         nonlocal fit_mark, fitting
         steps, seconds = progress.completed_steps - fit_mark[0], progress.train_seconds - fit_mark[1]
-        # the same decision on every process: the processes' pace and time left are averaged
-        timing = torch.tensor(
-            [seconds / max(steps, 1), args.max_train_time - progress.train_seconds], device=accelerator.device
-        )
-        seconds_per_step, remaining = accelerator.reduce(timing, reduction="mean").tolist()
+        # the same decision on every process: with several, they share one clock (`shared_clock`)
+        seconds_per_step, remaining = seconds / max(steps, 1), args.max_train_time - progress.train_seconds
         fit_mark = (progress.completed_steps, progress.train_seconds)
         # 3% slack: steps get slower when evaluation or the OS interrupts
         fitted = progress.completed_steps + int(0.97 * remaining / max(seconds_per_step, 1e-9))
