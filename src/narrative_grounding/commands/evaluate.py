@@ -14,6 +14,7 @@ from pathlib import Path
 from ..argument_types import positive_int, seed
 from ..data.synthetic.levels import LEVELS
 from ..metrics import INTEGRATIONS, PROTOCOLS
+from ..modeling.image_processing_png import MASK_DECISIONS
 from ..training.evaluation import EMPTY_GROUND_TRUTH_CHOICES
 
 
@@ -40,6 +41,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--inclusive_threshold",
         action="store_true",
         help="a probability of exactly 0.5 is in the mask (>=, as EPNG's val.py); default: > 0.5",
+    )
+    parser.add_argument(
+        "--mask_decision",
+        choices=MASK_DECISIONS,
+        default=None,
+        help="how each mask is decided from its probabilities: the 0.5 threshold (the papers) or the mask of "
+        "highest expected IoU (default: the model's processor's post_process_mask_decision)",
     )
     parser.add_argument(
         "--empty_ground_truth",
@@ -86,6 +94,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
         args.model, revision=args.revision, token=args.token
     )
     processor = PngProcessor.from_pretrained(args.model, revision=args.revision, token=args.token)
+    if args.mask_decision is not None:
+        processor.image_processor.post_process_mask_decision = args.mask_decision
+    decision = processor.image_processor.post_process_mask_decision
     data_options = argparse.Namespace(
         synthetic=args.synthetic,
         data_dir=args.data_dir,
@@ -119,7 +130,12 @@ def run_evaluate(args: argparse.Namespace) -> int:
     )
     if accelerator.is_main_process:
         scoring = ", ".join(
-            [args.protocol, ">= 0.5" if args.inclusive_threshold else "> 0.5"]
+            [
+                args.protocol,
+                "expected-IoU masks"
+                if decision == "expected_iou" and args.protocol in ("original", "soft256")
+                else (">= 0.5" if args.inclusive_threshold else "> 0.5"),
+            ]
             + [f"empty ground truth: {args.empty_ground_truth}", f"{args.integration} integration"]
         )
         print(format_average_recall_table(metrics, title=f"{args.model} on {name} ({args.split}, {scoring})"))

@@ -34,6 +34,7 @@ import PIL.Image
 from tqdm.auto import tqdm
 
 from ..argument_types import max_length, torch_device, unit_interval
+from ..modeling.image_processing_png import MASK_DECISIONS
 
 SKIPPED_FILE = "skipped.jsonl"
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
@@ -61,6 +62,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--format", choices=("png", "rle"), default="png", help="mask format (default png)")
     parser.add_argument(
         "--threshold", type=unit_interval, default=0.5, help="mask probability threshold in [0, 1] (0.5)"
+    )
+    parser.add_argument(
+        "--mask_decision",
+        choices=MASK_DECISIONS,
+        default=None,
+        help="how masks are decided from probabilities: the threshold, or the mask of highest expected IoU "
+        "(default: the model's processor's post_process_mask_decision)",
     )
     parser.add_argument("--no_overlay", action="store_true", help="do not write overlay pictures")
     parser.add_argument(
@@ -262,7 +270,11 @@ def _predict_record(
     with no_gradients():
         outputs = model(**inputs.to(args.device))
     result = processor.post_process_panoptic_narrative_grounding(
-        outputs, threshold=args.threshold, inputs=inputs, return_rle=args.format == "rle"
+        outputs,
+        threshold=args.threshold,
+        inputs=inputs,
+        return_rle=args.format == "rle",
+        mask_decision=args.mask_decision,
     )[0]
     masks: list[Any]
     if args.format == "png":

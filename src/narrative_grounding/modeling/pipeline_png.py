@@ -24,7 +24,7 @@ from typing import Any
 from transformers import Pipeline
 
 from .configuration_png import PIPELINE_TASK
-from .image_processing_png import PngBatchFeature
+from .image_processing_png import MASK_DECISIONS, PngBatchFeature
 from .processing_png import PngProcessor, check_post_processing_options
 
 RECORD_FIELDS = ("image", "narrative", "phrases")
@@ -40,7 +40,8 @@ class PanopticNarrativeGroundingPipeline(Pipeline):
     in the narrative) or (start, end) character spans. The processor's names `images=` and `text=` are
     accepted as aliases of `image` and `narrative` (as keywords and as record keys).
 
-    Call options: `threshold` (0.5), `return_rle` (COCO RLE masks), `overlapping_windows` and `max_length`
+    Call options: `threshold` (0.5), `mask_decision` ("threshold" or "expected_iou"; default: the model's
+    processor's `post_process_mask_decision`), `return_rle` (COCO RLE masks), `overlapping_windows` and `max_length`
     (see `PngProcessor`), `chunk_size` (phrases upsampled at once).
     """
 
@@ -128,6 +129,7 @@ class PanopticNarrativeGroundingPipeline(Pipeline):
         overlapping_windows: bool | None = None,
         max_length: int | None = None,
         chunk_size: int | None = None,
+        mask_decision: str | None = None,
         **kwargs: Any,
     ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
         if kwargs:
@@ -147,6 +149,10 @@ class PanopticNarrativeGroundingPipeline(Pipeline):
             if value is not None
         }
         check_post_processing_options(**postprocess)  # before any image is read or the model runs
+        if mask_decision is not None:
+            if mask_decision not in MASK_DECISIONS:
+                raise ValueError(f"mask_decision must be one of {MASK_DECISIONS}, got {mask_decision!r}")
+            postprocess["mask_decision"] = mask_decision
         return preprocess, {}, postprocess
 
     def preprocess(self, record: dict[str, Any], **options: Any) -> dict[str, Any]:

@@ -16,6 +16,7 @@ This file is copied into Hub repositories for `trust_remote_code`: relative and 
 from __future__ import annotations
 
 import math
+import os
 import re
 import warnings
 from collections.abc import Sequence
@@ -27,7 +28,7 @@ import torch.nn.functional as F
 from transformers import AutoTokenizer
 from transformers.processing_utils import ProcessorMixin
 
-from .image_processing_png import POST_PROCESSING_FIELDS, PngBatchFeature, PngImageProcessor
+from .image_processing_png import MASK_DECISIONS, POST_PROCESSING_FIELDS, PngBatchFeature, PngImageProcessor
 
 Span = tuple[int, int]
 TEXT_KEYS = ("input_ids", "attention_mask", "token_type_ids", "phrase_token_mask", "phrase_mask")
@@ -200,6 +201,25 @@ def mask_to_rle(mask: np.ndarray | torch.Tensor) -> dict[str, Any]:
     return {"size": [height, width], "counts": "".join(characters)}
 
 
+def expected_iou_masks(probabilities: torch.Tensor) -> torch.Tensor:
+    """The mask of highest expected IoU of each phrase: probabilities P x H x W -> bool P x H x W.
+
+    If each pixel were in the ground truth with its probability p, a mask M has about the expected IoU
+    sum(p in M) / (|M| + sum(p outside M)); over masks of k pixels the k most probable are best, so the mask
+    is the k most probable pixels for the k that maximises that ratio (at least one pixel; ties at the cut
+    are all in)."""
+    if probabilities.numel() == 0:
+        return probabilities.bool()
+    flat = probabilities.flatten(1).double()  # P x N
+    ranked = flat.sort(dim=-1, descending=True).values
+    inside = ranked.cumsum(dim=-1)  # sum of p over the k most probable pixels, k = 1..N
+    outside = inside[:, -1:] - inside
+    sizes = torch.arange(1, flat.shape[-1] + 1, dtype=flat.dtype, device=flat.device)
+    best = (inside / (sizes + outside)).argmax(dim=-1, keepdim=True)  # P x 1
+    cut = ranked.gather(-1, best)
+    return (flat >= cut).view_as(probabilities)
+
+
 def rle_to_mask(rle: dict[str, Any]) -> np.ndarray:
     """COCO RLE (compressed string or uncompressed list counts) -> H x W bool mask."""
     height, width = rle["size"]
@@ -259,18 +279,30 @@ class PngProcessor(ProcessorMixin):
         super().__init__(image_processor, tokenizer, **kwargs)
 
     @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any) -> PngProcessor:
+        """As the base class. The image processor's post-processing fields given here (e.g.
+        `post_process_upsampled="probabilities"`) are applied through its constructor, which checks them, and
+        are kept away from the tokenizer, which would otherwise keep them in its init_kwargs and write them
+        into its tokenizer_config.json."""
+        fields = {name: kwargs.pop(name) for name in POST_PROCESSING_FIELDS if name in kwargs}
+        processor = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        if fields:
+            processor.image_processor = PngImageProcessor.from_dict(
+                {**processor.image_processor.to_dict(), **fields}
+            )
+        return processor
+
+    @classmethod
     def _get_arguments_from_pretrained(cls, pretrained_model_name_or_path, processor_dict=None, **kwargs):
-        # Load the sub-processors by class rather than through the Auto registries, so that a saved processor
+        # transformers < 5.25 loads the sub-processors here (later releases resolve them from the processor's
+        # signature). Load them by class rather than through the Auto registries, so that a saved processor
         # loads offline whether the package is installed or this file came from a Hub repository.
         trust_remote_code = kwargs.pop("trust_remote_code", None)
         image_processor = PngImageProcessor.from_pretrained(pretrained_model_name_or_path, **kwargs)
-        # The image processor's post-processing fields are not the tokenizer's: passed on, they would be kept
-        # in its init_kwargs and written into its tokenizer_config.json by save_pretrained.
-        tokenizer_kwargs = {key: value for key, value in kwargs.items() if key not in POST_PROCESSING_FIELDS}
         # AutoTokenizer reads the folder's config.json first; where a model is saved beside the processor, that
         # config names custom code, and without the caller's answer transformers would prompt for it.
         tokenizer = AutoTokenizer.from_pretrained(
-            pretrained_model_name_or_path, trust_remote_code=trust_remote_code, **tokenizer_kwargs
+            pretrained_model_name_or_path, trust_remote_code=trust_remote_code, **kwargs
         )
         return [image_processor, tokenizer]
 
@@ -504,6 +536,7 @@ class PngProcessor(ProcessorMixin):
         return_rle: bool = False,
         chunk_size: int = 8,
         inclusive_threshold: bool = False,
+        mask_decision: str | None = None,
     ) -> list[dict[str, Any]]:
         r"""Mask logits -> one binary mask per phrase at each image's original size.
 
@@ -514,7 +547,10 @@ class PngProcessor(ProcessorMixin):
         Args:
             outputs: the model output (`pred_masks` B x P x H/4 x W/4 logits) or that tensor.
             target_sizes: (height, width) per image; defaults to the original sizes in `inputs.metadata`.
-            threshold: probability above which a pixel is in a phrase's mask (EPNG: 0.5).
+            threshold: probability above which a pixel is in a phrase's mask (EPNG: 0.5), with the
+                "threshold" decision.
+            mask_decision: "threshold" or "expected_iou" (see the image processor's
+                `post_process_mask_decision`); None: the image processor's setting.
             inclusive_threshold: a probability equal to `threshold` is in the mask too (`>=`, as EPNG's
                 `val.py` binarises; the default `>` is the PPMN family's).
             inputs: the processor's output for this batch: its metadata undoes the padding / aspect-ratio
@@ -533,6 +569,10 @@ class PngProcessor(ProcessorMixin):
         check_post_processing_options(threshold=threshold, chunk_size=chunk_size, return_rle=return_rle)
         if not isinstance(inclusive_threshold, bool):
             raise TypeError(f"inclusive_threshold must be True or False, got {inclusive_threshold!r}")
+        if mask_decision is None:
+            mask_decision = self.image_processor.post_process_mask_decision
+        if mask_decision not in MASK_DECISIONS:
+            raise ValueError(f"mask_decision must be one of {MASK_DECISIONS} or None, got {mask_decision!r}")
         logits = outputs if isinstance(outputs, torch.Tensor) else getattr(outputs, "pred_masks", None)
         if not isinstance(logits, torch.Tensor) or logits.dim() != 4:
             raise ValueError(
@@ -595,7 +635,10 @@ class PngProcessor(ProcessorMixin):
                     chunk = chunk[..., : content[0], : content[1]]
                 chunk = F.interpolate(chunk, size=target, mode="bilinear", align_corners=False)[0]
                 probs = chunk if upsample_probabilities else chunk.sigmoid()  # bilinear keeps [0, 1]
-                binary = probs >= threshold if inclusive_threshold else probs > threshold  # p x H x W
+                if mask_decision == "expected_iou":
+                    binary = expected_iou_masks(probs)  # p x H x W
+                else:
+                    binary = probs >= threshold if inclusive_threshold else probs > threshold  # p x H x W
                 area = binary.flatten(1).sum(-1)
                 inside = (probs * binary).flatten(1).sum(-1) / area.clamp(min=1)
                 chunk_scores = torch.where(area > 0, inside, probs.flatten(1).amax(-1))
@@ -678,6 +721,7 @@ __all__ = [
     "PngProcessor",
     "check_post_processing_options",
     "check_text_options",
+    "expected_iou_masks",
     "mask_to_rle",
     "resolve_phrase_spans",
     "rle_to_mask",
