@@ -98,6 +98,11 @@ def test_published_scoring_options_of_evaluate():
     assert (args.inclusive_threshold, args.empty_ground_truth, args.integration) == (True, "miss", "official")
     with pytest.raises(SystemExit):  # a whole evaluation would stop at the first emptied ground truth
         build_parser().parse_args(["evaluate", "m", "--synthetic", "easy", "--empty_ground_truth", "raise"])
+    assert defaults.mask_decision is None  # the model's processor decides
+    args = build_parser().parse_args(["evaluate", "m", "--synthetic", "easy", "--mask_decision", "threshold"])
+    assert args.mask_decision == "threshold"
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["evaluate", "m", "--synthetic", "easy", "--mask_decision", "iou"])
 
 
 @pytest.mark.parametrize("protocol", ["original", "stride4", "stride4_padded", "soft256"])

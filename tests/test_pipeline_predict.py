@@ -81,6 +81,24 @@ def test_pipeline_errors(saved) -> None:
         pipeline("panoptic-narrative-grounding", model=create_model("epng-tiny"))
 
 
+def test_pipeline_mask_decision_option(saved) -> None:
+    _, model, processor = saved
+    grounder = pipeline("panoptic-narrative-grounding", model=model, processor=processor)
+    image = picture()
+    inputs = processor(images=image, text=NARRATIVE, phrases=PHRASES)
+    with torch.no_grad():
+        outputs = model(**inputs)
+    for decision in ("threshold", "expected_iou"):
+        expected = processor.post_process_panoptic_narrative_grounding(
+            outputs, inputs=inputs, mask_decision=decision
+        )[0]
+        result = grounder(image, NARRATIVE, PHRASES, mask_decision=decision)
+        assert torch.equal(result["masks"], expected["masks"]), decision
+    assert grounder(image, NARRATIVE, PHRASES, mask_decision="expected_iou")["masks"].flatten(1).any(-1).all()
+    with pytest.raises(ValueError, match="mask_decision must be one of"):
+        grounder(image, NARRATIVE, PHRASES, mask_decision="best")
+
+
 def predict(argv: list[str]) -> int:
     return main(["predict", *argv])
 
@@ -99,6 +117,12 @@ def test_predict_one_image_png_masks_and_overlay(saved, tmp_path) -> None:
         assert mask.size == (80, 48) and set(np.unique(np.asarray(mask))) <= {0, 255}
     overlay = PIL.Image.open(out / "overlays" / "bear.png")
     assert overlay.width == 80 and overlay.height > 48
+    # the expected-IoU decision never leaves a phrase without a mask
+    decided = tmp_path / "decided"
+    argv = [*argv[:-1], str(decided), "--mask_decision", "expected_iou", "--no_overlay"]
+    assert predict([*argv, "--narrative", NARRATIVE, "--phrases", *PHRASES]) == 0
+    record = json.loads((decided / "predictions.jsonl").read_text())
+    assert all(np.asarray(PIL.Image.open(decided / name)).any() for name in record["masks"])
 
 
 @pytest.mark.slow
