@@ -231,7 +231,7 @@ def test_inclusive_threshold_counts_by_hand(saved_model):
     floor the other 4800 - 2280 = 2520 pixels."""
     from narrative_grounding.training.evaluation import batch_phrase_counts
 
-    processor = PngProcessor.from_pretrained(saved_model)
+    processor = PngProcessor.from_pretrained(saved_model, post_process_mask_decision="threshold")
     batch = PngCollator(processor, with_references=True)([_row(0, 60, 80)])
     height, width = batch["pixel_values"].shape[-2:]
     logits = torch.zeros(1, 3, height // 4, width // 4)
@@ -285,7 +285,10 @@ def test_evaluate_command_scores_as_asked(saved_model, tmp_path, capsys):
             str(tmp_path / "results.json"), "--inclusive_threshold", "--empty_ground_truth", "miss",
             "--integration", "official"]  # fmt: skip
     try:
-        assert main(argv) == 0
+        # the tiny model decides its masks by expected IoU, where the 0.5 threshold's tie rule has no meaning
+        assert main(argv) == 2
+        assert "add --mask_decision threshold" in capsys.readouterr().err
+        assert main([*argv, "--mask_decision", "threshold"]) == 0
     finally:
         AcceleratorState._reset_state(reset_partial_state=True)
     assert (

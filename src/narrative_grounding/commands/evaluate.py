@@ -97,6 +97,12 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if args.mask_decision is not None:
         processor.image_processor.post_process_mask_decision = args.mask_decision
     decision = processor.image_processor.post_process_mask_decision
+    decided_by_expected_iou = decision == "expected_iou" and args.protocol in ("original", "soft256")
+    if args.inclusive_threshold and decided_by_expected_iou:
+        raise ValueError(
+            "--inclusive_threshold is a rule of the 0.5 threshold, but this model's processor decides its masks "
+            "by expected IoU (post_process_mask_decision); add --mask_decision threshold to score it as the papers do"
+        )
     data_options = argparse.Namespace(
         synthetic=args.synthetic,
         data_dir=args.data_dir,
@@ -133,7 +139,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
             [
                 args.protocol,
                 "expected-IoU masks"
-                if decision == "expected_iou" and args.protocol in ("original", "soft256")
+                if decided_by_expected_iou
                 else (">= 0.5" if args.inclusive_threshold else "> 0.5"),
             ]
             + [f"empty ground truth: {args.empty_ground_truth}", f"{args.integration} integration"]
