@@ -15,7 +15,7 @@ from ..argument_types import positive_int, seed
 from ..data.synthetic.levels import LEVELS
 from ..metrics import INTEGRATIONS, PROTOCOLS
 from ..modeling.image_processing_png import MASK_DECISIONS
-from ..training.evaluation import EMPTY_GROUND_TRUTH_CHOICES
+from ..training.evaluation import EMPTY_GROUND_TRUTH_CHOICES, POST_PROCESSED_PROTOCOLS
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -97,7 +97,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if args.mask_decision is not None:
         processor.image_processor.post_process_mask_decision = args.mask_decision
     decision = processor.image_processor.post_process_mask_decision
-    decided_by_expected_iou = decision == "expected_iou" and args.protocol in ("original", "soft256")
+    decided_by_expected_iou = decision == "expected_iou" and args.protocol in POST_PROCESSED_PROTOCOLS
     if args.inclusive_threshold and decided_by_expected_iou:
         raise ValueError(
             "--inclusive_threshold is a rule of the 0.5 threshold, but this model's processor decides its masks "

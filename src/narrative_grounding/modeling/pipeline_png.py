@@ -24,7 +24,7 @@ from typing import Any
 from transformers import Pipeline
 
 from .configuration_png import PIPELINE_TASK
-from .image_processing_png import MASK_DECISIONS, PngBatchFeature
+from .image_processing_png import PngBatchFeature
 from .processing_png import PngProcessor, check_post_processing_options
 
 RECORD_FIELDS = ("image", "narrative", "phrases")
@@ -145,14 +145,11 @@ class PanopticNarrativeGroundingPipeline(Pipeline):
                 "threshold": threshold,
                 "return_rle": return_rle,
                 "chunk_size": chunk_size,
+                "mask_decision": mask_decision,
             }.items()
             if value is not None
         }
         check_post_processing_options(**postprocess)  # before any image is read or the model runs
-        if mask_decision is not None:
-            if mask_decision not in MASK_DECISIONS:
-                raise ValueError(f"mask_decision must be one of {MASK_DECISIONS}, got {mask_decision!r}")
-            postprocess["mask_decision"] = mask_decision
         return preprocess, {}, postprocess
 
     def preprocess(self, record: dict[str, Any], **options: Any) -> dict[str, Any]:

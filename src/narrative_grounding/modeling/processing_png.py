@@ -58,10 +58,11 @@ def check_text_options(max_length: Any, overlapping_windows: Any, window_stride:
 
 
 def check_post_processing_options(
-    *, threshold: Any = 0.5, chunk_size: Any = 8, return_rle: Any = False
+    *, threshold: Any = 0.5, chunk_size: Any = 8, return_rle: Any = False, mask_decision: Any = None
 ) -> None:
     """Raise for post-processing options that would give wrong masks: a threshold outside [0, 1] (or NaN)
-    makes every mask empty or full, a chunk_size below 1 decodes no phrase at all."""
+    makes every mask empty or full, a chunk_size below 1 decodes no phrase at all, and a mask decision is one
+    of `MASK_DECISIONS` (None: the image processor's)."""
     # NaN fails both comparisons, so it is caught here too
     if not _is_number(threshold) or not 0.0 <= float(threshold) <= 1.0:
         raise ValueError(f"threshold must be a probability in [0, 1], got {threshold!r}")
@@ -71,6 +72,8 @@ def check_post_processing_options(
         )
     if not isinstance(return_rle, (bool, np.bool_)):
         raise TypeError(f"return_rle must be True or False, got {return_rle!r}")
+    if mask_decision is not None and mask_decision not in MASK_DECISIONS:
+        raise ValueError(f"mask_decision must be one of {MASK_DECISIONS} or None, got {mask_decision!r}")
 
 
 def _target_size(size: Any, sample: int) -> tuple[int, int]:
@@ -566,13 +569,13 @@ class PngProcessor(ProcessorMixin):
               phrase that was lost to truncation (never seen by the model, empty mask),
             - `phrases`: the P phrase texts, `spans`: their (start, end) character offsets in the narrative.
         """
-        check_post_processing_options(threshold=threshold, chunk_size=chunk_size, return_rle=return_rle)
+        check_post_processing_options(
+            threshold=threshold, chunk_size=chunk_size, return_rle=return_rle, mask_decision=mask_decision
+        )
         if not isinstance(inclusive_threshold, bool):
             raise TypeError(f"inclusive_threshold must be True or False, got {inclusive_threshold!r}")
         if mask_decision is None:
             mask_decision = self.image_processor.post_process_mask_decision
-        if mask_decision not in MASK_DECISIONS:
-            raise ValueError(f"mask_decision must be one of {MASK_DECISIONS} or None, got {mask_decision!r}")
         logits = outputs if isinstance(outputs, torch.Tensor) else getattr(outputs, "pred_masks", None)
         if not isinstance(logits, torch.Tensor) or logits.dim() != 4:
             raise ValueError(

@@ -39,6 +39,9 @@ PAD = -1  # marks padded phrases (a count is never negative)
 #: What a model evaluation does with a ground truth left empty by the protocol's resize ("raise", the metric's
 #: third choice, would stop a whole evaluation for one sliver of a segment).
 EMPTY_GROUND_TRUTH_CHOICES = ("skip", "miss")
+#: The protocols whose predicted masks are the processor's post-processing output at the original image size
+#: (so its mask decision applies); the others threshold stride-4 logits themselves.
+POST_PROCESSED_PROTOCOLS = ("original", "soft256")
 
 #: (label, result key, phrase-count key) of each row of the Average Recall table.
 AR_TABLE_ROWS = tuple(
@@ -80,7 +83,7 @@ def batch_phrase_counts(
     table = torch.full((len(references), max(num_phrases), len(COUNT_COLUMNS)), PAD, dtype=dtype)
     for index, reference in enumerate(references):
         count = num_phrases[index]
-        if protocol in ("original", "soft256"):
+        if protocol in POST_PROCESSED_PROTOCOLS:
             # one sample at a time: its phrase slots beyond its own phrases are batch padding
             prediction = processor.post_process_panoptic_narrative_grounding(
                 pred_masks[index : index + 1, :count].float(),
