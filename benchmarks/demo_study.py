@@ -71,6 +71,12 @@ ROWS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
         {},
     ),
     "backbone: 2 blocks per stage": ({"backbone_config": {"timm_model_args": {"layers": [2, 2, 2, 2]}}}, {}),
+    # the stem: epng-tiny's is timm's deep stem (3 x 3 convolutions of 8, 8 and 16 channels)
+    "7x7 stem of 64 channels (epng-tiny before 2026-12-07)": (
+        {"backbone_config": {"timm_model_args": {"stem_type": "", "stem_width": 64}}},
+        {},
+    ),
+    "deep stem of 16-32 channels": ({"backbone_config": {"timm_model_args": {"stem_width": 16}}}, {}),
     "text: 4 layers": ({"text_config": {"num_hidden_layers": 4}}, {}),
     "text: average last 2 layers": ({"text_layers_to_average": 2}, {}),
     "attention phrase pooling (ours)": ({"phrase_pooling": "attention"}, {}),

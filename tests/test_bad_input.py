@@ -376,10 +376,12 @@ def test_a_stem_width_the_backbone_ignores_is_refused():
     with pytest.raises(
         ValueError, match="stem_width=16 cannot be honoured: the stem of 'resnet18' is one conv"
     ):
-        create_model("epng-tiny", backbone_config=_stage_args(stem_width=16))
+        create_model("epng-tiny", backbone_config=_stage_args(stem_width=16, stem_type=""))
     model = create_model("epng-tiny", backbone_config=_stage_args(stem_width=16, stem_type="deep"))
     assert model.visual_encoder.backbone._backbone.conv1[0].out_channels == 16
-    create_model("epng-tiny", backbone_config=_stage_args(stem_width=64))  # what the default stem has
+    create_model("epng-tiny", backbone_config=_stage_args(stem_width=64, stem_type=""))  # the default stem's
+    # epng-tiny's own: timm's deep stem, 8 channels wide
+    assert create_model("epng-tiny").visual_encoder.backbone._backbone.conv1[0].out_channels == 8
 
 
 def test_an_unknown_timm_backbone_is_a_value_error():

@@ -189,11 +189,11 @@ def test_visual_encoder_runs_channels_last_on_cpu_with_the_same_features_and_gra
     assert not nchw[0].is_contiguous(memory_format=torch.channels_last)
     for stride, reference in zip((4, 8, 16, 32), nchw, strict=True):
         torch.testing.assert_close(features[stride], reference, atol=1e-10, rtol=1e-10)
-    weight = encoder.backbone._backbone.conv1.weight
+    # the stem's first convolution (epng-tiny's deep stem is a Sequential of three)
+    weight = next(p for p in encoder.backbone.parameters() if p.dim() == 4)
     (gradient,) = torch.autograd.grad(sum(f.square().sum() for f in features.values()), weight)
-    (reference_gradient,) = torch.autograd.grad(
-        sum(f.square().sum() for f in nchw), nchw_encoder.backbone._backbone.conv1.weight
-    )
+    reference_weight = next(p for p in nchw_encoder.backbone.parameters() if p.dim() == 4)
+    (reference_gradient,) = torch.autograd.grad(sum(f.square().sum() for f in nchw), reference_weight)
     torch.testing.assert_close(gradient, reference_gradient, atol=1e-8, rtol=1e-10)
 
 
