@@ -77,6 +77,10 @@ ROWS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
         {},
     ),
     "deep stem of 16-32 channels": ({"backbone_config": {"timm_model_args": {"stem_width": 16}}}, {}),
+    "the stem's max pool replaced by a strided convolution": (
+        {"backbone_config": {"timm_model_args": {"replace_stem_pool": True}}},
+        {},
+    ),
     "text: 4 layers": ({"text_config": {"num_hidden_layers": 4}}, {}),
     "text: average last 2 layers": ({"text_layers_to_average": 2}, {}),
     "attention phrase pooling (ours)": ({"phrase_pooling": "attention"}, {}),
@@ -105,6 +109,7 @@ ROWS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "learning rate 1e-3": ({}, {"learning_rate": 1e-3}),
     "learning rate 6e-3": ({}, {"learning_rate": 6e-3}),
     "batch 8": ({}, {"batch_size": 8}),
+    "batch 32": ({}, {"batch_size": 32}),
     # the other head
     "DRMN head (drmn-tiny)": ({}, {"model": "drmn-tiny"}),
 }
