@@ -46,10 +46,12 @@ from narrative_grounding.modeling.text_encoder import TextEncoder
 BLOCKS = (1, 1, 2, 1)
 WIDTHS = (8, 16, 32, 64)
 FPN_CHANNELS = 16
+RESNET_STEM = {"stem_type": "", "stem_width": 64}
 TINY_D2_OVERRIDES = {
     "backbone_config": {
         "backbone": "resnet50",
-        "timm_model_args": {"layers": list(BLOCKS), "channels": list(WIDTHS)},
+        # detectron2's stem is ResNet's 7x7 convolution of 64 channels (epng-tiny has timm's deep stem)
+        "timm_model_args": {"layers": list(BLOCKS), "channels": list(WIDTHS), **RESNET_STEM},
     },
     "fpn_channels": FPN_CHANNELS,
     "d_model": 48,
@@ -504,7 +506,12 @@ EPNG_OVERRIDES = {
     "backbone_config": {
         "backbone": "resnet50",
         "freeze_batch_norm_2d": True,
-        "timm_model_args": {"layers": list(BLOCKS), "channels": [64, 128, 256, 512], "base_width": 16},
+        "timm_model_args": {
+            "layers": list(BLOCKS),
+            "channels": [64, 128, 256, 512],
+            "base_width": 16,
+            **RESNET_STEM,
+        },
     },
     "fpn_channels": 32,
     "d_model": 96,  # 3 x fpn_channels: EPNG has no fusion projection
