@@ -519,10 +519,11 @@ EPNG_OVERRIDES = {
     "ffn_dim": 192,
     "num_communicator_layers": 2,
     "use_stride4_skip": False,
-    # epng-tiny's phrase decoder and mask refinement are ours: EPNG's checkpoints have neither
+    # epng-tiny's phrase decoder, mask refinement and stride-2 masks are ours: EPNG's checkpoints have none
     "epng_phrase_decoder_layers": 0,
     "epng_phrase_decoder_reads_tokens": False,
     "epng_mask_refinement_kernels": 0,
+    "epng_mask_stride": 4,
 }
 
 

@@ -96,7 +96,9 @@ def test_the_unrefined_logits_are_supervised_too_and_everything_trains(tmp_path)
     inputs = make_inputs([2, 1], with_labels=True)
     output = model(**inputs)
     assert len(output.auxiliary_masks) == 1
-    assert output.auxiliary_masks[0].shape == output.pred_masks.shape
+    # the unrefined logits at stride 4, the refined ones brought to epng-tiny's stride 2 (ours)
+    assert output.auxiliary_masks[0].shape == (2, 2, 16, 16)
+    assert output.pred_masks.shape == (2, 2, 32, 32)
     output.loss.backward()
     refiner = model.head.refiner
     assert refiner.output_weight.grad.abs().sum() > 0

@@ -16,7 +16,7 @@ from narrative_grounding import PngConfig, PngForPanopticNarrativeGrounding, loa
 from narrative_grounding.modeling.heads_epng import PhraseDecoderLayer
 from narrative_grounding.modeling.position_encoding import sine_position_embedding
 
-ALONE = {"epng_phrase_decoder_reads_tokens": False, "epng_mask_refinement_kernels": 0}
+ALONE = {"epng_phrase_decoder_reads_tokens": False, "epng_mask_refinement_kernels": 0, "epng_mask_stride": 4}
 
 
 def tiny_config(**overrides):

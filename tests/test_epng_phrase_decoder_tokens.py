@@ -60,7 +60,10 @@ def test_a_kernel_reads_its_own_tokens_only(reads_tokens):
     """With one decoder layer and the phrases' self-attention seeing only pooled features, a phrase's kernel
     changes with its own tokens' features (only when it reads tokens) and never with tokens outside every
     phrase."""
-    model = tiny_model(epng_phrase_decoder_layers=1, epng_phrase_decoder_reads_tokens=reads_tokens).eval()
+    # the head alone, on the FPN strides (its stride-2 masks, ours, would need the stem's map too)
+    model = tiny_model(
+        epng_phrase_decoder_layers=1, epng_phrase_decoder_reads_tokens=reads_tokens, epng_mask_stride=4
+    ).eval()
     features, phrase_features, phrase_mask, tokens, phrase_token_mask = _head_inputs(model)
 
     def kernels(token_features):

@@ -48,13 +48,23 @@ def _row(image_id: int, height: int, width: int) -> dict:
     }
 
 
-@pytest.fixture(scope="module")
-def saved_model(tmp_path_factory) -> str:
-    folder = tmp_path_factory.mktemp("epng-tiny")
+def _save_tiny_model(folder, **overrides) -> str:
     torch.manual_seed(0)
-    create_model("epng-tiny").save_pretrained(folder)
+    create_model("epng-tiny", **overrides).save_pretrained(folder)
     load_processor("epng-tiny").save_pretrained(folder)
     return str(folder)
+
+
+@pytest.fixture(scope="module")
+def saved_model(tmp_path_factory) -> str:
+    """epng-tiny: masks at stride 2 (ours)."""
+    return _save_tiny_model(tmp_path_factory.mktemp("epng-tiny"))
+
+
+@pytest.fixture(scope="module")
+def saved_stride4_model(tmp_path_factory) -> str:
+    """epng-tiny with the papers' stride-4 masks."""
+    return _save_tiny_model(tmp_path_factory.mktemp("epng-tiny-stride4"), epng_mask_stride=4)
 
 
 def _expected(
@@ -68,8 +78,10 @@ def _expected(
 ) -> dict:
     """The metric on each image's own prediction: the post-processed masks at the original size ("original",
     "soft256"), the logits of the image ("stride4", "stride4_padded" for another input size), the logits of the
-    image padded to a multiple of 32 ("stride4_padded" for the protocol's own ~800-pixel input)."""
+    image padded to a multiple of 32 ("stride4_padded" for the protocol's own ~800-pixel input, from a model whose
+    logits are at stride 4)."""
     metric = AverageRecall(protocol, prediction_type="logits", inclusive_threshold=inclusive_threshold)
+    stride = batch["pixel_values"].shape[-2] // logits.shape[-2]  # 4, or 2 for epng-tiny's masks (ours)
     for index, (reference, meta) in enumerate(zip(batch["reference_masks"], batch["metadata"], strict=True)):
         count = len(reference)
         if protocol in ("original", "soft256"):
@@ -77,11 +89,11 @@ def _expected(
             prediction = processor.post_process_panoptic_narrative_grounding(
                 logits[index : index + 1, :count], inputs=one, inclusive_threshold=inclusive_threshold
             )[0]["masks"]
-        elif protocol == "stride4_padded" and protocol_input:
+        elif protocol == "stride4_padded" and protocol_input and stride == 4:
             height, width = evaluation_size(meta["original_size"], protocol)
             prediction = logits[index, :count, :height, :width]
-        else:
-            height, width = (math.ceil(side / 4) for side in meta["resized_size"])
+        else:  # the image's part of the logits, at their stride
+            height, width = (math.ceil(side / stride) for side in meta["resized_size"])
             prediction = logits[index, :count, :height, :width]
         metric.add_batch(
             predictions=prediction,
@@ -106,12 +118,14 @@ CASES = {
 }
 
 
+@pytest.mark.parametrize("model_fixture", ["saved_model", "saved_stride4_model"])
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_batched_evaluation_equals_metric_on_per_image_predictions(saved_model, case):
+def test_batched_evaluation_equals_metric_on_per_image_predictions(request, model_fixture, case):
     from accelerate import Accelerator
     from torch.utils.data import DataLoader
 
     sizes, size = CASES[case]
+    saved_model = request.getfixturevalue(model_fixture)
     model = PngForPanopticNarrativeGrounding.from_pretrained(saved_model).eval()
     processor = PngProcessor.from_pretrained(saved_model)
     processor.image_processor.size = size

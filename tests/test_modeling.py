@@ -10,7 +10,7 @@ from huggingface_hub.errors import StrictDataclassClassValidationError
 from tiny_models import make_inputs, select_sample, tiny_model
 
 from narrative_grounding.modeling.heads import GROUNDING_HEADS
-from narrative_grounding.modeling.losses import loss_counts
+from narrative_grounding.training import local_loss_counts
 
 
 @pytest.mark.parametrize(("height", "width"), [(64, 64), (96, 64), (64, 128)])
@@ -18,11 +18,14 @@ def test_output_shapes(height, width):
     model = tiny_model()
     inputs = make_inputs([3, 1], height=height, width=width, with_labels=True)
     outputs = model(**inputs)
-    assert outputs.pred_masks.shape == (2, 3, height // 4, width // 4)
+    # epng-tiny's masks are at stride 2 (ours); its pixel map, and its unrefined logits (kept as an
+    # auxiliary, supervised prediction by the mask refinement, ours), at stride 4
+    assert outputs.pred_masks.shape == (2, 3, height // 2, width // 2)
     assert outputs.phrase_embeddings.shape == (2, 3, model.config.d_model)
     assert outputs.pixel_embeddings.shape == (2, model.config.d_model, height // 4, width // 4)
-    # epng-tiny's mask refinement (ours) keeps its unrefined logits as an auxiliary, supervised prediction
-    assert [masks.shape for masks in outputs.auxiliary_masks] == [outputs.pred_masks.shape]
+    assert [masks.shape for masks in outputs.auxiliary_masks] == [(2, 3, height // 4, width // 4)]
+    paper_stride = tiny_model(epng_mask_stride=4)(**inputs)
+    assert paper_stride.pred_masks.shape == (2, 3, height // 4, width // 4)
     assert outputs.loss.shape == ()
     assert set(outputs.loss_dict) == {"bce", "dice", "sal_phrase_to_pixel", "sal_pixel_to_phrase"}
 
@@ -70,9 +73,7 @@ def test_batch_loss_normalisation_matches_global_counts():
     model = tiny_model()
     batch = make_inputs([3, 2], with_labels=True)
     full = model(**batch)
-    logits_size = full.pred_masks.shape[-2:]
-    targets = torch.nn.functional.interpolate(batch["labels"], size=logits_size, mode="area")
-    counts = loss_counts(targets, batch["phrase_mask"].bool(), torch.ones(2, *logits_size, dtype=torch.bool))
+    counts = local_loss_counts(batch)  # what a distributed trainer all-reduces (SAL's pixels at stride 4)
     halves = [model(**{k: v[i : i + 1] for k, v in batch.items()}, loss_counts=counts).loss for i in range(2)]
     torch.testing.assert_close(halves[0] + halves[1], full.loss, atol=1e-4, rtol=1e-4)
 
@@ -191,7 +192,7 @@ def test_visual_encoder_runs_channels_last_on_cpu_with_the_same_features_and_gra
         torch.testing.assert_close(features[stride], reference, atol=1e-10, rtol=1e-10)
     # the stem's first convolution (epng-tiny's deep stem is a Sequential of three)
     weight = next(p for p in encoder.backbone.parameters() if p.dim() == 4)
-    (gradient,) = torch.autograd.grad(sum(f.square().sum() for f in features.values()), weight)
+    (gradient,) = torch.autograd.grad(sum(features[s].square().sum() for s in (4, 8, 16, 32)), weight)
     reference_weight = next(p for p in nchw_encoder.backbone.parameters() if p.dim() == 4)
     (reference_gradient,) = torch.autograd.grad(sum(f.square().sum() for f in nchw), reference_weight)
     torch.testing.assert_close(gradient, reference_gradient, atol=1e-8, rtol=1e-10)

@@ -93,7 +93,7 @@ def test_outputs_hold_exactly_the_model_inputs(processor, model) -> None:
     assert_aligned(processor, encoding)
     with torch.no_grad():
         outputs = model(**encoding)
-    assert outputs.pred_masks.shape == (1, 2, 16, 16)
+    assert outputs.pred_masks.shape == (1, 2, 32, 32)  # epng-tiny: masks at stride 2 of the 64 x 64 input
 
 
 def test_repeated_phrases_map_to_their_own_occurrence(processor) -> None:

@@ -34,10 +34,12 @@ RELEASED = "epng-r101-bert-base-released"
 
 
 def epng_config(**switches):
-    """epng-tiny as EPNG's head is, without the phrase decoder and mask refinement the tiny variant adds (ours)."""
+    """epng-tiny as EPNG's head is, without the phrase decoder, mask refinement and stride-2 masks the tiny
+    variant adds (ours)."""
     return tiny_config(
         epng_phrase_decoder_layers=0,
         epng_phrase_decoder_reads_tokens=False,
+        epng_mask_stride=4,
         epng_mask_refinement_kernels=0,
         **switches,
     )
@@ -361,7 +363,7 @@ RELEASED_KEYS = (
 
 
 def test_input_size_loss_needs_input_size_labels():
-    model = PngForPanopticNarrativeGrounding(tiny_config(mask_loss_resolution="input"))
+    model = PngForPanopticNarrativeGrounding(tiny_config(mask_loss_resolution="input", epng_mask_stride=4))
     inputs = make_inputs([2], with_labels=True)
     inputs["labels"] = F.interpolate(inputs["labels"], scale_factor=0.25, mode="area")
     with pytest.raises(ValueError, match="mask_loss_resolution='input' needs labels at the size"):

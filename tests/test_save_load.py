@@ -196,7 +196,8 @@ def test_every_variant_builds(name):
         inputs = make_inputs([2], height=variant.image_size, width=variant.image_size)
         inputs["input_ids"] = inputs["input_ids"] % config.text_config.vocab_size
         with torch.no_grad():
-            assert model.eval()(**inputs).pred_masks.shape[-1] == variant.image_size // 4
+            stride = config.epng_mask_stride if config.grounding_head == "epng" else 4
+            assert model.eval()(**inputs).pred_masks.shape[-1] == variant.image_size // stride
     else:
         with torch.device("meta"):  # paper sizes: build the graph without allocating 700 MB
             model = PngForPanopticNarrativeGrounding(config)

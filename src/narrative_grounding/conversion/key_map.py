@@ -199,12 +199,13 @@ def convert_into_modules(
     allow_unrepresented: bool = False,
     source_name: str = "source",
 ) -> ConversionResult:
-    """`convert_state_dict` into the named submodules of `model` (e.g. "visual_encoder", "head"), whose every
-    weight and buffer must be filled, then loaded into them strictly."""
+    """`convert_state_dict` into the named submodules of `model` (e.g. "visual_encoder", "head", or a dotted
+    path such as "visual_encoder.neck"), whose every weight and buffer must be filled, then loaded into them
+    strictly."""
     module_names = list(module_names)
     target: dict[str, torch.Tensor] = {}
     for name in module_names:
-        target.update(prefixed_state_dict(getattr(model, name), f"{name}."))
+        target.update(prefixed_state_dict(model.get_submodule(name), f"{name}."))
     result = convert_state_dict(
         source,
         rules,
@@ -216,7 +217,7 @@ def convert_into_modules(
     for name in module_names:
         prefix = f"{name}."
         state = {k.removeprefix(prefix): v for k, v in result.state_dict.items() if k.startswith(prefix)}
-        getattr(model, name).load_state_dict(state, strict=True)
+        model.get_submodule(name).load_state_dict(state, strict=True)
     return result
 
 

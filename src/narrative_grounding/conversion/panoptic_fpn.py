@@ -167,8 +167,9 @@ def convert_visual_encoder(
     model: torch.nn.Module, tensors: dict[str, torch.Tensor], *, source_name: str = "detectron2 checkpoint"
 ) -> ConversionResult:
     """Load detectron2 backbone + FPN tensors into `model.visual_encoder` (strictly: every weight and buffer
-    of the visual encoder comes from the checkpoint). The model must be built with detectron2's conventions
-    (`backbone_stride_in_1x1`, frozen norms of eps 1e-5; see `panoptic_fpn_config`)."""
+    of its ResNet and FPN comes from the checkpoint; the projection of the stem's map that
+    `epng_mask_stride=2` adds, ours, starts from scratch like the head). The model must be built with
+    detectron2's conventions (`backbone_stride_in_1x1`, frozen norms of eps 1e-5; see `panoptic_fpn_config`)."""
     config = model.config
     if not config.backbone_stride_in_1x1:
         raise ValueError(
@@ -187,7 +188,11 @@ def convert_visual_encoder(
             f"frozen norms have eps {sorted(wrong_eps)}; detectron2 uses {DETECTRON2_FROZEN_BN_EPS}"
         )
     return convert_into_modules(
-        model, ["visual_encoder"], tensors, PANOPTIC_FPN_KEY_MAP, source_name=source_name
+        model,
+        ["visual_encoder.backbone", "visual_encoder.neck"],
+        tensors,
+        PANOPTIC_FPN_KEY_MAP,
+        source_name=source_name,
     )
 
 

@@ -39,6 +39,7 @@ LPA_IMPLEMENTATIONS = ("auto", "flex", "direct")
 SWITCH_CHOICES = {
     "epng_position_encoding": ("lpa", "none", "absolute", "lpa_absolute"),
     "epng_communicator_stride": (16, 8),
+    "epng_mask_stride": (4, 2),
     "phrase_pooling": ("mean", "attention"),
     "epng_phrase_activation": ("none", "relu6"),
     "epng_residual_norm": ("single", "double"),
@@ -177,6 +178,11 @@ class PngConfig(PreTrainedConfig):
         relative to each other ("the ring beside the pink cross", "the biggest hexagon"). The unrefined logits
         are supervised too.
     epng_mask_refinement_channels (`int`, defaults to 16): width of that CNN.
+    epng_mask_stride (`int`, defaults to 4):
+        Stride of the mask logits: 4 (EPNG) or 2 (ours, not in the paper: the stride-4 pixel map is upsampled
+        to stride 2 and gains a 1 x 1 projection of the backbone stem's stride-2 output before the phrase .
+        pixel product, so that mask outlines follow the image at twice the resolution; the losses are then
+        computed at stride 2). Needs a timm ResNet backbone (its stem's `act1`).
     bce_loss_weight, dice_loss_weight, sal_loss_weight (`float`, defaults 2.0, 2.0, 1.0): EPNG eq. 15.
     sal_temperature (`float`, defaults to 0.1): tau of EPNG eqs. 13-14: similarities are divided by it. With
         our cosine similarity 0.1 bounds the logits to [-10, 10]. The released code multiplies raw dot
@@ -277,6 +283,8 @@ class PngConfig(PreTrainedConfig):
     # Ours: a CNN over each phrase's mask logits and K more phrase maps that corrects them (0: EPNG).
     epng_mask_refinement_kernels: int = 0
     epng_mask_refinement_channels: int = 16
+    # Ours: mask logits at stride 2 with the backbone stem's stride-2 map projected in (4: EPNG).
+    epng_mask_stride: int = 4
 
     # DRMN head
     drmn_hidden_dim: int = 256

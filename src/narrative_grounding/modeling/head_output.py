@@ -19,7 +19,7 @@ def check_token_inputs(
 @dataclass
 class GroundingHeadOutput:
     """
-    pred_masks: B x P x H/4 x W/4 mask logits of the final prediction.
+    pred_masks: B x P x H/4 x W/4 mask logits of the final prediction (EPNG with `epng_mask_stride=2`: H/2 x W/2).
     auxiliary_masks: earlier predictions (refinement rounds), each B x P x H/4 x W/4, supervised too.
     phrase_embeddings: B x P x D phrase kernels of the final prediction (SAL reads them), if the head has them.
     pixel_embeddings: B x D x H/4 x W/4 pixel features the kernels are applied to (SAL reads them).

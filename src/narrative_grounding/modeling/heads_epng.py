@@ -259,6 +259,9 @@ class EpngHead(nn.Module):
         )
         self.refiner = PhraseMaskRefiner(config) if config.epng_mask_refinement_kernels else None
         self.reads_token_features = config.epng_phrase_decoder_reads_tokens  # validated: needs decoder layers
+        # Ours (`epng_mask_stride=2`): each phrase also weighs the stem's stride-2 map (the visual encoder's
+        # features[2], fpn_channels wide), so that its mask can follow the image's edges at stride 2.
+        self.stem_kernels = nn.Linear(d_model, config.fpn_channels) if config.epng_mask_stride == 2 else None
 
     def _resize(self, feature: torch.Tensor, size: torch.Size) -> torch.Tensor:
         return F.interpolate(feature, size=size, mode="bilinear", align_corners=self.align_corners)
@@ -315,12 +318,34 @@ class EpngHead(nn.Module):
         if self.refiner is not None:  # the unrefined logits stay supervised (deep supervision)
             auxiliary_masks = (mask_logits,)
             mask_logits = self.refiner(mask_logits, phrases, pixel_map, phrase_mask, self.logit_scale)
+        if self.stem_kernels is not None:  # the unrefined logits stay supervised at stride 4
+            if 2 not in features:
+                raise ValueError(
+                    "epng_mask_stride=2 needs the stem's stride-2 map in features[2] (the visual encoder of a "
+                    "model built with epng_mask_stride=2 gives it)"
+                )
+            mask_logits = self._stride2_logits(mask_logits, phrases, features[2])
         return GroundingHeadOutput(
             pred_masks=mask_logits,
             auxiliary_masks=auxiliary_masks,
             phrase_embeddings=phrases,
             pixel_embeddings=pixel_map,
         )
+
+    def _stride2_logits(
+        self, mask_logits: torch.Tensor, phrases: torch.Tensor, stem_map: torch.Tensor
+    ) -> torch.Tensor:
+        """The stride-4 logits (B x P x H/4 x W/4) upsampled to stride 2, plus each phrase's kernel of the
+        stem's stride-2 map (B x C x H/2 x W/2) applied to that map. Returns B x P x H/2 x W/2.
+
+        The same as adding a projection of the stem's map to the upsampled pixel map before the phrase . pixel
+        product (bilinear upsampling is linear), for a fraction of the work: P maps are upsampled instead of
+        d_model, and the stride-2 products have C channels instead of d_model."""
+        kernels = self.stem_kernels(phrases)  # B x P x C
+        # bmm over the flattened map: on CPU the map is channels-last, which bmm reads as a transposed
+        # matrix where einsum would first copy it
+        detail = torch.bmm(kernels, stem_map.flatten(2)).view(*kernels.shape[:2], *stem_map.shape[-2:])
+        return self._resize(mask_logits, stem_map.shape[-2:]) + detail * stem_map.shape[1] ** -0.5
 
     def _decode_phrases(
         self,

@@ -47,16 +47,16 @@ class PngOutput(ModelOutput):
         The unweighted terms: `bce`, `dice` (summed over every supervised prediction for multi-round heads),
         `sal_phrase_to_pixel` and, with `sal_directions="both"`, `sal_pixel_to_phrase` (EPNG heads with SAL).
     pred_masks (`torch.Tensor` of shape `(batch_size, num_phrases, height / 4, width / 4)`):
-        Mask logits per phrase at stride 4 of `pixel_values`. Padded phrases are present (ignore them with
-        `phrase_mask`).
+        Mask logits per phrase at stride 4 of `pixel_values` (stride 2 with `epng_mask_stride=2`, ours). Padded
+        phrases are present (ignore them with `phrase_mask`).
     auxiliary_masks (`tuple[torch.Tensor]`, *optional*):
-        Earlier predictions, each like `pred_masks` and supervised too: DRMN's initial matching and refinement
-        rounds before the last; EPNG's logits before its mask refinement (`epng_mask_refinement_kernels`, ours).
-        Empty for the paper's EPNG.
+        Earlier predictions, each like `pred_masks` (at stride 4) and supervised too: DRMN's initial matching
+        and refinement rounds before the last; EPNG's logits before its mask refinement
+        (`epng_mask_refinement_kernels`, ours). Empty for the paper's EPNG.
     phrase_embeddings (`torch.Tensor` of shape `(batch_size, num_phrases, hidden)`, *optional*):
         The phrase kernels of the final prediction.
     pixel_embeddings (`torch.Tensor` of shape `(batch_size, hidden, height / 4, width / 4)`, *optional*):
-        The pixel features the kernels are applied to.
+        The stride-4 pixel features the kernels are applied to (SAL reads them).
     """
 
     loss: torch.Tensor | None = None
@@ -314,6 +314,11 @@ class PngForPanopticNarrativeGrounding(PngPreTrainedModel):
                     f"labels must have the size of pixel_values ({height}x{width}) or its stride-4 size "
                     f"({stride4[0]}x{stride4[1]}), got {labels.shape[-2]}x{labels.shape[-1]}"
                 )
+            if tuple(labels.shape[-2:]) == stride4 and self.config.epng_mask_stride == 2:
+                raise ValueError(
+                    f"labels are at stride 4 ({stride4[0]}x{stride4[1]}) but this model's masks are at stride 2 "
+                    f"(epng_mask_stride=2): give labels at the size of pixel_values ({height}x{width})"
+                )
         return phrase_mask
 
     def _compute_loss(
@@ -321,16 +326,25 @@ class PngForPanopticNarrativeGrounding(PngPreTrainedModel):
     ):
         config = self.config
         logits = head_output.pred_masks
-        size = logits.shape[-2:]
-        targets = (
-            F.interpolate(labels.float(), size=size, mode="area")
-            if labels.shape[-2:] != size
-            else labels.float()
-        )  # B x P x H/4 x W/4
-        if pixel_mask is None:
-            pixel_valid = torch.ones(logits.shape[0], *size, dtype=torch.bool, device=logits.device)
-        else:
-            pixel_valid = F.interpolate(pixel_mask[:, None].float(), size=size, mode="area")[:, 0] >= 0.5
+
+        def at_size(size: torch.Size) -> tuple[torch.Tensor, torch.Tensor]:
+            """The labels area-averaged to `size` (B x P x h x w) and the valid pixels there (B x h x w)."""
+            targets = (
+                F.interpolate(labels.float(), size=size, mode="area")
+                if labels.shape[-2:] != size
+                else labels.float()
+            )
+            if pixel_mask is None:
+                valid = torch.ones(logits.shape[0], *size, dtype=torch.bool, device=logits.device)
+            else:
+                valid = F.interpolate(pixel_mask[:, None].float(), size=size, mode="area")[:, 0] >= 0.5
+            return targets, valid
+
+        # SAL and the counts live at stride 4 (where the trainer's global counts are computed); the mask
+        # losses at the logits' stride (4, or 2 with `epng_mask_stride=2`).
+        embeddings = head_output.pixel_embeddings
+        stride4 = embeddings.shape[-2:] if embeddings is not None else logits.shape[-2:]
+        targets, pixel_valid = at_size(stride4)  # B x P x H/4 x W/4, B x H/4 x W/4
         counts = count_loss_items(targets, phrase_mask, pixel_valid, phrase_token_mask)
         if counts_override is not None:
             counts.update(
@@ -345,13 +359,14 @@ class PngForPanopticNarrativeGrounding(PngPreTrainedModel):
         def normalised(total, name):
             return total / counts[SAMPLES if per_sample else name].clamp(min=1.0)
 
-        # Mask losses at stride 4 (ours) or on probabilities upsampled to the input size (EPNG eqs. 10-11).
+        # Mask losses at each prediction's stride (ours) or on probabilities upsampled to the input size (EPNG
+        # eqs. 10-11).
         mask_targets, mask_valid = targets, pixel_valid
         if config.mask_loss_resolution == "input":
-            if labels.shape[-2:] == size:
+            if labels.shape[-2:] == stride4:
                 raise ValueError(
                     "mask_loss_resolution='input' needs labels at the size of pixel_values, got stride-4 labels "
-                    f"({size[0]}x{size[1]})"
+                    f"({stride4[0]}x{stride4[1]})"
                 )
             mask_targets = labels.float()  # B x P x H x W
             mask_valid = (
@@ -374,11 +389,15 @@ class PngForPanopticNarrativeGrounding(PngPreTrainedModel):
             mask_targets = torch.einsum("bqp,bphw->bqhw", query_phrases, mask_targets)  # B x Q x h x w
         bce = dice = logits.new_zeros((), dtype=torch.float32)
         for prediction in predictions:  # deep supervision on every round
+            prediction_targets, prediction_valid = mask_targets, mask_valid
+            if config.mask_loss_resolution == "stride4" and prediction.shape[-2:] != mask_targets.shape[-2:]:
+                # the labels at the prediction's own size: stride 2 with `epng_mask_stride=2`
+                prediction_targets, prediction_valid = at_size(prediction.shape[-2:])
             bce_sum, dice_sum = mask_loss_sums(
                 prediction,
-                mask_targets,
+                prediction_targets,
                 items,
-                mask_valid,
+                prediction_valid,
                 resolution=config.mask_loss_resolution,
                 dice_eps=config.dice_eps,
                 reduction=config.mask_loss_reduction,

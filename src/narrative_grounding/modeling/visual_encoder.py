@@ -1,7 +1,8 @@
 """The visual encoder shared by every head: a timm ResNet (through transformers) and an FPN neck.
 
 Output: a dict stride -> B x C x H/stride x W/stride for strides 4, 8, 16, 32, C = config.fpn_channels
-(EPNG: 256 channels; 80x80 / 40x40 / 20x20 at strides 8 / 16 / 32 for a 640x640 input).
+(EPNG: 256 channels; 80x80 / 40x40 / 20x20 at strides 8 / 16 / 32 for a 640x640 input). With
+`epng_mask_stride=2` also stride 2: the stem's output projected to fpn_channels by a 1 x 1 convolution.
 """
 
 from __future__ import annotations
@@ -105,7 +106,24 @@ class VisualEncoder(nn.Module):
         if config.backbone_stride_in_1x1:
             move_stride_to_1x1(self.backbone._backbone, self.stage_names())
         self.neck = FeaturePyramidNeck(channels, config.fpn_channels)
+        # Masks at stride 2 (ours): the stem's stride-2 map, kept by a forward hook on its last activation
+        # (the backbone returns only the four stages), projected to fpn_channels like the FPN's levels.
+        self.stem_projection = None
+        self._stem_output: torch.Tensor | None = None
+        if config.grounding_head == "epng" and config.epng_mask_stride == 2:
+            stem_activation = getattr(self.backbone._backbone, "act1", None)
+            stem_channels = getattr(getattr(self.backbone._backbone, "bn1", None), "num_features", None)
+            if stem_activation is None or stem_channels is None:
+                raise ValueError(
+                    "epng_mask_stride=2 reads the stride-2 output of a timm ResNet stem (its bn1 and act1), which "
+                    f"backbone {config.backbone_config.backbone!r} does not have; use epng_mask_stride=4"
+                )
+            stem_activation.register_forward_hook(self._keep_stem_output)
+            self.stem_projection = nn.Conv2d(stem_channels, config.fpn_channels, kernel_size=1)
         self.match_weight_layout()
+
+    def _keep_stem_output(self, module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+        self._stem_output = output
 
     def match_weight_layout(self) -> None:
         """Store the convolution weights in the memory format `forward` gives their inputs on this device:
@@ -145,7 +163,11 @@ class VisualEncoder(nn.Module):
             # are channels-last on CPU as well (`match_weight_layout`).
             pixel_values = pixel_values.contiguous(memory_format=torch.channels_last)
         feature_maps = self.backbone(pixel_values).feature_maps
-        return dict(zip(FPN_STRIDES, self.neck(list(feature_maps)), strict=True))
+        features = dict(zip(FPN_STRIDES, self.neck(list(feature_maps)), strict=True))
+        if self.stem_projection is not None:
+            features[2] = self.stem_projection(self._stem_output)
+            self._stem_output = None  # no reference kept past the forward pass
+        return features
 
     def set_trainable_stages(self, num_stages: int) -> None:
         """Train only the last `num_stages` ResNet stages (EPNG: 2); the neck always trains."""

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from ..modeling.losses import loss_counts
 
-PREDICTION_STRIDE = 4  # pred_masks are at stride 4 of pixel_values
+PREDICTION_STRIDE = 4  # the model counts its loss items (SAL's pixels) at stride 4 of pixel_values
 
 
 def local_loss_counts(batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -32,7 +32,6 @@ from ..metrics import (
 )
 from .collate import NO_EXPRESSION_KIND, model_inputs
 
-PREDICTION_STRIDE = 4
 #: Columns of the per-phrase count table gathered across processes.
 COUNT_COLUMNS = ("intersections", "unions", "reference_areas", "is_thing", "num_segments", "expression_kind")
 PAD = -1  # marks padded phrases (a count is never negative)
@@ -129,14 +128,15 @@ def _stride4_prediction(
     """What a stride-4 protocol reads of one sample's `P x h x w` logits, and how to read it ("logits" or
     "probabilities")."""
     original_size = tuple(batch["metadata"][index]["original_size"])
+    stride = batch["pixel_values"].shape[-2] // logits.shape[-2]  # 4 (2 with `epng_mask_stride=2`)
     if protocol == "stride4_padded":
         grid = evaluation_size(original_size, protocol)
         protocol_input = tuple(batch["metadata"][index]["resized_size"]) == stride4_input_size(original_size)
-        if protocol_input and logits.shape[-2] >= grid[0] and logits.shape[-1] >= grid[1]:
+        if protocol_input and stride == 4 and logits.shape[-2] >= grid[0] and logits.shape[-1] >= grid[1]:
             # The processor pads to a multiple of 32 (and to the batch's largest image): the image padded to a
             # multiple of 32 is the top-left `grid` of the logits, as PPMN's single-image input was.
             return logits[:, : grid[0], : grid[1]], "logits"  # P x grid
-    height, width = _image_part(batch, index, tuple(logits.shape[-2:]))
+    height, width = _image_part(batch, index, tuple(logits.shape[-2:]), stride)
     prediction = logits[:, :height, :width]  # P x h x w: covers the image only
     if protocol == "stride4_padded" and tuple(prediction.shape[-2:]) == grid:
         # At the padded grid's size the metric reads a prediction as covering the padding too; at the input
@@ -150,13 +150,13 @@ def _stride4_prediction(
     return prediction, "logits"
 
 
-def _image_part(batch: Mapping[str, Any], index: int, logits_size: tuple[int, int]) -> tuple[int, int]:
-    """The part of the stride-4 logits that covers the image (the processor pads at the bottom / right)."""
+def _image_part(
+    batch: Mapping[str, Any], index: int, logits_size: tuple[int, int], stride: int
+) -> tuple[int, int]:
+    """The part of the logits (at `stride` of the input) that covers the image (the processor pads at the
+    bottom / right)."""
     height, width = batch["metadata"][index]["resized_size"]
-    return (
-        min(logits_size[0], math.ceil(height / PREDICTION_STRIDE)),
-        min(logits_size[1], math.ceil(width / PREDICTION_STRIDE)),
-    )
+    return min(logits_size[0], math.ceil(height / stride)), min(logits_size[1], math.ceil(width / stride))
 
 
 def average_recall_from_table(
