@@ -110,12 +110,8 @@ ROWS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "learning rate 6e-3": ({}, {"learning_rate": 6e-3}),
     "batch 8": ({}, {"batch_size": 8}),
     "batch 32": ({}, {"batch_size": 32}),
-    # masks at stride 2 (ours): the stem's stride-2 map joins the phrase . pixel product
-    "masks at stride 2 (ours)": ({"epng_mask_stride": 2}, {}),
-    "masks at stride 2 + deep stem of 16-32 channels": (
-        {"epng_mask_stride": 2, "backbone_config": {"timm_model_args": {"stem_width": 16}}},
-        {},
-    ),
+    # where the masks are made: epng-tiny's are at stride 2 (ours), with the stem's stride-2 map
+    "masks at stride 4 (epng-tiny before 2026-12-07 05:30 UTC)": ({"epng_mask_stride": 4}, {}),
     # the other head
     "DRMN head (drmn-tiny)": ({}, {"model": "drmn-tiny"}),
 }
