@@ -608,7 +608,8 @@ class PngProcessor(ProcessorMixin):
         if inputs is not None and "pixel_values" in inputs:
             padded = tuple(inputs["pixel_values"].shape[-2:])
         else:
-            padded = (logits.shape[-2] * 4, logits.shape[-1] * 4)  # pred_masks are at stride 4
+            # without the inputs, the input size is taken as that of a stride-4 head's logits
+            padded = (logits.shape[-2] * 4, logits.shape[-1] * 4)
 
         # How the stride-4 predictions are resized: the image processor's saved settings.
         align_corners = self.image_processor.post_process_align_corners
