@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from huggingface_hub.errors import StrictDataclassClassValidationError
-from tiny_models import make_inputs, tiny_config, tiny_model
+from tiny_models import make_inputs, reloaded, tiny_config, tiny_model
 
 from narrative_grounding import PngConfig, PngForPanopticNarrativeGrounding, load_config
 from narrative_grounding.modeling.losses import mask_loss_sums
@@ -89,11 +89,8 @@ def test_losses_at_each_predictions_own_stride_and_everything_trains(tmp_path):
     output.loss.backward()
     assert model.head.stem_kernels.weight.grad.abs().sum() > 0
     assert model.visual_encoder.stem_projection.weight.grad.abs().sum() > 0
-    model.eval().save_pretrained(tmp_path)
-    loaded = PngForPanopticNarrativeGrounding.from_pretrained(tmp_path).eval()
+    loaded = reloaded(model, tmp_path, inputs)
     assert loaded.config.epng_mask_stride == 2
-    with torch.no_grad():
-        torch.testing.assert_close(loaded(**inputs).pred_masks, model(**inputs).pred_masks)
 
 
 def test_labels_at_stride_4_are_refused_by_name():

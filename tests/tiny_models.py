@@ -20,6 +20,16 @@ def tiny_model(seed: int = 0, **overrides) -> PngForPanopticNarrativeGrounding:
     return PngForPanopticNarrativeGrounding(tiny_config(**overrides)).eval()
 
 
+def reloaded(model: PngForPanopticNarrativeGrounding, folder, inputs: dict[str, torch.Tensor]):
+    """`model` in eval mode, saved with `save_pretrained` into `folder` and loaded back; the loaded model must
+    predict the same masks on `inputs`. Returns it for the caller's checks of its config."""
+    model.eval().save_pretrained(folder)
+    loaded = PngForPanopticNarrativeGrounding.from_pretrained(folder).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(**inputs).pred_masks, model(**inputs).pred_masks)
+    return loaded
+
+
 def make_inputs(
     phrase_counts: list[int],
     *,
