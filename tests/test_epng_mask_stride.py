@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from huggingface_hub.errors import StrictDataclassClassValidationError
-from tiny_models import make_inputs, reloaded, tiny_config, tiny_model
+from tiny_models import TEST_VOCAB_SIZE, make_inputs, reloaded, tiny_config, tiny_model
 
 from narrative_grounding import PngConfig, PngForPanopticNarrativeGrounding, load_config
 from narrative_grounding.modeling.losses import mask_loss_sums
@@ -99,3 +99,9 @@ def test_labels_at_stride_4_are_refused_by_name():
     inputs["labels"] = F.interpolate(inputs["labels"], size=(16, 16), mode="area")
     with pytest.raises(ValueError, match="masks are at stride 2 \\(epng_mask_stride=2\\)"):
         model(**inputs)
+    # the switch is EPNG's: a DRMN model with it set still predicts at stride 4 and takes stride-4 labels
+    drmn = PngForPanopticNarrativeGrounding(
+        load_config("drmn-tiny", text_config={"vocab_size": TEST_VOCAB_SIZE}, epng_mask_stride=2)
+    ).eval()
+    with torch.no_grad():
+        assert drmn(**inputs).pred_masks.shape[-2:] == (16, 16)

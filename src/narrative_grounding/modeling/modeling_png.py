@@ -314,7 +314,8 @@ class PngForPanopticNarrativeGrounding(PngPreTrainedModel):
                     f"labels must have the size of pixel_values ({height}x{width}) or its stride-4 size "
                     f"({stride4[0]}x{stride4[1]}), got {labels.shape[-2]}x{labels.shape[-1]}"
                 )
-            if tuple(labels.shape[-2:]) == stride4 and self.config.epng_mask_stride == 2:
+            # the visual encoder gives the stem's map exactly when the masks are at stride 2 (EPNG head only)
+            if tuple(labels.shape[-2:]) == stride4 and self.visual_encoder.stem_projection is not None:
                 raise ValueError(
                     f"labels are at stride 4 ({stride4[0]}x{stride4[1]}) but this model's masks are at stride 2 "
                     f"(epng_mask_stride=2): give labels at the size of pixel_values ({height}x{width})"
