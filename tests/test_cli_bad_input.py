@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import runpy
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +17,7 @@ import PIL.Image
 import pytest
 
 from narrative_grounding.cli import main
+from narrative_grounding.data import PngDataError
 from narrative_grounding.training import HubPusher, parse_args
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -217,6 +219,50 @@ def test_console_entry_point_prints_no_traceback(tmp_path):
 TRAIN_SCRIPT = ROOT / "training" / "train.py"
 
 
+@pytest.fixture
+def training_script(monkeypatch, capsys):
+    """Runs training/train.py's `main` in this process, as `python training/train.py ARGV` would (one real
+    program run below checks the script's exit status): returns (exit status, stderr)."""
+    from accelerate.state import AcceleratorState
+
+    script_main = runpy.run_path(str(TRAIN_SCRIPT))["main"]
+
+    def run(argv: list[str]) -> tuple[int, str]:
+        monkeypatch.setattr(sys, "argv", [str(TRAIN_SCRIPT), *argv])
+        try:
+            return script_main(), capsys.readouterr().err
+        finally:
+            AcceleratorState._reset_state(reset_partial_state=True)  # a refused run may have set it up
+
+    return run
+
+
+def _bad_training_input(tmp_path: Path, case: str) -> list[str]:
+    (tmp_path / "a-file").write_text("not a folder")
+    (tmp_path / "not-a-checkpoint").mkdir()
+    (tmp_path / "not-a-checkpoint" / "notes.txt").write_text("no accelerate state here")
+    argv = ["--data_dir", str(tmp_path / "no-data"), "--output_dir", str(tmp_path / "out"), "--cpu"]
+    return (
+        argv
+        + {
+            "missing data dir": [],
+            "unknown override key": ["--config_overrides", '{"hidden_size": 64}'],
+            "bad override value": ["--config_overrides", '{"d_model": -1}'],
+            "unknown variant": ["--model", "epng-tinyy"],
+            "output dir is a file": ["--output_dir", str(tmp_path / "a-file")],
+            "resume from a non-checkpoint": ["--resume_from_checkpoint", str(tmp_path / "not-a-checkpoint")],
+        }[case]
+    )
+
+
+def _assert_one_line_training_error(returncode: int, stderr: str, message: str) -> None:
+    assert returncode == 2, stderr
+    assert "Traceback" not in stderr
+    assert stderr.strip() == stderr.strip().splitlines()[0], stderr
+    assert stderr.startswith("train.py: error: "), stderr
+    assert message in stderr, stderr
+
+
 @pytest.mark.parametrize(
     "case, message",
     [
@@ -231,39 +277,20 @@ TRAIN_SCRIPT = ROOT / "training" / "train.py"
         ),
     ],
 )
-def test_training_script_reports_bad_input_in_one_line(tmp_path, case, message):
-    (tmp_path / "a-file").write_text("not a folder")
-    (tmp_path / "not-a-checkpoint").mkdir()
-    (tmp_path / "not-a-checkpoint" / "notes.txt").write_text("no accelerate state here")
-    argv = ["--data_dir", str(tmp_path / "no-data"), "--output_dir", str(tmp_path / "out"), "--cpu"]
-    argv += {
-        "missing data dir": [],
-        "unknown override key": ["--config_overrides", '{"hidden_size": 64}'],
-        "bad override value": ["--config_overrides", '{"d_model": -1}'],
-        "unknown variant": ["--model", "epng-tinyy"],
-        "output dir is a file": ["--output_dir", str(tmp_path / "a-file")],
-        "resume from a non-checkpoint": ["--resume_from_checkpoint", str(tmp_path / "not-a-checkpoint")],
-    }[case]
-    done = subprocess.run(
-        [sys.executable, str(TRAIN_SCRIPT), *argv], env=_env(), capture_output=True, text=True, timeout=300
-    )
-    assert done.returncode == 2, done.stderr
-    assert "Traceback" not in done.stderr
-    assert done.stderr.strip() == done.stderr.strip().splitlines()[0], done.stderr
-    assert done.stderr.startswith("train.py: error: "), done.stderr
-    assert message.format(tmp=tmp_path) in done.stderr
+def test_training_script_reports_bad_input_in_one_line(tmp_path, training_script, case, message):
+    returncode, stderr = training_script(_bad_training_input(tmp_path, case))
+    _assert_one_line_training_error(returncode, stderr, message.format(tmp=tmp_path))
     assert not (tmp_path / "out").exists()  # a refused run leaves no empty output folder behind
 
 
-def test_training_script_debug_keeps_the_traceback(tmp_path):
-    argv = [
-        str(TRAIN_SCRIPT),
-        "--debug",
-        "--data_dir",
-        str(tmp_path / "no-data"),
-        "--output_dir",
-        str(tmp_path),
-    ]
-    done = subprocess.run([sys.executable, *argv], env=_env(), capture_output=True, text=True, timeout=300)
-    assert done.returncode == 1
-    assert "Traceback" in done.stderr and "is not a directory" in done.stderr
+def test_training_script_as_a_program_exits_2_with_one_line(tmp_path):
+    argv = [sys.executable, str(TRAIN_SCRIPT), *_bad_training_input(tmp_path, "missing data dir")]
+    done = subprocess.run(argv, env=_env(), capture_output=True, text=True, timeout=300)
+    _assert_one_line_training_error(
+        done.returncode, done.stderr, f"data_dir {tmp_path}/no-data is not a directory"
+    )
+
+
+def test_training_script_debug_keeps_the_traceback(tmp_path, training_script):
+    with pytest.raises(PngDataError, match="is not a directory"):  # the traceback is kept
+        training_script(["--debug", "--data_dir", str(tmp_path / "no-data"), "--output_dir", str(tmp_path)])
