@@ -54,6 +54,16 @@ os.environ.update(
     }
 )
 
+# =====================================================================================================
+# Threads under pytest-xdist: the workers share the machine's cores, so each worker (and every process
+# its tests start) gets an equal share rather than all of them, which would oversubscribe the cores and
+# slow every worker down. Set before torch is imported; an explicit OMP_NUM_THREADS wins.
+# =====================================================================================================
+_xdist_workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _xdist_workers > 1 and "OMP_NUM_THREADS" not in os.environ:
+    os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // _xdist_workers))
+# ===================================================================================== end threads
+
 import pytest  # noqa: E402
 
 
