@@ -109,6 +109,10 @@ ROWS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "learning rate 1e-3": ({}, {"learning_rate": 1e-3}),
     "learning rate 6e-3": ({}, {"learning_rate": 6e-3}),
     "batch 8": ({}, {"batch_size": 8}),
+    # gradient clipping: the demo's "fast" recipe clips the global gradient norm at 1
+    "no gradient clipping (demo: norm 1)": ({}, {"max_grad_norm": 0.0}),
+    "gradient clipping at norm 0.5 (demo: 1)": ({}, {"max_grad_norm": 0.5}),
+    "gradient clipping at norm 0.25 (demo: 1)": ({}, {"max_grad_norm": 0.25}),
     "batch 32": ({}, {"batch_size": 32}),
     # where the masks are made: epng-tiny's are at stride 2 (ours), with the stem's stride-2 map
     "masks at stride 4 (epng-tiny before 2026-12-07 05:30 UTC)": ({"epng_mask_stride": 4}, {}),
@@ -130,6 +134,8 @@ RECIPE = {
         "eval_every_seconds",
     )
 }
+#: options of the training script (not the demo's) that a row may set in its recipe overrides
+TRAINING_OVERRIDES = ("max_grad_norm", "weight_decay", "warmup_ratio")
 # stuff phrases are their own kind: their column would repeat "stuff"
 THING_KINDS = [kind for kind in EXPRESSION_KINDS if kind != "stuff"]
 KIND_KEYS = [f"average_recall_expression_{kind}" for kind in THING_KINDS]
@@ -170,6 +176,9 @@ def _train_one(recipe: dict[str, Any], overrides: dict[str, Any], seed: int, dat
                 None,
                 False,
             )
+        for key in TRAINING_OVERRIDES:  # the training script's own options, where a row sets them
+            if key in recipe:
+                setattr(args, key, recipe[key])
         args.seed = seed
         args.config_overrides = overrides or None
         args.no_progress_bar = True
