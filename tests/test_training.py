@@ -304,11 +304,12 @@ def test_sigkill_and_resume_equals_uninterrupted_run(tmp_path, synthetic_root):
     extra = ("--checkpointing_steps", "2", "--report_to", "none", "--seed", "7")
     reference_dir, resumed_dir = tmp_path / "uninterrupted", tmp_path / "interrupted"
     # The uninterrupted run goes on beside the one that is killed (each is one single-threaded process).
-    reference_log = (tmp_path / "uninterrupted.log").open("w")  # a file: a full pipe would stall the run
-    reference = subprocess.Popen(
-        [sys.executable, str(TRAIN_SCRIPT), *_train_argv(reference_dir, synthetic_root, *extra)],
-        env=_env(), stdout=subprocess.DEVNULL, stderr=reference_log,
-    )  # fmt: skip
+    # Its stderr goes to a file (a full pipe would stall it); the child keeps its own copy of the handle.
+    with (tmp_path / "uninterrupted.log").open("w") as reference_log:
+        reference = subprocess.Popen(
+            [sys.executable, str(TRAIN_SCRIPT), *_train_argv(reference_dir, synthetic_root, *extra)],
+            env=_env(), stdout=subprocess.DEVNULL, stderr=reference_log,
+        )  # fmt: skip
 
     # Kill the second run (SIGKILL: no clean-up) once it has written its checkpoint at step 4, i.e. in the
     # middle of the first epoch (6 steps), so that the resumed run must skip batches inside that epoch.
@@ -326,7 +327,6 @@ def test_sigkill_and_resume_equals_uninterrupted_run(tmp_path, synthetic_root):
     killed_at = max(int(p.name.split("-")[1]) for p in (resumed_dir / "checkpoints").glob("checkpoint-*"))
     assert killed_at < 12
     reference.wait(timeout=300)
-    reference_log.close()
     assert reference.returncode == 0, (tmp_path / "uninterrupted.log").read_text()[-4000:]
 
     done = subprocess.run(
