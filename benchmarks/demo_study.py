@@ -65,6 +65,7 @@ ROWS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "192 px input": ({}, {"image_size": 192}),
     # capacity
     "wider: d_model 192": ({"d_model": 192, "ffn_dim": 384}, {}),
+    "narrower: d_model 64": ({"d_model": 64, "ffn_dim": 128}, {}),
     "deeper: 4 communicator layers": ({"num_communicator_layers": 4}, {}),
     "backbone: channels 32-256": (
         {"backbone_config": {"timm_model_args": {"channels": [32, 64, 128, 256]}}},
@@ -114,6 +115,7 @@ ROWS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "gradient clipping at norm 0.5 (demo: 1)": ({}, {"max_grad_norm": 0.5}),
     "gradient clipping at norm 0.25 (demo: 1)": ({}, {"max_grad_norm": 0.25}),
     "batch 32": ({}, {"batch_size": 32}),
+    "weight decay 0.05 (demo: 1e-4)": ({}, {"weight_decay": 0.05}),
     # where the masks are made: epng-tiny's are at stride 2 (ours), with the stem's stride-2 map
     "masks at stride 4 (epng-tiny before 2026-12-07 05:30 UTC)": ({"epng_mask_stride": 4}, {}),
     # the other head
