@@ -114,6 +114,8 @@ ROWS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "no gradient clipping (demo: norm 1)": ({}, {"max_grad_norm": 0.0}),
     "gradient clipping at norm 0.5 (demo: 1)": ({}, {"max_grad_norm": 0.5}),
     "gradient clipping at norm 0.25 (demo: 1)": ({}, {"max_grad_norm": 0.25}),
+    "learning rate 6e-3, clipping at norm 0.25": ({}, {"learning_rate": 6e-3, "max_grad_norm": 0.25}),
+    "learning rate 4.5e-3, clipping at norm 0.25": ({}, {"learning_rate": 4.5e-3, "max_grad_norm": 0.25}),
     "batch 32": ({}, {"batch_size": 32}),
     "weight decay 0.05 (demo: 1e-4)": ({}, {"weight_decay": 0.05}),
     # where the masks are made: epng-tiny's are at stride 2 (ours), with the stem's stride-2 map
