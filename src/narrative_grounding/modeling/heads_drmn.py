@@ -53,6 +53,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .attention import CrossAttention
+from .channels_last import phrase_pixel_product
 from .configuration_png import DRMN_GROUP_NORM_GROUPS
 from .deformable_attention import MultiScaleDeformableAttention
 from .drmn_queries import noun_token_queries, phrase_mean_logits
@@ -409,9 +410,7 @@ class DrmnHead(nn.Module):
         def match(kernels: torch.Tensor, pixel_map: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             """kernels B x P x D against the B x D x H/8 x W/8 pixel_map: logits on the selection level
             (B x P x Ns, for top-k) and stride-4 logits (B x P x H/4 x W/4)."""
-            logits = (
-                torch.einsum("bpd,bdhw->bphw", kernels, pixel_map) * self.logit_scale
-            )  # B x P x H/8 x W/8
+            logits = phrase_pixel_product(kernels, pixel_map) * self.logit_scale  # B x P x H/8 x W/8
             num_phrases = logits.shape[1]
             if num_phrases == 0:  # no phrase in the whole batch: empty masks (interpolate rejects them)
                 return logits.flatten(2), logits.new_zeros(batch, 0, *stride4_size)

@@ -20,6 +20,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from .channels_last import phrase_pixel_product
+
 # Count names: which items each loss term averages over.
 PHRASES = "phrases"  # real phrases: BCE and Dice
 QUERIES = "queries"  # (phrase, token) pairs of the real phrases: BCE and Dice of per-token queries
@@ -168,10 +170,10 @@ def semantic_alignment_loss_sums(
     Anchors without any positive contribute nothing. Padded phrases and pixels are never in a softmax.
     """
     phrases = phrase_embeddings.float()  # B x P x D
-    pixels = pixel_embeddings.float().flatten(2)  # B x D x N
+    pixels = pixel_embeddings.float()  # B x D x h x w
     if similarity == "cosine":
         phrases, pixels = F.normalize(phrases, dim=-1), F.normalize(pixels, dim=1)
-    similarity_matrix = torch.bmm(phrases, pixels) / temperature  # B x P x N
+    similarity_matrix = phrase_pixel_product(phrases, pixels).flatten(2) / temperature  # B x P x N
     positive = sal_positives(targets, phrase_mask, pixel_valid, positives).flatten(2)  # B x P x N
     valid = pixel_valid.flatten(1)  # B x N
     real = phrase_mask.bool()  # B x P

@@ -13,6 +13,8 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.models.timm_backbone import TimmBackbone
 
+from .channels_last import pointwise_convolution
+
 FPN_STRIDES = (4, 8, 16, 32)
 
 
@@ -83,7 +85,7 @@ class FeaturePyramidNeck(nn.Module):
 
     def forward(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
         """features: fine to coarse, B x C_i x H_i x W_i. Returns the same resolutions with out_channels."""
-        laterals = [conv(f) for conv, f in zip(self.lateral, features, strict=True)]
+        laterals = [pointwise_convolution(conv, f) for conv, f in zip(self.lateral, features, strict=True)]
         for level in range(len(laterals) - 2, -1, -1):  # coarse to fine
             laterals[level] = laterals[level] + F.interpolate(
                 laterals[level + 1], size=laterals[level].shape[-2:], mode="nearest"
@@ -165,7 +167,7 @@ class VisualEncoder(nn.Module):
         feature_maps = self.backbone(pixel_values).feature_maps
         features = dict(zip(FPN_STRIDES, self.neck(list(feature_maps)), strict=True))
         if self.stem_projection is not None:
-            features[2] = self.stem_projection(self._stem_output)
+            features[2] = pointwise_convolution(self.stem_projection, self._stem_output)
             self._stem_output = None  # no reference kept past the forward pass
         return features
 
