@@ -20,8 +20,6 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .channels_last import phrase_pixel_product
-
 # Count names: which items each loss term averages over.
 PHRASES = "phrases"  # real phrases: BCE and Dice
 QUERIES = "queries"  # (phrase, token) pairs of the real phrases: BCE and Dice of per-token queries
@@ -170,10 +168,12 @@ def semantic_alignment_loss_sums(
     Anchors without any positive contribute nothing. Padded phrases and pixels are never in a softmax.
     """
     phrases = phrase_embeddings.float()  # B x P x D
-    pixels = pixel_embeddings.float()  # B x D x h x w
+    # B x N x D: on CPU a view of the map's channels-last memory, whose norms are then over contiguous rows
+    # and whose gradient comes back channels-last
+    pixels = pixel_embeddings.float().flatten(2).transpose(1, 2)
     if similarity == "cosine":
-        phrases, pixels = F.normalize(phrases, dim=-1), F.normalize(pixels, dim=1)
-    similarity_matrix = phrase_pixel_product(phrases, pixels).flatten(2) / temperature  # B x P x N
+        phrases, pixels = F.normalize(phrases, dim=-1), F.normalize(pixels, dim=-1)
+    similarity_matrix = torch.bmm(pixels, phrases.transpose(1, 2)).transpose(1, 2) / temperature  # B x P x N
     positive = sal_positives(targets, phrase_mask, pixel_valid, positives).flatten(2)  # B x P x N
     valid = pixel_valid.flatten(1)  # B x N
     real = phrase_mask.bool()  # B x P
