@@ -154,8 +154,10 @@ def _train_one(recipe: dict[str, Any], overrides: dict[str, Any], seed: int, dat
 
     from narrative_grounding.commands.demo import training_arguments
     from narrative_grounding.training import train
+    from narrative_grounding.training.allocator import keep_freed_memory
 
     torch.set_num_threads(recipe["threads"])
+    keep_freed_memory()  # as the demo's training processes
     # as the demo does: the data-loading worker inherits the thread count instead of torch's default
     os.environ["OMP_NUM_THREADS"] = str(recipe["threads"])
     logging.getLogger("narrative_grounding").setLevel(logging.WARNING)

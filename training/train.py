@@ -18,10 +18,12 @@ from pathlib import Path
 
 from narrative_grounding.cli import run_reporting_user_errors
 from narrative_grounding.training import parse_args, train
+from narrative_grounding.training.allocator import keep_freed_memory
 
 
 def main() -> int:
     args = parse_args()
+    keep_freed_memory()  # glibc: reuse freed feature maps' pages (~9% of a CPU step otherwise)
 
     def run() -> int:
         result = train(args)
