@@ -1,7 +1,7 @@
 """Training speed on CPU: optimizer steps, and the data pipeline against EPNG's GPU budget.
 
 Model steps (`--models`): forward with labels + backward + gradient clipping + the training script's AdamW
-step (`build_optimizer`: fused), on random inputs of the variant's size (tiny: 128x128, batch 8, the
+step (`build_optimizer`: fused, glibc keeping freed memory as training does), on random inputs of the variant's size (tiny: 128x128, batch 8, the
 training script's default batch; paper: 640x640, batch 2), 230 tokens and 15 phrases; seconds per step =
 the median of `--steps` steps after 1 warm-up step, in a fresh child process each (peak RSS per
 configuration). Training takes the LPA's direct path on CPU
@@ -34,8 +34,10 @@ EPNG_GPU_MS_PER_IMAGE = 11.0  # EPNG (AAAI 2023), inference on one GPU
 def _train_steps(variant: str, batch: int, steps: int, tokens: int, phrases: int) -> dict:
     """Runs in a child process: warm-up step + `steps` timed optimizer steps."""
     from narrative_grounding import create_model, load_variant
+    from narrative_grounding.training.allocator import keep_freed_memory
     from narrative_grounding.training.optimization import build_optimizer
 
+    keep_freed_memory()  # as training/train.py and the demo's processes
     torch.manual_seed(0)
     model = create_model(variant).train()
     size = load_variant(variant).image_size
