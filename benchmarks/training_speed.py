@@ -1,8 +1,9 @@
 """Training speed on CPU: optimizer steps, and the data pipeline against EPNG's GPU budget.
 
 Model steps (`--models`): forward with labels + backward + gradient clipping + the training script's AdamW
-step (`build_optimizer`: fused, glibc keeping freed memory as training does), on random inputs of the variant's size (tiny: 128x128, batch 8, the
-training script's default batch; paper: 640x640, batch 2), 230 tokens and 15 phrases; seconds per step =
+step (`build_optimizer`: fused; glibc's malloc keeping freed memory, as training does), on random inputs of
+the variant's size (tiny: 128x128, batch 8, the training script's default batch; paper: 640x640, batch 2),
+230 tokens and 15 phrases; seconds per step =
 the median of `--steps` steps after 1 warm-up step, in a fresh child process each (peak RSS per
 configuration). Training takes the LPA's direct path on CPU
 (flex attention has no CPU backward in this torch).
