@@ -118,6 +118,7 @@ ROWS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "learning rate 4.5e-3, clipping at norm 0.25": ({}, {"learning_rate": 4.5e-3, "max_grad_norm": 0.25}),
     "batch 32": ({}, {"batch_size": 32}),
     "weight decay 0.05 (demo: 1e-4)": ({}, {"weight_decay": 0.05}),
+    "linear learning-rate decay (demo: cosine)": ({}, {"lr_scheduler_type": "linear"}),
     # where the masks are made: epng-tiny's are at stride 2 (ours), with the stem's stride-2 map
     "masks at stride 4 (epng-tiny before 2026-12-07 05:30 UTC)": ({"epng_mask_stride": 4}, {}),
     # the other head
@@ -139,7 +140,7 @@ RECIPE = {
     )
 }
 #: options of the training script (not the demo's) that a row may set in its recipe overrides
-TRAINING_OVERRIDES = ("max_grad_norm", "weight_decay", "warmup_ratio")
+TRAINING_OVERRIDES = ("max_grad_norm", "weight_decay", "warmup_ratio", "lr_scheduler_type")
 # stuff phrases are their own kind: their column would repeat "stuff"
 THING_KINDS = [kind for kind in EXPRESSION_KINDS if kind != "stuff"]
 KIND_KEYS = [f"average_recall_expression_{kind}" for kind in THING_KINDS]
