@@ -33,6 +33,8 @@ def test_pointwise_convolution_is_the_convolution(layout):
     reference_gradients = torch.autograd.grad(reference, (reference_map, conv.weight, conv.bias), upstream)
     for gradient, expected in zip(gradients, reference_gradients, strict=True):
         torch.testing.assert_close(gradient, expected, atol=1e-12, rtol=1e-12)
+    # the weight's gradient has the weight's exact strides (DistributedDataParallel compares them)
+    assert gradients[1].stride() == conv.weight.stride()
     if layout is CHANNELS_LAST:  # no NHWC -> NCHW copies on the way, forward or backward
         assert output.is_contiguous(memory_format=CHANNELS_LAST)
         assert gradients[0].is_contiguous(memory_format=CHANNELS_LAST)

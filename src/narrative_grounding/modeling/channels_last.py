@@ -30,7 +30,10 @@ def pointwise_convolution(conv: nn.Conv2d, feature_map: torch.Tensor) -> torch.T
     product over the channels (the output is channels-last too)."""
     if feature_map.device.type != "cpu" or not _is_channels_last(feature_map):
         return conv(feature_map)
-    weight = conv.weight.reshape(conv.out_channels, conv.in_channels)
+    # A view whose gradient keeps the weight's own strides: a 1 x 1 kernel's channels-last and default strides
+    # differ only on its size-1 axes, which DistributedDataParallel's gradient buckets compare too (a reshape's
+    # gradient would take the default ones and make it warn and copy every step).
+    weight = conv.weight.as_strided((conv.out_channels, conv.in_channels), conv.weight.stride()[:2])
     return F.linear(feature_map.permute(0, 2, 3, 1), weight, conv.bias).permute(0, 3, 1, 2)
 
 
