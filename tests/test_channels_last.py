@@ -62,3 +62,9 @@ def test_phrase_pixel_product_of_no_phrases():
     pixel_map = _map(2, 8, 5, 6, CHANNELS_LAST, seed=5)
     products = phrase_pixel_product(torch.zeros(2, 0, 8, dtype=torch.float64), pixel_map)
     assert products.shape == (2, 0, 5, 6)
+
+
+def test_pointwise_convolution_of_another_convolution_is_that_convolution():
+    conv = nn.Conv2d(6, 5, kernel_size=3, padding=1).double()
+    feature_map = _map(2, 6, 7, 9, CHANNELS_LAST, seed=6)
+    torch.testing.assert_close(pointwise_convolution(conv, feature_map), conv(feature_map))

@@ -26,9 +26,16 @@ def _is_channels_last(feature_map: torch.Tensor) -> bool:
 
 
 def pointwise_convolution(conv: nn.Conv2d, feature_map: torch.Tensor) -> torch.Tensor:
-    """`conv(feature_map)` for a 1 x 1, stride-1, ungrouped `conv`; on a CPU channels-last map, a matrix
-    product over the channels (the output is channels-last too)."""
-    if feature_map.device.type != "cpu" or not _is_channels_last(feature_map):
+    """`conv(feature_map)`; for a 1 x 1, stride-1, unpadded, ungrouped `conv` on a CPU channels-last map, a
+    matrix product over the channels (the output is channels-last too)."""
+    pointwise = (
+        conv.kernel_size == (1, 1)
+        and conv.stride == (1, 1)
+        and conv.dilation == (1, 1)
+        and conv.padding in ((0, 0), "valid")
+        and conv.groups == 1
+    )
+    if not pointwise or feature_map.device.type != "cpu" or not _is_channels_last(feature_map):
         return conv(feature_map)
     # A view whose gradient keeps the weight's own strides: a 1 x 1 kernel's channels-last and default strides
     # differ only on its size-1 axes, which DistributedDataParallel's gradient buckets compare too (a reshape's
