@@ -3,9 +3,9 @@ new ones every step (glibc)."""
 
 from __future__ import annotations
 
-import ctypes.util
 import json
 import os
+import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -36,10 +36,7 @@ print(json.dumps({"kept": kept, "faults": (resource.getrusage(resource.RUSAGE_SE
 """
 
 
-@pytest.mark.skipif(
-    not sys.platform.startswith("linux") or "libc.so" not in (ctypes.util.find_library("c") or ""),
-    reason="mallopt is glibc's",
-)
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
 def test_freed_feature_maps_are_reused_without_page_faults():
     environment = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
     for name in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_"):

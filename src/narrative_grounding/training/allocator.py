@@ -1,15 +1,14 @@
 """The C allocator's settings for a training process.
 
 A CPU training step allocates and frees feature maps of a few MB each, dozens of times. glibc's malloc serves
-such sizes with fresh `mmap`s (or returns the freed top of its heap to the system), so every step touches new
-pages: on the 2-core virtual machine of docs/benchmarks.md about 3,000 page faults per `epng-tiny` step, and
-9% of its CPU time. Keeping freed memory in the heap brings that to about 200 faults per step.
+many such blocks with fresh `mmap`s (or returns the freed top of its heap to the system), so each step keeps
+touching new pages: on the 2-core virtual machine of docs/benchmarks.md about 3,000 page faults per
+`epng-tiny` step, and 9% of its CPU time. Keeping freed memory in the heap brings that to about 200.
 """
 
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 
 # mallopt parameters (glibc's malloc.h)
 _M_TRIM_THRESHOLD = -1
@@ -24,12 +23,9 @@ def keep_freed_memory() -> bool:
     """Makes glibc's malloc keep freed blocks of up to 32 MiB for reuse instead of unmapping them; the
     process's later allocations of feature-map size then reuse touched pages. Returns False (and changes
     nothing) where the C library is not glibc."""
-    name = ctypes.util.find_library("c")
-    try:
-        mallopt = ctypes.CDLL(name).mallopt if name else None
-    except (OSError, AttributeError):
-        mallopt = None
-    if mallopt is None:
+    try:  # the process's own symbols: the malloc it runs, without searching for a C library by name
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError, TypeError):  # no mallopt (macOS), no dlopen(NULL) (Windows)
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     return bool(
