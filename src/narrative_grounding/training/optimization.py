@@ -12,8 +12,9 @@ Presets (`--optimization`):
   BGR input, CLIP mean/std in training) belongs to the model and its processor, not to this preset.
 - "drmn-reference": DRMN's recipe as the reference reconstruction records it: Adam, lr 1e-4, 20 epochs
   (no schedule is recorded: constant), no weight decay.
-- "fast": AdamW at a higher learning rate with linear warm-up and cosine decay, for models trained
-  from scratch in minutes (the tiny variants on the synthetic data).
+- "fast": Muon for the hidden layers' weight matrices and AdamW for the other parameters (`MuonAdamW`),
+  at higher learning rates, with linear warm-up and cosine decay, for models trained from scratch in minutes
+  (the tiny variants on the synthetic data).
 - "auto": "fast" for models under 10M parameters, otherwise "drmn-reference" for the DRMN head and
   "paper" for EPNG (so that a DRMN never trains at EPNG's learning rate by accident).
 Every field of a preset can be overridden on the command line (`--learning_rate`, ...).
@@ -27,6 +28,8 @@ from dataclasses import dataclass
 import torch
 from transformers import get_scheduler
 
+from .muon import MuonAdamW, hidden_matrix_names
+
 SCHEDULES = (
     "paper-step",
     "released-step",
@@ -36,7 +39,7 @@ SCHEDULES = (
     "constant_with_warmup",
     "one-cycle",
 )
-OPTIMIZERS = ("adam", "adamw")
+OPTIMIZERS = ("adam", "adamw", "muon")
 SMALL_MODEL_PARAMETERS = 10_000_000
 
 
@@ -47,6 +50,9 @@ class OptimizationPreset:
     lr_scheduler_type: str
     weight_decay: float
     warmup_ratio: float
+    muon_learning_rate: float = (
+        0.02  # optimizer "muon": the hidden matrices' rate (`learning_rate`: the rest)
+    )
     # --- training recipe fields (epng-released / drmn-reference); None: the command line's default ---
     decay_all_parameters: bool = False  # weight decay on biases and norms too (the released Adam)
     max_grad_norm: float | None = None
@@ -75,7 +81,7 @@ PRESETS = {
         eval_image_size=1216,
     ),
     "drmn-reference": OptimizationPreset("adam", 1e-4, "constant", 0.0, 0.0, num_train_epochs=20),
-    "fast": OptimizationPreset("adamw", 3e-3, "cosine", 1e-4, 0.05),
+    "fast": OptimizationPreset("muon", 3e-3, "cosine", 1e-4, 0.05, muon_learning_rate=0.02),
 }
 # The recipe fields a preset may set and the value each takes when neither the preset nor the user does.
 RECIPE_DEFAULTS = {
@@ -218,22 +224,28 @@ def build_optimizer(
     learning_rate: float,
     weight_decay: float,
     decay_all_parameters: bool = False,
+    muon_learning_rate: float = 0.02,
 ) -> torch.optim.Optimizer:
-    """Adam/AdamW over the trainable parameters; no weight decay on biases and normalisation weights unless
-    `decay_all_parameters` (EPNG's released Adam decays every parameter)."""
+    """Adam, AdamW or Muon + AdamW (`MuonAdamW`: Muon for the hidden layers' weight matrices at
+    `muon_learning_rate`, AdamW at `learning_rate` for the rest) over the trainable parameters; no weight
+    decay on biases and normalisation weights unless `decay_all_parameters` (EPNG's released Adam decays
+    every parameter)."""
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
-    decay, no_decay = [], []
+    muon_names = hidden_matrix_names(model) if optimizer == "muon" else set()
+    decay, no_decay, muon = [], [], []
     for name, parameter in model.named_parameters():
         if not parameter.requires_grad:
             continue  # frozen text encoder / backbone stages
         exempt = not decay_all_parameters and (parameter.ndim <= 1 or name.endswith(".bias"))
-        (no_decay if exempt else decay).append(parameter)
+        (muon if name in muon_names else no_decay if exempt else decay).append(parameter)
     groups = [
         group
         for group in (
+            # the AdamW groups first: schedulers and logs report the first group's learning rate
             {"params": decay, "weight_decay": weight_decay},
             {"params": no_decay, "weight_decay": 0.0},
+            {"params": muon, "weight_decay": weight_decay, "lr": muon_learning_rate, "use_muon": True},
         )
         if group["params"]
     ]
@@ -241,13 +253,15 @@ def build_optimizer(
         raise ValueError("the model has no trainable parameter (is everything frozen?)")
     # torch's fused kernel updates each parameter in one pass instead of a dozen small ops (the default on CPU):
     # 5% of an epng-tiny training step on CPU. It runs on CPU and CUDA (where the model is when this is built).
-    parameters = decay + no_decay
+    parameters = decay + no_decay + muon
     fused = (
         True if all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in parameters) else None
     )
     if optimizer == "adam":
         # torch's Adam adds weight decay to the gradient (L2), as the paper's Adam does.
         return torch.optim.Adam(groups, lr=learning_rate, fused=fused)
+    if optimizer == "muon":
+        return MuonAdamW(groups, lr=learning_rate, fused=fused)
     return torch.optim.AdamW(groups, lr=learning_rate, fused=fused)
 
 

@@ -258,6 +258,9 @@ def train(args: Namespace) -> TrainingResult:
         learning_rate=learning_rate,
         weight_decay=weight_decay,
         decay_all_parameters=preset.decay_all_parameters,
+        muon_learning_rate=(
+            args.muon_learning_rate if args.muon_learning_rate is not None else preset.muon_learning_rate
+        ),
     )
 
     if eval_dataloader is not None:
