@@ -119,6 +119,11 @@ ROWS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "batch 32": ({}, {"batch_size": 32}),
     "weight decay 0.05 (demo: 1e-4)": ({}, {"weight_decay": 0.05}),
     "linear learning-rate decay (demo: cosine)": ({}, {"lr_scheduler_type": "linear"}),
+    # the optimizer: the demo's "fast" recipe gives the hidden layers' weight matrices to Muon (lr 0.01)
+    "AdamW for every parameter (demo before 2026-12-07 20:00 UTC)": ({}, {"optimizer": "adamw"}),
+    "Muon learning rate 0.005 (demo: 0.01)": ({}, {"muon_learning_rate": 0.005}),
+    "Muon learning rate 0.02 (demo: 0.01)": ({}, {"muon_learning_rate": 0.02}),
+    "Muon learning rate 0.04 (demo: 0.01)": ({}, {"muon_learning_rate": 0.04}),
     # where the masks are made: epng-tiny's are at stride 2 (ours), with the stem's stride-2 map
     "masks at stride 4 (epng-tiny before 2026-12-07 05:30 UTC)": ({"epng_mask_stride": 4}, {}),
     # the other head
@@ -140,7 +145,14 @@ RECIPE = {
     )
 }
 #: options of the training script (not the demo's) that a row may set in its recipe overrides
-TRAINING_OVERRIDES = ("max_grad_norm", "weight_decay", "warmup_ratio", "lr_scheduler_type")
+TRAINING_OVERRIDES = (
+    "optimizer",
+    "muon_learning_rate",
+    "max_grad_norm",
+    "weight_decay",
+    "warmup_ratio",
+    "lr_scheduler_type",
+)
 # stuff phrases are their own kind: their column would repeat "stuff"
 THING_KINDS = [kind for kind in EXPRESSION_KINDS if kind != "stuff"]
 KIND_KEYS = [f"average_recall_expression_{kind}" for kind in THING_KINDS]

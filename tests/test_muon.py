@@ -63,7 +63,7 @@ def test_epng_tiny_gives_muon_every_hidden_matrix_and_adamw_the_rest():
     assert [(group["use_muon"], group["lr"]) for group in groups] == [
         (False, 3e-3),
         (False, 3e-3),
-        (True, 0.02),
+        (True, 0.01),
     ]
     muon = {id(p) for p in groups[2]["params"]}
     names = {name for name, p in model.named_parameters() if id(p) in muon}

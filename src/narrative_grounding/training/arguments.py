@@ -114,7 +114,7 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
         "--muon_learning_rate",
         type=positive_float,
         default=None,
-        help="--optimizer muon: the learning rate of the hidden layers' weight matrices (default 0.02)",
+        help="--optimizer muon: the learning rate of the hidden layers' weight matrices (default: the preset's; 0.01)",
     )
     optim.add_argument("--weight_decay", type=non_negative_float, default=None)
     optim.add_argument("--lr_scheduler_type", choices=SCHEDULES, default=None)

@@ -71,15 +71,17 @@ class MuonAdamW(torch.optim.Optimizer):
     where the parameters allow). Every group has its own `lr` and `weight_decay` (decoupled in both kinds), so
     learning-rate schedulers scale both kinds alike.
 
-    Muon groups: `lr` (0.02), `momentum` (0.95, Nesterov), `ns_steps` (5); each matrix's step is scaled by
-    sqrt(max(1, rows / columns)), as in the reference implementation. AdamW groups: `lr`, `betas`, `eps`.
+    Muon groups: `lr` (the reference implementation's is 0.02; `build_optimizer` gives 0.01), `momentum` (0.95,
+    Nesterov), `ns_steps` (5); each matrix's step is scaled by sqrt(max(1, rows / columns)), as in the reference
+    implementation. AdamW groups: `lr`, `betas`, `eps`. `lr` and the others here are the defaults of groups
+    that set none.
     """
 
     def __init__(
         self,
         params: Iterable[dict[str, Any]],
         *,
-        lr: float = 0.02,
+        lr: float = 1e-3,
         momentum: float = 0.95,
         ns_steps: int = 5,
         betas: tuple[float, float] = (0.9, 0.999),

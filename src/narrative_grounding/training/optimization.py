@@ -50,9 +50,8 @@ class OptimizationPreset:
     lr_scheduler_type: str
     weight_decay: float
     warmup_ratio: float
-    muon_learning_rate: float = (
-        0.02  # optimizer "muon": the hidden matrices' rate (`learning_rate`: the rest)
-    )
+    # optimizer "muon": the hidden layers' weight matrices' rate (`learning_rate`: the other parameters')
+    muon_learning_rate: float = 0.01
     # --- training recipe fields (epng-released / drmn-reference); None: the command line's default ---
     decay_all_parameters: bool = False  # weight decay on biases and norms too (the released Adam)
     max_grad_norm: float | None = None
@@ -81,7 +80,7 @@ PRESETS = {
         eval_image_size=1216,
     ),
     "drmn-reference": OptimizationPreset("adam", 1e-4, "constant", 0.0, 0.0, num_train_epochs=20),
-    "fast": OptimizationPreset("muon", 3e-3, "cosine", 1e-4, 0.05, muon_learning_rate=0.02),
+    "fast": OptimizationPreset("muon", 3e-3, "cosine", 1e-4, 0.05, muon_learning_rate=0.01),
 }
 # The recipe fields a preset may set and the value each takes when neither the preset nor the user does.
 RECIPE_DEFAULTS = {
@@ -224,7 +223,7 @@ def build_optimizer(
     learning_rate: float,
     weight_decay: float,
     decay_all_parameters: bool = False,
-    muon_learning_rate: float = 0.02,
+    muon_learning_rate: float = 0.01,
 ) -> torch.optim.Optimizer:
     """Adam, AdamW or Muon + AdamW (`MuonAdamW`: Muon for the hidden layers' weight matrices at
     `muon_learning_rate`, AdamW at `learning_rate` for the rest) over the trainable parameters; no weight
