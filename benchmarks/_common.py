@@ -139,6 +139,22 @@ def run_in_child(function: Callable[..., Any], *args: Any, **kwargs: Any) -> tup
     return result, peak
 
 
+def training_optimizer(model: torch.nn.Module) -> torch.optim.Optimizer:
+    """The optimizer `training/train.py` builds for `model` by default (`--optimization auto`: Muon + AdamW for
+    the tiny variants, Adam for the paper configurations), at its preset's learning rates."""
+    from narrative_grounding.training.optimization import build_optimizer, resolve_preset
+
+    preset = resolve_preset("auto", sum(p.numel() for p in model.parameters()), model.config.grounding_head)
+    return build_optimizer(
+        model,
+        optimizer=preset.optimizer,
+        learning_rate=preset.learning_rate,
+        weight_decay=preset.weight_decay,
+        decay_all_parameters=preset.decay_all_parameters,
+        muon_learning_rate=preset.muon_learning_rate,
+    )
+
+
 def random_model_inputs(
     batch: int, image_size: int, *, tokens: int, phrases: int, vocab_size: int, seed: int = 0
 ) -> dict[str, torch.Tensor]:

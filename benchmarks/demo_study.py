@@ -128,6 +128,7 @@ ROWS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "masks at stride 4 (epng-tiny before 2026-12-07 05:30 UTC)": ({"epng_mask_stride": 4}, {}),
     # the other head
     "DRMN head (drmn-tiny)": ({}, {"model": "drmn-tiny"}),
+    "DRMN head (drmn-tiny), AdamW for every parameter": ({}, {"model": "drmn-tiny", "optimizer": "adamw"}),
 }
 # The demo's own defaults, so that the study trains what `narrative-grounding demo` trains.
 RECIPE = {

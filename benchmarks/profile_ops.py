@@ -2,7 +2,7 @@
 
 Cases (`--cases`):
 - `epng-tiny`, `drmn-tiny`: the optimizer step of benchmarks/training_speed.py (batch 8 at 128 px, 230
-  tokens, 15 phrases; forward with labels, backward, clipping, the training script's AdamW).
+  tokens, 15 phrases; forward with labels, backward, clipping, the training script's optimizer).
 - `drmn-head`: the DRMN head of `drmn-r101-bert-base` on the default eager inference path (no_grad), batch 1
   at 640 x 640 with 15 phrases, on visual and phrase features computed once beforehand: where the head's
   time goes when it is not compiled.
@@ -32,6 +32,7 @@ from ._common import (
     print_machine,
     random_model_inputs,
     run_in_child,
+    training_optimizer,
     write_json,
 )
 
@@ -40,7 +41,6 @@ CASES = ("epng-tiny", "drmn-tiny", "drmn-head", "lpa-direct", "lpa-flex")
 
 def _training_step(variant: str):
     from narrative_grounding import create_model, load_variant
-    from narrative_grounding.training.optimization import build_optimizer
 
     torch.manual_seed(0)
     model = create_model(variant).train()
@@ -52,7 +52,7 @@ def _training_step(variant: str):
         torch.rand(batch, phrases, size, size, generator=torch.Generator().manual_seed(1)) > 0.7
     ).float()
     parameters = [p for p in model.parameters() if p.requires_grad]
-    optimizer = build_optimizer(model, optimizer="adamw", learning_rate=1e-4, weight_decay=0.01)
+    optimizer = training_optimizer(model)
 
     def step() -> None:
         model(**inputs, labels=labels).loss.backward()

@@ -1,7 +1,8 @@
 """Training speed on CPU: optimizer steps, and the data pipeline against EPNG's GPU budget.
 
-Model steps (`--models`): forward with labels + backward + gradient clipping + the training script's AdamW
-step (`build_optimizer`: fused; glibc's malloc keeping freed memory, as training does), on random inputs of
+Model steps (`--models`): forward with labels + backward + gradient clipping + the training script's
+optimizer step (its default for the variant: Muon + AdamW for the tiny ones, Adam for the paper ones; glibc's
+malloc keeping freed memory, as training does), on random inputs of
 the variant's size (tiny: 128x128, batch 8, the training script's default batch; paper: 640x640, batch 2),
 230 tokens and 15 phrases; seconds per step =
 the median of `--steps` steps after 1 warm-up step, in a fresh child process each (peak RSS per
@@ -26,7 +27,14 @@ import time
 
 import torch
 
-from ._common import machine_description, print_machine, random_model_inputs, run_in_child, write_json
+from ._common import (
+    machine_description,
+    print_machine,
+    random_model_inputs,
+    run_in_child,
+    training_optimizer,
+    write_json,
+)
 
 BATCH = {"epng-tiny": 8, "drmn-tiny": 8, "epng-r101-bert-base": 2, "drmn-r101-bert-base": 2}
 EPNG_GPU_MS_PER_IMAGE = 11.0  # EPNG (AAAI 2023), inference on one GPU
@@ -36,7 +44,6 @@ def _train_steps(variant: str, batch: int, steps: int, tokens: int, phrases: int
     """Runs in a child process: warm-up step + `steps` timed optimizer steps."""
     from narrative_grounding import create_model, load_variant
     from narrative_grounding.training.allocator import keep_freed_memory
-    from narrative_grounding.training.optimization import build_optimizer
 
     keep_freed_memory()  # as training/train.py and the demo's processes
     torch.manual_seed(0)
@@ -52,9 +59,7 @@ def _train_steps(variant: str, batch: int, steps: int, tokens: int, phrases: int
             top, left = torch.randint(0, size // 2, (2,), generator=generator).tolist()
             labels[sample, phrase, top : top + size // 3, left : left + size // 3] = 1
     parameters = [p for p in model.parameters() if p.requires_grad]
-    optimizer = build_optimizer(
-        model, optimizer="adamw", learning_rate=1e-4, weight_decay=0.01
-    )  # as training does
+    optimizer = training_optimizer(model)  # as training does
 
     def step() -> float:
         start = time.perf_counter()
