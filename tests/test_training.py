@@ -233,6 +233,8 @@ def test_fp16_on_cpu_is_recorded_as_fp32_and_resume_with_another_batch_size_is_r
     assert result.completed_steps == 1 and result.mixed_precision == "no"
     card = ModelCard.load(output_dir / "README.md").text
     assert "mixed precision: `no (fp16 was asked for; not available on cpu)`" in card
+    # the tiny model's default ("fast") recipe: both of its optimizers' rates
+    assert "muon (lr 0.01) for the hidden layers' weight matrices + adamw (lr 0.003) for the rest" in card
 
     resumed = ("--resume_from_checkpoint", "latest", "--per_device_train_batch_size", "2")
     with pytest.raises(ValueError, match="checkpoint-1: --per_device_train_batch_size was 4, now 2"):

@@ -252,15 +252,22 @@ def train(args: Namespace) -> TrainingResult:
     weight_decay = args.weight_decay if args.weight_decay is not None else preset.weight_decay
     schedule_name = args.lr_scheduler_type or preset.lr_scheduler_type
     warmup_ratio = args.warmup_ratio if args.warmup_ratio is not None else preset.warmup_ratio
+    muon_learning_rate = (
+        args.muon_learning_rate if args.muon_learning_rate is not None else preset.muon_learning_rate
+    )
     optimizer = build_optimizer(
         model,
         optimizer=optimizer_name,
         learning_rate=learning_rate,
         weight_decay=weight_decay,
         decay_all_parameters=preset.decay_all_parameters,
-        muon_learning_rate=(
-            args.muon_learning_rate if args.muon_learning_rate is not None else preset.muon_learning_rate
-        ),
+        muon_learning_rate=muon_learning_rate,
+    )
+    optimizer_description = (
+        f"muon (lr {muon_learning_rate:g}) for the hidden layers' weight matrices + adamw (lr {learning_rate:g})"
+        f" for the rest, weight decay {weight_decay:g}"
+        if optimizer_name == "muon"
+        else f"{optimizer_name}, lr {learning_rate:g}, weight decay {weight_decay:g}"
     )
 
     if eval_dataloader is not None:
@@ -335,10 +342,10 @@ def train(args: Namespace) -> TrainingResult:
     )
     logger.info(
         "training %s (%.2fM parameters) on %s: %d examples, %d epochs, %d optimizer steps, batch %d "
-        "(%d per device x %d processes x %d accumulation), %s lr %.2e, schedule %s",
+        "(%d per device x %d processes x %d accumulation), %s, schedule %s",
         args.model, num_parameters / 1e6, dataset_name, len(train_dataset), num_epochs, max_train_steps, total_batch,
         args.per_device_train_batch_size, accelerator.num_processes, args.gradient_accumulation_steps,
-        optimizer_name, learning_rate, schedule_name,
+        optimizer_description, schedule_name,
     )  # fmt: skip
 
     def evaluate(description: str) -> dict[str, Any] | None:
@@ -407,7 +414,7 @@ def train(args: Namespace) -> TrainingResult:
                     "parameters": f"{num_parameters / 1e6:.2f}M",
                 },
                 training_summary={
-                    "optimizer": f"{optimizer_name}, lr {learning_rate:g}, weight decay {weight_decay:g}",
+                    "optimizer": optimizer_description,
                     "schedule": schedule_name,
                     "batch size": total_batch,
                     "optimizer steps": progress.completed_steps,
