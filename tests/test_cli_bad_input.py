@@ -283,6 +283,31 @@ def test_training_script_reports_bad_input_in_one_line(tmp_path, training_script
     assert not (tmp_path / "out").exists()  # a refused run leaves no empty output folder behind
 
 
+def test_a_muon_rate_for_another_optimizer_is_refused_by_the_parser(tmp_path, capsys):
+    from narrative_grounding.training import parse_args
+
+    argv = [
+        "--synthetic",
+        "easy",
+        "--output_dir",
+        str(tmp_path),
+        "--optimizer",
+        "adamw",
+        "--muon_learning_rate",
+        "0.02",
+    ]
+    with pytest.raises(SystemExit) as refused:
+        parse_args(argv)
+    assert refused.value.code == 2
+    assert (
+        "error: --muon_learning_rate applies to --optimizer muon only, not adamw" in capsys.readouterr().err
+    )
+    assert (
+        parse_args([*argv[:-4], "--optimizer", "muon", "--muon_learning_rate", "0.02"]).muon_learning_rate
+        == 0.02
+    )
+
+
 def test_training_script_as_a_program_exits_2_with_one_line(tmp_path):
     argv = [sys.executable, str(TRAIN_SCRIPT), *_bad_training_input(tmp_path, "missing data dir")]
     done = subprocess.run(argv, env=_env(), capture_output=True, text=True, timeout=300)

@@ -236,6 +236,12 @@ def test_fp16_on_cpu_is_recorded_as_fp32_and_resume_with_another_batch_size_is_r
     # the tiny model's default ("fast") recipe: both of its optimizers' rates
     assert "muon (lr 0.01) for the hidden layers' weight matrices + adamw (lr 0.003) for the rest" in card
 
+    # a Muon rate where the preset picks another optimizer is refused, naming both
+    paper = ("--optimization", "paper", "--muon_learning_rate", "0.02")
+    with pytest.raises(ValueError, match="--optimization paper trains epng-tiny with adam"):
+        train(parse_args(_train_argv(tmp_path / "paper", synthetic_root, *short, *paper)))
+    AcceleratorState._reset_state(reset_partial_state=True)
+
     resumed = ("--resume_from_checkpoint", "latest", "--per_device_train_batch_size", "2")
     with pytest.raises(ValueError, match="checkpoint-1: --per_device_train_batch_size was 4, now 2"):
         train(parse_args(_train_argv(output_dir, synthetic_root, *short, *resumed)))

@@ -249,6 +249,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error("give the data: --data_dir (official layout), --dataset_name or --synthetic [LEVEL]")
     if args.push_to_hub and args.hub_model_id is None:
         parser.error("--push_to_hub needs --hub_model_id (namespace/name)")
+    if args.muon_learning_rate is not None and args.optimizer not in (None, "muon"):
+        parser.error(f"--muon_learning_rate applies to --optimizer muon only, not {args.optimizer}")
     # --- training recipe resolution ---
     apply_recipe(args)
     if args.ema_decay and not 0.0 < args.ema_decay < 1.0:

@@ -252,6 +252,11 @@ def train(args: Namespace) -> TrainingResult:
     weight_decay = args.weight_decay if args.weight_decay is not None else preset.weight_decay
     schedule_name = args.lr_scheduler_type or preset.lr_scheduler_type
     warmup_ratio = args.warmup_ratio if args.warmup_ratio is not None else preset.warmup_ratio
+    if args.muon_learning_rate is not None and optimizer_name != "muon":
+        raise ValueError(
+            f"--muon_learning_rate applies to --optimizer muon only; --optimization {args.optimization} trains "
+            f"{args.model} with {optimizer_name} (add --optimizer muon to use it)"
+        )
     muon_learning_rate = (
         args.muon_learning_rate if args.muon_learning_rate is not None else preset.muon_learning_rate
     )
