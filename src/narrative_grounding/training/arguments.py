@@ -99,8 +99,9 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
         help="preset: 'paper' (Adam 1e-5, halved every 5 epochs, 5e-7 after 10), 'epng-released' (the recipe of "
         "EPNG's released code: Adam + L2 0.01, 1e-5/5e-6/2e-6/5e-7 from epochs 0/5/10/20, 60 epochs, 8 x 4 "
         "accumulation, per-epoch EMA, evaluation at 1216), 'drmn-reference' (Adam 1e-4, 20 epochs), 'fast' "
-        "(Muon for the hidden matrices + AdamW, warm-up + cosine at higher lrs, for tiny models from scratch), 'auto' (fast below 10M "
-        "parameters, else drmn-reference or paper by head); the options below override single fields "
+        "(Muon for the hidden matrices + AdamW, warm-up + cosine at higher lrs, for tiny models from "
+        "scratch), 'auto' (fast below 10M parameters, else drmn-reference or paper by head); the options "
+        "below override single fields "
         "(default: %(default)s)",
     )
     optim.add_argument("--optimizer", choices=OPTIMIZERS, default=None)
@@ -114,7 +115,8 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
         "--muon_learning_rate",
         type=positive_float,
         default=None,
-        help="--optimizer muon: the learning rate of the hidden layers' weight matrices (default: the preset's; 0.01)",
+        help="--optimizer muon: the learning rate of the hidden layers' weight matrices (default: the "
+        "preset's; 0.01)",
     )
     optim.add_argument("--weight_decay", type=non_negative_float, default=None)
     optim.add_argument("--lr_scheduler_type", choices=SCHEDULES, default=None)
