@@ -9,7 +9,7 @@ weights and convolutions over the raw image are not hidden-layer matrices; they 
 torch.optim.Muon takes 2-D parameters only and orthogonalises one matrix at a time. Here a convolution kernel
 counts as the (out_channels, in_channels * kh * kw) matrix of its unfolded form, and the updates of all
 matrices of one shape are orthogonalised together in batched products: an `epng-tiny` step has 87 such
-matrices of a dozen shapes.
+matrices of 23 shapes.
 """
 
 from __future__ import annotations
